@@ -1,0 +1,111 @@
+"""Frozen configs that travel with the weights (saved whole in ``config.json``).
+
+``EncoderConfig`` says which network to build and ``PreprocessConfig`` how raw points become its
+input. Reading is strict: an unknown key, a wrong type or a newer format version is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "config_from_dict"]
+
+FORMAT_VERSION = 1
+
+BACKBONES = ("minkunet14", "minkunet18", "minkunet34")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a point cloud becomes voxels.
+
+    voxel_type: "cylindrical" (voxel_size = rho m, phi degrees, z m) or "cartesian" (x, y, z m).
+    use_dim: input columns fed to the network: x, y, z and, with 4, the intensity column.
+    intensity_scale: the range the model expects intensity in: 255.0 (nuScenes, 0-255) or 1.0
+        (KITTI remission, 0-1). Readers rescale a scan whose convention differs.
+    """
+
+    voxel_type: str = "cylindrical"
+    voxel_size: tuple[float, float, float] = (0.1, 1.0, 0.1)
+    use_dim: int = 4
+    intensity_scale: float = 255.0
+
+    def __post_init__(self) -> None:
+        if self.voxel_type not in ("cylindrical", "cartesian"):
+            raise ValueError(f"voxel_type must be 'cylindrical' or 'cartesian', got {self.voxel_type!r}")
+        if len(self.voxel_size) != 3 or any(float(v) <= 0 for v in self.voxel_size):
+            raise ValueError(f"voxel_size must be three positive numbers, got {self.voxel_size}")
+        object.__setattr__(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
+        if self.use_dim not in (3, 4):
+            raise ValueError(f"use_dim must be 3 (xyz) or 4 (xyz + intensity), got {self.use_dim}")
+        if self.intensity_scale <= 0:
+            raise ValueError(f"intensity_scale must be positive, got {self.intensity_scale}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The architecture: backbone, its input/output widths, distillation head and teacher."""
+
+    backbone: str = "minkunet34"
+    in_channels: int = 4
+    out_dim: int = 96
+    head_dim: int = 768
+    teacher: str = "vit_base_patch14_dinov2"
+    bn_momentum: float = 0.05
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.in_channels != self.preprocess.use_dim:
+            raise ValueError(f"in_channels={self.in_channels} but preprocess.use_dim={self.preprocess.use_dim}")
+        if self.out_dim != 96:
+            raise ValueError(f"MinkUNet outputs 96 channels; out_dim={self.out_dim}")
+        if self.head_dim < 1:
+            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build a (nested) frozen dataclass from a dict; unknown keys and bad types raise ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+    if cls is EncoderConfig and int(data.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: format_version {data['format_version']} is newer than this lima-zoo supports "
+            f"({FORMAT_VERSION}); upgrade lima-zoo"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (type(value) is hint):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

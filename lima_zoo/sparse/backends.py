@@ -1,0 +1,191 @@
+"""Which library executes a sparse convolution: our pure-PyTorch engine or spconv.
+
+"torch" (default, CPU and CUDA) uses ``kmap.py`` + ``functional.py``. "spconv" runs the same
+kernels through spconv 2.x. spconv is imported only when that backend is first used, never by
+``import lima_zoo``.
+
+spconv adapter facts (checked by tests against the torch backend and dense conv3d):
+* indices are passed as ``[b, z, y, x]`` in level units, so spconv's row-major kernel index equals
+  our odd-kernel order (x fastest); for kernel 2 (z fastest in our order) a permutation is applied.
+* spconv weights are (C_out, k, k, k, C_in); ``kernel[perm].permute(2, 0, 1)`` gives them.
+* spconv orders downsampled voxels its own way; rows are mapped to our coordinate order once per
+  level (cached), so every layer sees the same rows whichever backend ran before it.
+* spconv drops voxels at the edge of a ``spatial_shape`` that is not divisible by 2 at every level;
+  the shape is rounded up to a multiple of 64.
+* spconv 2.3.8's CPU compute gives wrong, run-to-run varying results with more than one torch
+  thread (traveller59/spconv#679); compare against it with ``torch.set_num_threads(1)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from .functional import sparse_conv
+from .kmap import CoordinateKeys, kernel_offsets
+from .tensor import SparseTensor
+
+__all__ = ["available_backends", "check_backend", "conv3d", "BACKENDS"]
+
+BACKENDS = ("torch", "spconv")
+
+
+def available_backends() -> list[str]:
+    """Backends whose library is importable here (probed without importing it)."""
+    return ["torch"] + [b for b in BACKENDS[1:] if importlib.util.find_spec(b) is not None]
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name != "torch" and importlib.util.find_spec(name) is None:
+        raise ValueError(f"sparse backend {name!r} is not installed (pip install {name}); available: {available_backends()}")
+
+
+def conv3d(
+    x: SparseTensor,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: int,
+    stride: int,
+    dilation: int,
+    transposed: bool,
+    backend: str = "torch",
+) -> SparseTensor:
+    """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out); see ``nn.Conv3d`` for the kinds."""
+    if kernel_size == 1:
+        out = x.replace_feats(x.feats @ kernel[0])  # 1x1x1: a plain linear map, any backend
+    elif backend == "torch":
+        out = _torch_conv(x, kernel, kernel_size, stride, dilation, transposed)
+    elif backend == "spconv":
+        out = _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed)
+    else:
+        check_backend(backend)
+        raise AssertionError("unreachable")
+    if bias is not None:
+        out = out.replace_feats(out.feats + bias)
+    return out
+
+
+def _torch_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
+    cache = x.cache
+    if stride == 1:
+        kmap = cache.submanifold_map(x.stride, kernel_size, dilation)
+        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x)
+    if not transposed:
+        kmap = cache.downsample_map(x.stride)
+        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x, stride=2 * x.stride)
+    fine = _fine_stride(x)
+    kmap = cache.downsample_map(fine).transposed()
+    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x, stride=fine)
+
+
+def _fine_stride(x: SparseTensor) -> int:
+    fine = x.stride // 2
+    if x.stride % 2 or ("down", fine) not in x.cache.kmaps:
+        raise ValueError(
+            f"transposed conv at stride {x.stride}: no stride-{fine} level was downsampled on this input"
+        )
+    return fine
+
+
+# ---------------------------------------------------------------------------------------- spconv
+
+_SPCONV_TEMPLATES: dict[tuple, Any] = {}
+
+
+def _even_kernel_perm() -> torch.Tensor:
+    """perm[k_spconv] = k_ours for kernel 2 with spconv indices in (z, y, x) order."""
+    off = kernel_offsets(2)  # ours, z fastest
+    k_sp = off[:, 2] * 4 + off[:, 1] * 2 + off[:, 0]
+    return torch.argsort(k_sp)
+
+
+def _spconv_state(x: SparseTensor) -> dict:
+    state = x.cache.backend_state.get("spconv")
+    if state is None:
+        base = min(x.cache.coords)
+        c = x.cache.coords[base]
+        maxes = (c[:, 1:].max(dim=0).values // base + 1).tolist() if len(c) else [1, 1, 1]
+        shape = [((m + 63) // 64) * 64 for m in maxes[::-1]]  # z, y, x
+        state = {
+            "base": base,
+            "shape": shape,
+            "batch_size": int(c[:, 0].max()) + 1 if len(c) else 1,
+            "indice_dict": {},
+            "sp_indices": {},  # stride -> spconv's own (M, 4) indices of a level it downsampled to
+            "ours_row": {},  # stride -> (M,) our row of each spconv row at that level
+        }
+        x.cache.backend_state["spconv"] = state
+    return state
+
+
+def _spconv_indices(x: SparseTensor, stride: int) -> torch.Tensor:
+    lc = x.cache.level_coords(stride)
+    return torch.stack([lc[:, 0], lc[:, 3], lc[:, 2], lc[:, 1]], dim=1).to(torch.int32)
+
+
+def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
+    import spconv.pytorch as spconv
+
+    tkey = (kind, c_in, c_out, kernel_size, dilation, key)
+    mod = _SPCONV_TEMPLATES.get(tkey)
+    if mod is None:
+        if kind == "subm":
+            mod = spconv.SubMConv3d(c_in, c_out, kernel_size, dilation=dilation, bias=False, indice_key=key)
+        elif kind == "down":
+            mod = spconv.SparseConv3d(c_in, c_out, 2, stride=2, bias=False, indice_key=key)
+        else:
+            mod = spconv.SparseInverseConv3d(c_in, c_out, 2, bias=False, indice_key=key)
+        _SPCONV_TEMPLATES[tkey] = mod
+    return mod
+
+
+def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
+    import spconv.pytorch as spconv
+    from torch.func import functional_call
+
+    state = _spconv_state(x)
+    c_in, c_out = kernel.shape[1], kernel.shape[2]
+    if kernel_size == 2:
+        kernel = kernel[_even_kernel_perm().to(kernel.device)]
+    k = kernel_size
+    weight = kernel.permute(2, 0, 1).reshape(c_out, k, k, k, c_in)
+    scale = x.stride // state["base"]
+    shape = [s // scale for s in state["shape"]]
+
+    def run(kind, key, feats, indices, out_stride):
+        mod = _spconv_module(kind, c_in, c_out, k, dilation, key)
+        inp = spconv.SparseConvTensor(feats, indices, shape, state["batch_size"], indice_dict=state["indice_dict"])
+        out = functional_call(mod, {"weight": weight}, (inp,))
+        state["indice_dict"] = out.indice_dict
+        return out
+
+    if stride == 1:
+        out = run("subm", f"subm{x.stride}_{k}_{dilation}", x.feats, _spconv_indices(x, x.stride), x.stride)
+        return SparseTensor.derived(out.features, x)
+    if not transposed:
+        out = run("down", f"down{x.stride}", x.feats, _spconv_indices(x, x.stride), 2 * x.stride)
+        coarse = 2 * x.stride
+        x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
+        if coarse not in state["ours_row"]:
+            state["sp_indices"][coarse] = out.indices
+            state["ours_row"][coarse] = _our_rows(x, coarse, out.indices)
+        feats = torch.empty_like(out.features).index_copy_(0, state["ours_row"][coarse], out.features)
+        return SparseTensor.derived(feats, x, stride=coarse)
+    fine = _fine_stride(x)
+    feats = x.feats.index_select(0, state["ours_row"][x.stride])  # back into spconv's row order
+    out = run("inverse", f"down{fine}", feats, state["sp_indices"][x.stride], fine)
+    return SparseTensor.derived(out.features, x, stride=fine)
+
+
+def _our_rows(x: SparseTensor, stride: int, sp_indices: torch.Tensor) -> torch.Tensor:
+    """Our row index (at ``stride``) of every spconv output row."""
+    ours = CoordinateKeys(x.cache.level_coords(stride), margin=0)
+    sp = sp_indices.to(torch.int64)
+    rows = ours.lookup(ours.pack(torch.stack([sp[:, 0], sp[:, 3], sp[:, 2], sp[:, 1]], dim=1)))
+    if len(rows) != ours.keys.numel() or bool((rows < 0).any()):
+        raise RuntimeError("spconv produced a different set of downsampled voxels than the torch engine")
+    return rows

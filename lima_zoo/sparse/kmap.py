@@ -1,0 +1,189 @@
+"""Kernel maps: which input voxel feeds which output voxel through which kernel offset.
+
+A kernel map is data-dependent (it depends only on coordinates), so it is built once per
+(stride, kernel size, dilation) and cached on the coordinate set; every layer at that stride reuses
+it. Compute (``functional.py``) never looks at coordinates, only at these index lists.
+
+Kernel-offset order (matches torchsparse, so its ``[K, C_in, C_out]`` kernels load unchanged):
+
+* odd kernel sizes (submanifold 3x3x3, 1x1x1): x varies fastest, then y, then z::
+
+      k = (dz + r) * s*s + (dy + r) * s + (dx + r)      r = s // 2, offsets in [-r, r]
+
+* even kernel size 2 (strided down / transposed up): z varies fastest::
+
+      k = bx * 4 + by * 2 + bz                          b = child bit of each axis (0 or 1)
+
+A convolution is a cross-correlation like dense ``conv3d``: ``out[o] += in[o + offset_k] @ W[k]``.
+The transposed (up) convolution reuses the down map with inputs and outputs swapped, so the fine
+voxel with child bits ``b`` receives ``coarse @ W[k(b)]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["KernelMap", "CoordinateKeys", "kernel_offsets", "build_submanifold_map", "build_downsample_map", "unique_first"]
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """Pairs (input row -> output row) grouped by kernel offset.
+
+    in_idx, out_idx: (P,) int64, the pairs of all non-identity offsets, grouped by offset.
+    bounds: K+1 python ints; the pairs of offset k are ``[bounds[k], bounds[k+1])``.
+    identity: offset whose pairs are ``i -> i`` for every row (the centre of a submanifold
+        kernel); it is not stored in in_idx/out_idx and is computed as a plain matmul.
+    n_in, n_out: number of input and output rows.
+    """
+
+    in_idx: torch.Tensor
+    out_idx: torch.Tensor
+    bounds: tuple[int, ...]
+    identity: int | None
+    n_in: int
+    n_out: int
+
+    @property
+    def volume(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def num_pairs(self) -> int:
+        """All pairs, the identity offset included (what the work is proportional to)."""
+        return int(self.in_idx.numel()) + (self.n_in if self.identity is not None else 0)
+
+    def transposed(self) -> "KernelMap":
+        """The same pairs read backwards (outputs become inputs): the map of the transposed conv."""
+        return KernelMap(self.out_idx, self.in_idx, self.bounds, self.identity, self.n_out, self.n_in)
+
+    def pair_counts(self) -> list[int]:
+        """Pairs per offset (identity included), for FLOP accounting."""
+        counts = [self.bounds[k + 1] - self.bounds[k] for k in range(self.volume)]
+        if self.identity is not None:
+            counts[self.identity] = self.n_in
+        return counts
+
+
+def kernel_offsets(kernel_size: int, dilation: int = 1) -> torch.Tensor:
+    """Offsets in level units, (K, 3) int64 [dx, dy, dz], in the documented torchsparse order."""
+    if kernel_size % 2 == 1:
+        r = kernel_size // 2
+        rng = torch.arange(-r, r + 1) * dilation
+        dz, dy, dx = torch.meshgrid(rng, rng, rng, indexing="ij")  # x fastest
+    elif kernel_size == 2:
+        rng = torch.arange(2) * dilation
+        dx, dy, dz = torch.meshgrid(rng, rng, rng, indexing="ij")  # z fastest
+    else:
+        raise ValueError(f"kernel_size must be odd or 2, got {kernel_size}")
+    return torch.stack([dx.flatten(), dy.flatten(), dz.flatten()], dim=1)
+
+
+class CoordinateKeys:
+    """Coordinates of one level packed to sortable int64 keys, for neighbour look-ups.
+
+    ``key = ((b * S0 + x + m) * S1 + y + m) * S2 + z + m`` with a margin ``m`` so that every
+    neighbour within the margin packs without wrapping (a neighbour off the grid can never alias
+    an existing voxel). Keys are lexicographic in (b, x, y, z).
+    """
+
+    def __init__(self, level_coords: torch.Tensor, margin: int):
+        """level_coords: (N, 4) int [b, x, y, z] in level units (already divided by the stride)."""
+        c = level_coords.to(torch.int64)
+        self.margin = margin
+        maxes = c.max(dim=0).values if c.numel() else torch.zeros(4, dtype=torch.int64)
+        self.sizes = [int(v) + 2 * margin + 1 for v in maxes[1:].tolist()]
+        span = (int(maxes[0]) + 1) * self.sizes[0] * self.sizes[1] * self.sizes[2]
+        if span >= 2**62:
+            raise ValueError(f"coordinate range too large to pack into int64 keys (span {span})")
+        self.keys = self.pack(c)
+        self.is_sorted = bool((self.keys[1:] > self.keys[:-1]).all()) if len(self.keys) > 1 else True
+        if self.is_sorted:
+            self.sorted_keys, self.order = self.keys, None
+        else:
+            self.sorted_keys, self.order = torch.sort(self.keys)
+
+    def pack(self, c: torch.Tensor) -> torch.Tensor:
+        m, (s0, s1, s2) = self.margin, self.sizes
+        return ((c[:, 0] * s0 + c[:, 1] + m) * s1 + c[:, 2] + m) * s2 + c[:, 3] + m
+
+    def delta(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Key shift of each (K, 3) offset: packing is linear, so a neighbour is key + delta."""
+        _, s1, s2 = self.sizes
+        return offsets[:, 0] * (s1 * s2) + offsets[:, 1] * s2 + offsets[:, 2]
+
+    def has_duplicates(self) -> bool:
+        return bool((self.sorted_keys[1:] == self.sorted_keys[:-1]).any()) if len(self.keys) > 1 else False
+
+    def lookup(self, query: torch.Tensor) -> torch.Tensor:
+        """Row of each query key, or -1 where no voxel has that key. query: any shape int64."""
+        pos = torch.searchsorted(self.sorted_keys, query).clamp_(max=len(self.sorted_keys) - 1)
+        found = self.sorted_keys[pos] == query
+        rows = pos if self.order is None else self.order[pos]
+        return torch.where(found, rows, torch.full_like(rows, -1))
+
+
+def unique_first(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group equal keys: (N,) int64 -> inverse (N,) group of each row, first (G,) lowest row of
+    each group; groups are in ascending key order."""
+    unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    first = torch.full((len(unique_keys),), len(keys), dtype=torch.int64, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device), reduce="amin")
+    return inverse, first
+
+
+def build_submanifold_map(keys: CoordinateKeys, kernel_size: int, dilation: int) -> KernelMap:
+    """Submanifold (stride 1, output coords = input coords) map for an odd kernel.
+
+    Offsets k and K-1-k are opposite, so only the first half is looked up; the second half is
+    the same pairs with input and output swapped (halves the search work).
+    """
+    offsets = kernel_offsets(kernel_size, dilation).to(keys.keys.device)
+    n, volume = len(keys.keys), len(offsets)
+    centre = volume // 2
+    half = keys.delta(offsets[:centre])  # (centre,)
+    # Output row o looks for its input at o + offset; (centre, N) rows or -1.
+    found_rows = keys.lookup(keys.keys[None, :] + half[:, None])
+    hit = found_rows >= 0
+    counts = hit.sum(dim=1)
+    k_idx, o_idx = hit.nonzero(as_tuple=True)  # grouped by k, rows ascending within a group
+    i_idx = found_rows[k_idx, o_idx]
+    # Split the first-half pairs per offset, then append the mirrored second half.
+    firsts_in = torch.split(i_idx, counts.tolist())
+    firsts_out = torch.split(o_idx, counts.tolist())
+    ins = list(firsts_in) + [firsts_out[centre - 1 - j] for j in range(centre)]
+    outs = list(firsts_out) + [firsts_in[centre - 1 - j] for j in range(centre)]
+    sizes = counts.tolist() + counts.flip(0).tolist()
+    bounds = [0]
+    for k in range(volume):
+        bounds.append(bounds[-1] + (0 if k == centre else sizes[k if k < centre else k - 1]))
+    empty = torch.empty(0, dtype=torch.int64, device=keys.keys.device)
+    in_idx = torch.cat(ins) if ins else empty
+    out_idx = torch.cat(outs) if outs else empty
+    return KernelMap(in_idx, out_idx, tuple(bounds), centre, n, n)
+
+
+def build_downsample_map(level_coords: torch.Tensor) -> tuple[KernelMap, torch.Tensor]:
+    """Kernel-2 stride-2 map from one level to the next coarser one.
+
+    level_coords: (N, 4) int [b, x, y, z] in level units. Every input voxel has exactly one
+    parent (its coordinates // 2) and one offset (its child bits), so no search is needed.
+    Returns the map and the parent level's coordinates (M, 4) int32 in parent level units,
+    lexicographically sorted.
+    """
+    c = level_coords.to(torch.int64)
+    parent = c.clone()
+    parent[:, 1:] = torch.div(c[:, 1:], 2, rounding_mode="floor")
+    bits = c[:, 1:] - 2 * parent[:, 1:]
+    k = bits[:, 0] * 4 + bits[:, 1] * 2 + bits[:, 2]
+    inverse, first = unique_first(CoordinateKeys(parent, margin=0).keys)
+    parent_coords = parent[first].to(torch.int32)  # any child would do; take the first
+    order = torch.sort(k, stable=True).indices  # group by offset, inputs ascending within a group
+    counts = torch.bincount(k, minlength=8).tolist()
+    bounds = [0]
+    for cnt in counts:
+        bounds.append(bounds[-1] + cnt)
+    kmap = KernelMap(order, inverse[order], tuple(bounds), None, len(c), len(first))
+    return kmap, parent_coords

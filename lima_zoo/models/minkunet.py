@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat
+from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn, residual_relu
 
 __all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict"]
 
@@ -35,11 +35,10 @@ class ConvModule(nn.Module):
         super().__init__()
         self.conv = Conv3d(c_in, c_out, kernel_size, stride=stride, transposed=transposed)
         self.norm = BatchNorm(c_out, momentum=bn_momentum)
-        self.relu = ReLU(inplace=False) if activate else None
+        self.relu = ReLU() if activate else None
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        x = self.norm(self.conv(x))
-        return self.relu(x) if self.relu is not None else x
+        return conv_bn(x, self.conv, self.norm, relu=self.relu is not None)
 
 
 class BasicBlock(nn.Module):
@@ -57,10 +56,10 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        out = self.relu(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
+        out = conv_bn(x, self.conv1, self.norm1, relu=True)
+        out = conv_bn(out, self.conv2, self.norm2, relu=False)
         residual = self.downsample(x) if self.downsample is not None else x
-        return out.replace_feats(torch.relu(out.feats + residual.feats))
+        return residual_relu(out, residual)
 
 
 class MinkUNet(nn.Module):

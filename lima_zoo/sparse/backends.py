@@ -55,31 +55,29 @@ def conv3d(
     backend: str = "torch",
 ) -> SparseTensor:
     """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out); see ``nn.Conv3d`` for the kinds."""
-    if kernel_size == 1:
-        out = x.replace_feats(x.feats @ kernel[0])  # 1x1x1: a plain linear map, any backend
-    elif backend == "torch":
-        out = _torch_conv(x, kernel, kernel_size, stride, dilation, transposed)
-    elif backend == "spconv":
+    if kernel_size == 1:  # 1x1x1: a plain linear map, any backend
+        feats = x.feats @ kernel[0] if bias is None else torch.addmm(bias, x.feats, kernel[0])
+        return x.replace_feats(feats)
+    if backend == "torch":
+        return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed)
+    if backend == "spconv":
         out = _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed)
-    else:
-        check_backend(backend)
-        raise AssertionError("unreachable")
-    if bias is not None:
-        out = out.replace_feats(out.feats + bias)
-    return out
+        return out if bias is None else out.replace_feats(out.feats + bias)
+    check_backend(backend)
+    raise AssertionError("unreachable")
 
 
-def _torch_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
+def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed) -> SparseTensor:
     cache = x.cache
     if stride == 1:
         kmap = cache.submanifold_map(x.stride, kernel_size, dilation)
-        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x)
+        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x)
     if not transposed:
         kmap = cache.downsample_map(x.stride)
-        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x, stride=2 * x.stride)
+        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=2 * x.stride)
     fine = _fine_stride(x)
     kmap = cache.downsample_map(fine).transposed()
-    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap), x, stride=fine)
+    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=fine)
 
 
 def _fine_stride(x: SparseTensor) -> int:

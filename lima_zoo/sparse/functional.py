@@ -24,6 +24,11 @@ __all__ = ["sparse_conv", "clear_workspace"]
 
 _local = threading.local()
 
+# Pairs per gather-GEMM-scatter chunk: ~32k rows kept the 96-128 channel layers of MinkUNet-34
+# 10-15% faster than one gather over all offsets (benchmarks/bench_sparse.py), while wide, short
+# deep layers still run as one chunk.
+CHUNK_ROWS = 32768
+
 
 def _workspace(slot: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
     """A (rows, cols) scratch view reused across calls on this thread (contents undefined)."""
@@ -35,7 +40,9 @@ def _workspace(slot: str, rows: int, cols: int, like: torch.Tensor) -> torch.Ten
     buf = pool.get(key)
     if buf is None or buf.numel() < need:
         # Grow by 25% so slowly increasing sizes do not reallocate on every scan.
-        buf = torch.empty(int(need * 1.25) + 1024, dtype=like.dtype, device=like.device)
+        # A normal (not inference-mode) tensor, so it is writable inside and outside inference_mode.
+        with torch.inference_mode(False):
+            buf = torch.empty(int(need * 1.25) + 1024, dtype=like.dtype, device=like.device)
         pool[key] = buf
     return buf[:need].view(rows, cols)
 
@@ -45,25 +52,44 @@ def clear_workspace() -> None:
     _local.pool = {}
 
 
-def _apply_map(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, transpose_weight: bool) -> torch.Tensor:
-    """out (n_out, C_out) = sum over pairs of x[i] @ W[k] (or W[k].T).  x: (n_in, C_in)."""
+def _apply_map(
+    x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, transpose_weight: bool, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out (n_out, C_out) = bias + sum over pairs of x[i] @ W[k] (or W[k].T).  x: (n_in, C_in)."""
     w = weight.transpose(1, 2) if transpose_weight else weight
     c_out = w.shape[2]
     if kmap.identity is not None:
-        out = torch.mm(x, w[kmap.identity])  # centre offset: every row to itself, no gather
-    else:
+        # Centre offset: every row to itself, no gather; the bias rides along in the same pass.
+        centre = w[kmap.identity]
+        out = torch.mm(x, centre) if bias is None else torch.addmm(bias, x, centre)
+    elif bias is None:
         out = x.new_zeros(kmap.n_out, c_out)
-    pairs = kmap.in_idx.numel()
-    if pairs == 0:
-        return out
-    gathered = torch.index_select(x, 0, kmap.in_idx, out=_workspace("gather", pairs, x.shape[1], x))
-    products = _workspace("products", pairs, c_out, x)
-    b = kmap.bounds
-    for k in range(kmap.volume):
-        if b[k + 1] > b[k]:
-            torch.mm(gathered[b[k] : b[k + 1]], w[k], out=products[b[k] : b[k + 1]])
-    out.index_add_(0, kmap.out_idx, products)
+    else:
+        out = bias.expand(kmap.n_out, c_out).clone()
+    for start, stop in _chunks(kmap.bounds):
+        # Gather, multiply and scatter a few offsets at a time so the buffers stay in cache.
+        idx = slice(kmap.bounds[start], kmap.bounds[stop])
+        rows = idx.stop - idx.start
+        gathered = torch.index_select(x, 0, kmap.in_idx[idx], out=_workspace("gather", rows, x.shape[1], x))
+        products = _workspace("products", rows, c_out, x)
+        for k in range(start, stop):
+            a, b = kmap.bounds[k] - idx.start, kmap.bounds[k + 1] - idx.start
+            if b > a:
+                torch.mm(gathered[a:b], w[k], out=products[a:b])
+        out.index_add_(0, kmap.out_idx[idx], products)
     return out
+
+
+def _chunks(bounds: tuple[int, ...], rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+    """Split offsets [0, K) into consecutive runs of about ``rows`` pairs (at least one offset)."""
+    runs, start = [], 0
+    for k in range(len(bounds) - 1):
+        if bounds[k + 1] - bounds[start] > rows and k > start:
+            runs.append((start, k))
+            start = k
+    if bounds[-1] > bounds[start]:
+        runs.append((start, len(bounds) - 1))
+    return runs
 
 
 def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, weight: torch.Tensor) -> torch.Tensor:
@@ -85,31 +111,34 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, weigh
 
 class _SparseConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap) -> torch.Tensor:
         ctx.kmap = kmap
         ctx.save_for_backward(x, weight)
-        return _apply_map(x, weight, kmap, transpose_weight=False)
+        return _apply_map(x, weight, kmap, transpose_weight=False, bias=bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
         kmap: KernelMap = ctx.kmap
         grad_out = grad_out.contiguous()
-        grad_x = grad_w = None
+        grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             # Transposed map + transposed kernels: the adjoint of the forward sum.
             grad_x = _apply_map(grad_out, weight, kmap.transposed(), transpose_weight=True)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad_out, kmap, weight)
-        return grad_x, grad_w, None
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=0)
+        return grad_x, grad_w, grad_b, None
 
 
-def sparse_conv(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """Apply a kernel map.  x: (n_in, C_in) float; weight: (K, C_in, C_out) -> (n_out, C_out)."""
+def sparse_conv(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply a kernel map.  x: (n_in, C_in) float; weight: (K, C_in, C_out); bias: (C_out,) or
+    None -> (n_out, C_out)."""
     if weight.dim() != 3 or weight.shape[0] != kmap.volume or weight.shape[1] != x.shape[1]:
         raise ValueError(
             f"weight shape {tuple(weight.shape)} does not fit a {kmap.volume}-offset map on {x.shape[1]} channels"
         )
     if x.shape[0] != kmap.n_in:
         raise ValueError(f"features have {x.shape[0]} rows, kernel map expects {kmap.n_in}")
-    return _SparseConvFunction.apply(x.contiguous(), weight.contiguous(), kmap)
+    return _SparseConvFunction.apply(x.contiguous(), weight.contiguous(), bias, kmap)

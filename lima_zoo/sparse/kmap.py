@@ -137,32 +137,72 @@ def unique_first(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def build_submanifold_map(keys: CoordinateKeys, kernel_size: int, dilation: int) -> KernelMap:
     """Submanifold (stride 1, output coords = input coords) map for an odd kernel.
 
-    Offsets k and K-1-k are opposite, so only the first half is looked up; the second half is
-    the same pairs with input and output swapped (halves the search work).
+    Offsets k and K-1-k are opposite, so only half of them are searched; the other half are the
+    same pairs with input and output swapped. For 3x3x3 without dilation a further trick applies:
+    z is the last packed axis, so the neighbour at dz = +-1 is the next / previous key, and one
+    search per (dx, dy) column finds all three dz (4 searches instead of 13).
     """
     offsets = kernel_offsets(kernel_size, dilation).to(keys.keys.device)
-    n, volume = len(keys.keys), len(offsets)
+    volume = len(offsets)
+    side = kernel_size
+    r = kernel_size // 2
+
+    def k_of(dx: int, dy: int, dz: int) -> int:
+        return ((dz // dilation + r) * side + dy // dilation + r) * side + dx // dilation + r
+
+    pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # k -> (in rows, out rows)
+
+    def add(offset: tuple[int, int, int], out_rows: torch.Tensor, in_rows: torch.Tensor) -> None:
+        # Output o reads input o + offset; the opposite offset is the same pairs reversed.
+        pairs[k_of(*offset)] = (in_rows, out_rows)
+        pairs[k_of(*(-v for v in offset))] = (out_rows, in_rows)
+
+    if kernel_size == 3 and dilation == 1:
+        _columns_search(keys, add)
+    else:
+        for dx, dy, dz in offsets[: volume // 2].tolist():
+            rows = keys.lookup(keys.keys + keys.delta(torch.tensor([[dx, dy, dz]], device=keys.keys.device)))
+            out_rows = (rows >= 0).nonzero().squeeze(1)
+            add((dx, dy, dz), out_rows, rows[out_rows])
+    return _assemble(pairs, volume, len(keys.keys), keys.keys.device)
+
+
+def _columns_search(keys: CoordinateKeys, add) -> None:
+    """All 26 neighbours of a 3x3x3 kernel from 4 column searches + key adjacency."""
+    sk = keys.sorted_keys
+    n = len(sk)
+    rows_of = (lambda pos: pos) if keys.order is None else (lambda pos: keys.order[pos])
+    # (0, 0, +1): in sorted order the next key, if it is key + 1.
+    if n > 1:
+        nxt = (sk[1:] == sk[:-1] + 1).nonzero().squeeze(1)
+        add((0, 0, 1), rows_of(nxt), rows_of(nxt + 1))
+    own = keys.keys if keys.order is None else sk  # query in sorted order, map rows at the end
+    for dx, dy in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):  # one of each mirrored (dx, dy) pair
+        q = own + keys.delta(torch.tensor([[dx, dy, 0]], device=sk.device))
+        pos = torch.searchsorted(sk, q)
+        at = pos.clamp(max=n - 1)
+        same = sk[at] == q
+        for dz, cand, hit in (
+            (0, at, same),
+            (1, (pos + same.long()).clamp(max=n - 1), None),  # first key > q
+            (-1, (pos - 1).clamp(min=0), None),  # last key < q
+        ):
+            if hit is None:
+                hit = (sk[cand] == q + dz) & ((pos > 0) if dz == -1 else True)
+            out_pos = hit.nonzero().squeeze(1)
+            add((dx, dy, dz), rows_of(out_pos), rows_of(cand[out_pos]))
+
+
+def _assemble(pairs: dict, volume: int, n: int, device: torch.device) -> KernelMap:
     centre = volume // 2
-    half = keys.delta(offsets[:centre])  # (centre,)
-    # Output row o looks for its input at o + offset; (centre, N) rows or -1.
-    found_rows = keys.lookup(keys.keys[None, :] + half[:, None])
-    hit = found_rows >= 0
-    counts = hit.sum(dim=1)
-    k_idx, o_idx = hit.nonzero(as_tuple=True)  # grouped by k, rows ascending within a group
-    i_idx = found_rows[k_idx, o_idx]
-    # Split the first-half pairs per offset, then append the mirrored second half.
-    firsts_in = torch.split(i_idx, counts.tolist())
-    firsts_out = torch.split(o_idx, counts.tolist())
-    ins = list(firsts_in) + [firsts_out[centre - 1 - j] for j in range(centre)]
-    outs = list(firsts_out) + [firsts_in[centre - 1 - j] for j in range(centre)]
-    sizes = counts.tolist() + counts.flip(0).tolist()
-    bounds = [0]
+    empty = torch.empty(0, dtype=torch.int64, device=device)
+    ins, outs, bounds = [], [], [0]
     for k in range(volume):
-        bounds.append(bounds[-1] + (0 if k == centre else sizes[k if k < centre else k - 1]))
-    empty = torch.empty(0, dtype=torch.int64, device=keys.keys.device)
-    in_idx = torch.cat(ins) if ins else empty
-    out_idx = torch.cat(outs) if outs else empty
-    return KernelMap(in_idx, out_idx, tuple(bounds), centre, n, n)
+        i, o = pairs.get(k, (empty, empty)) if k != centre else (empty, empty)
+        ins.append(i)
+        outs.append(o)
+        bounds.append(bounds[-1] + len(i))
+    return KernelMap(torch.cat(ins), torch.cat(outs), tuple(bounds), centre, n, n)
 
 
 def build_downsample_map(level_coords: torch.Tensor) -> tuple[KernelMap, torch.Tensor]:

@@ -1,0 +1,66 @@
+"""Named encoder variants: "vit-b-minkunet34" -> config, Hub repo, revision, licence, paper.
+
+Plain data plus one decorator-free dict, in the spirit of timm's registry: a variant is looked up by
+name, an unknown name is an error that suggests the closest ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .config import EncoderConfig, PreprocessConfig
+
+__all__ = ["ModelInfo", "MODELS", "list_models", "get_model_info"]
+
+PAPER = "Xu et al., Beyond One Shot, Beyond One Perspective: Cross-View and Long-Horizon Distillation for Better LiDAR Representations, ICCV 2025 (arXiv:2507.05260)"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered variant. ``revision`` pins the Hub commit the loader asks for."""
+
+    name: str
+    config: EncoderConfig
+    hub_repo: str
+    revision: str
+    license: str
+    paper: str = PAPER
+    description: str = ""
+
+
+def _lima(teacher_size: str, teacher: str, head_dim: int) -> ModelInfo:
+    name = f"vit-{teacher_size}-minkunet34"
+    return ModelInfo(
+        name=name,
+        config=EncoderConfig(backbone="minkunet34", head_dim=head_dim, teacher=teacher, preprocess=PreprocessConfig()),
+        hub_repo=f"lima-zoo/{name}",
+        revision="main",
+        license="apache-2.0",
+        description=f"MinkUNet-34 distilled from DINOv2 ViT-{teacher_size.upper()}/14 with LiMA on nuScenes",
+    )
+
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        _lima("s", "vit_small_patch14_dinov2", 384),
+        _lima("b", "vit_base_patch14_dinov2", 768),
+        _lima("l", "vit_large_patch14_dinov2", 1024),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """Names of every registered encoder variant, sorted."""
+    return sorted(MODELS)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registered variant ``name``; an unknown name raises with the closest names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Registered: {', '.join(list_models())}") from None

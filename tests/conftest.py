@@ -1,0 +1,44 @@
+"""Shared fixtures: small realistic scans and thread-count control."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def street_points() -> np.ndarray:
+    """A full ~34k-point 32-beam street scan (N, 5) float32."""
+    from lima_zoo.synth.scan import street_scan
+
+    return street_scan(seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_street_points() -> np.ndarray:
+    """A sparse ~8k-point scan for quick network tests."""
+    from lima_zoo.synth.scan import street_scan
+
+    return street_scan(seed=1, azimuth_steps=256)
+
+
+def random_sparse(grid: int, density: float, batches: int = 2, channels: int = 3, seed: int = 0, dtype=torch.float64):
+    """Random occupied cells of a (batches, grid^3) volume -> (feats, coords int32)."""
+    g = torch.Generator().manual_seed(seed)
+    occ = torch.rand(batches, grid, grid, grid, generator=g) < density
+    coords = occ.nonzero().to(torch.int32)
+    feats = torch.randn(len(coords), channels, generator=g, dtype=dtype)
+    return feats, coords

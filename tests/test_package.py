@@ -1,0 +1,37 @@
+"""Package hygiene: cheap imports, lazy optional backends, a fast CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return set(out.split())
+
+
+def test_import_lima_zoo_is_light():
+    mods = _modules_after("import lima_zoo")
+    heavy = {m for m in mods if m.split(".")[0] in {"torch", "timm", "onnx", "onnxruntime", "spconv", "torchsparse"}}
+    assert not heavy, heavy
+    assert "lima_zoo.training" not in mods
+
+
+def test_using_the_engine_does_not_import_spconv():
+    mods = _modules_after("import lima_zoo; lima_zoo.create_encoder('vit-s-minkunet34')")
+    assert "torch" in mods and "spconv" not in mods and "lima_zoo.training" not in mods
+
+
+def test_cli_help_is_fast_and_torch_free():
+    mods = _modules_after("from lima_zoo.cli import main")
+    assert "torch" not in mods
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lima_zoo.cli", "--help"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0 and "Usage" in done.stdout
+    print(f"\nlima-zoo --help: {elapsed * 1000:.0f} ms")

@@ -35,3 +35,18 @@ def test_cli_help_is_fast_and_torch_free():
     elapsed = time.perf_counter() - start
     assert done.returncode == 0 and "Usage" in done.stdout
     print(f"\nlima-zoo --help: {elapsed * 1000:.0f} ms")
+
+
+def test_unknown_or_missing_backend_is_a_clear_error():
+    import importlib.util
+
+    import pytest
+
+    from lima_zoo import create_encoder
+
+    enc = create_encoder("vit-s-minkunet34")
+    with pytest.raises(ValueError, match="unknown sparse backend 'cuda'"):
+        enc.set_backend("cuda")
+    if importlib.util.find_spec("torchsparse") is None:
+        with pytest.raises(ValueError, match="not installed"):
+            enc.set_backend("torchsparse")

@@ -1,4 +1,5 @@
-"""The same weights on the torch and spconv backends give the same features.
+"""The same weights on the torch and a foreign backend (spconv; torchsparse where installed)
+give the same features.
 
 spconv 2.3.8's CPU compute races with more than one torch thread (traveller59/spconv#679), so the
 parity runs at one thread; ours is checked separately at any thread count.
@@ -16,36 +17,44 @@ from lima_zoo.voxelize import voxelize
 
 from conftest import num_threads, random_sparse
 
-pytest.importorskip("spconv")
+import importlib.util
+
+FOREIGN = [
+    pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed"))
+    for name in ("spconv", "torchsparse")
+]
 
 
-def _run_both(module, make_input):
+def _run_both(module, make_input, foreign="spconv"):
     outs = []
     with num_threads(1), torch.inference_mode():
-        for backend in ("torch", "spconv"):
+        for backend in ("torch", foreign):
             set_backend(module, backend)
             outs.append(module(make_input()).feats)
     set_backend(module, "torch")
     return outs
 
 
+@pytest.mark.parametrize("foreign", FOREIGN)
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (3, 2), (5, 1)])
-def test_submanifold_conv(kernel_size, dilation):
+def test_submanifold_conv(kernel_size, dilation, foreign):
     feats, coords = random_sparse(grid=10, density=0.3, dtype=torch.float32)
     conv = Conv3d(3, 8, kernel_size, dilation=dilation)
-    a, b = _run_both(conv, lambda: SparseTensor(feats, coords))
+    a, b = _run_both(conv, lambda: SparseTensor(feats, coords), foreign)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_down_and_up_conv():
+@pytest.mark.parametrize("foreign", FOREIGN)
+def test_down_and_up_conv(foreign):
     feats, coords = random_sparse(grid=10, density=0.3, dtype=torch.float32)
     net = torch.nn.Sequential(Conv3d(3, 8, 2, stride=2), Conv3d(8, 8, 3), Conv3d(8, 5, 2, stride=2, transposed=True))
-    a, b = _run_both(net, lambda: SparseTensor(feats, coords))
+    a, b = _run_both(net, lambda: SparseTensor(feats, coords), foreign)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("foreign", FOREIGN)
 @pytest.mark.parametrize("voxel_type,size", [("cylindrical", (0.1, 1.0, 0.1)), ("cartesian", (0.1, 0.1, 0.1))])
-def test_whole_minkunet34(street_points, voxel_type, size):
+def test_whole_minkunet34(street_points, voxel_type, size, foreign):
     vox = voxelize([torch.from_numpy(street_points)], PreprocessConfig(voxel_type=voxel_type, voxel_size=size))
     torch.manual_seed(0)
     net = MinkUNet("minkunet34").eval()
@@ -53,7 +62,7 @@ def test_whole_minkunet34(street_points, voxel_type, size):
         if isinstance(m, torch.nn.BatchNorm1d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    a, b = _run_both(net, lambda: SparseTensor(vox.feats, vox.coords))
+    a, b = _run_both(net, lambda: SparseTensor(vox.feats, vox.coords), foreign)
     diff = (a - b).abs().max().item()
-    print(f"\nMinkUNet-34 torch vs spconv ({voxel_type}, {len(vox.coords)} voxels): max |diff| = {diff:.3g}, max |y| = {a.abs().max():.3g}")
+    print(f"\nMinkUNet-34 torch vs {foreign} ({voxel_type}, {len(vox.coords)} voxels): max |diff| = {diff:.3g}, max |y| = {a.abs().max():.3g}")
     assert diff < 1e-4

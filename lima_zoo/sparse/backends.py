@@ -1,8 +1,10 @@
-"""Which library executes a sparse convolution: our pure-PyTorch engine or spconv.
+"""Which library executes a sparse convolution: our pure-PyTorch engine, spconv or torchsparse.
 
 "torch" (default, CPU and CUDA) uses ``kmap.py`` + ``functional.py``. "spconv" runs the same
-kernels through spconv 2.x. spconv is imported only when that backend is first used, never by
-``import lima_zoo``.
+kernels through spconv 2.x, "torchsparse" through torchsparse 2.1 (GPU builds; it is not on PyPI
+and was not available to test here). A foreign library is imported only when its backend is first
+used, never by ``import lima_zoo``. Whatever order a foreign library gives downsampled voxels, rows
+are mapped back to ours, so backends can be switched per layer and compared row by row.
 
 spconv adapter facts (checked by tests against the torch backend and dense conv3d):
 * indices are passed as ``[b, z, y, x]`` in level units, so spconv's row-major kernel index equals
@@ -29,7 +31,7 @@ from .tensor import SparseTensor
 
 __all__ = ["available_backends", "check_backend", "conv3d", "BACKENDS"]
 
-BACKENDS = ("torch", "spconv")
+BACKENDS = ("torch", "spconv", "torchsparse")
 
 
 def available_backends() -> list[str]:
@@ -60,8 +62,9 @@ def conv3d(
         return x.replace_feats(feats)
     if backend == "torch":
         return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed)
-    if backend == "spconv":
-        out = _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed)
+    if backend in ("spconv", "torchsparse"):
+        run = _spconv_conv if backend == "spconv" else _torchsparse_conv
+        out = run(x, kernel, kernel_size, stride, dilation, transposed)
         return out if bias is None else out.replace_feats(out.feats + bias)
     check_backend(backend)
     raise AssertionError("unreachable")
@@ -170,7 +173,8 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
         x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
         if coarse not in state["ours_row"]:
             state["sp_indices"][coarse] = out.indices
-            state["ours_row"][coarse] = _our_rows(x, coarse, out.indices)
+            sp = out.indices.to(torch.int64)
+            state["ours_row"][coarse] = _our_rows(x, coarse, torch.stack([sp[:, 0], sp[:, 3], sp[:, 2], sp[:, 1]], 1))
         feats = torch.empty_like(out.features).index_copy_(0, state["ours_row"][coarse], out.features)
         return SparseTensor.derived(feats, x, stride=coarse)
     fine = _fine_stride(x)
@@ -179,11 +183,44 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
     return SparseTensor.derived(out.features, x, stride=fine)
 
 
-def _our_rows(x: SparseTensor, stride: int, sp_indices: torch.Tensor) -> torch.Tensor:
-    """Our row index (at ``stride``) of every spconv output row."""
+def _our_rows(x: SparseTensor, stride: int, level_bxyz: torch.Tensor) -> torch.Tensor:
+    """Our row index (at ``stride``) of every row of a foreign library's (M, 4) [b, x, y, z]
+    level-unit coordinates; a different voxel set is an error, not a silent mismatch."""
     ours = CoordinateKeys(x.cache.level_coords(stride), margin=0)
-    sp = sp_indices.to(torch.int64)
-    rows = ours.lookup(ours.pack(torch.stack([sp[:, 0], sp[:, 3], sp[:, 2], sp[:, 1]], dim=1)))
+    rows = ours.lookup(ours.pack(level_bxyz.to(torch.int64)))
     if len(rows) != ours.keys.numel() or bool((rows < 0).any()):
-        raise RuntimeError("spconv produced a different set of downsampled voxels than the torch engine")
+        raise RuntimeError(f"the foreign backend produced a different set of stride-{stride} voxels than the torch engine")
     return rows
+
+
+# ----------------------------------------------------------------------------------- torchsparse
+
+
+def _torchsparse_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
+    """torchsparse 2.1: coords [b, x, y, z] in level units, kernels (K, C_in, C_out) in our order."""
+    import torchsparse
+    from torchsparse.nn import functional as tsf
+
+    state = x.cache.backend_state.setdefault("torchsparse", {"caches": None, "ours_row": {}})
+    level = x.cache.level_coords(x.stride).to(torch.int32)
+    ours_row = state["ours_row"].get(x.stride)
+    if ours_row is not None:  # a level torchsparse produced: give it its own row order back
+        feats, level = x.feats.index_select(0, ours_row), level.index_select(0, ours_row)
+    else:
+        feats = x.feats
+    inp = torchsparse.SparseTensor(feats=feats, coords=level, stride=x.stride)
+    if state["caches"] is not None:
+        inp._caches = state["caches"]
+    out = tsf.conv3d(
+        inp, kernel, kernel_size, None, stride, 0, dilation, None, transposed, False, torch.is_grad_enabled()
+    )
+    state["caches"] = out._caches
+    out_stride = x.stride * 2 if (stride == 2 and not transposed) else (x.stride // 2 if transposed else x.stride)
+    if stride == 2 and not transposed:
+        x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
+        state["ours_row"][out_stride] = _our_rows(x, out_stride, out.coords)
+    elif transposed:
+        _fine_stride(x)
+    rows = state["ours_row"].get(out_stride)
+    feats = out.feats if rows is None else torch.empty_like(out.feats).index_copy_(0, rows, out.feats)
+    return SparseTensor.derived(feats, x, stride=out_stride)

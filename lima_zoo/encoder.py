@@ -1,21 +1,33 @@
-"""LiMAEncoder: a MinkUNet backbone + distillation head + the preprocessing that feeds them.
+"""LiMAEncoder: a MinkUNet backbone + distillation head + the preprocessing contract that feeds them.
 
-``embed(points)`` is the whole path a user needs: points -> voxels -> backbone -> per-point features
-in input order.
+    encoder = LiMAEncoder.from_pretrained("vit-b-minkunet34")   # or "org/repo@rev" or a folder
+    feats = encoder.embed(points)                               # (N, 96), one row per input point
+
+A saved encoder is a folder with ``config.json`` (the frozen :class:`EncoderConfig`) and
+``model.safetensors`` (backbone + head). Loading is strict: missing, unexpected or mis-shaped
+tensors are an error that lists them.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import EncoderConfig
+from .atomic import atomic_path
+from .config import EncoderConfig, config_from_dict
 from .models import DistillationHead, MinkUNet
 from .sparse import SparseTensor, set_backend
 from .voxelize import Voxels, voxelize
 
-__all__ = ["LiMAEncoder", "create_encoder"]
+__all__ = ["LiMAEncoder", "create_encoder", "load_state_strict"]
+
+ArrayLike = np.ndarray | torch.Tensor
 
 
 class LiMAEncoder(nn.Module):
@@ -32,8 +44,47 @@ class LiMAEncoder(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         return self.backbone(x)
 
+    # ------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        backend: str = "torch",
+    ) -> "LiMAEncoder":
+        """Load a registered name, a Hub repo ("org/repo" or "org/repo@revision") or a local folder."""
+        from .hub import fetch_model_files, resolve_source
+
+        files = fetch_model_files(resolve_source(name_or_path, revision), cache_dir, local_files_only)
+        config = read_config(files["config.json"])
+        encoder = cls(config)
+        from safetensors.torch import load_file
+
+        load_state_strict(encoder, load_file(files["model.safetensors"]), files["model.safetensors"])
+        encoder.eval()
+        if device is not None:
+            encoder.to(resolve_device(device))
+        return encoder.set_backend(backend)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors (each atomically) into ``save_directory``."""
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "lima_zoo_format": str(self.config.format_version)})
+        with atomic_path(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return out
+
     def set_backend(self, name: str) -> "LiMAEncoder":
-        """Run the sparse convolutions with ``name`` ("torch", "spconv"); weights unchanged."""
+        """Run the sparse convolutions with ``name`` ("torch", "spconv", "torchsparse")."""
         set_backend(self.backbone, name)
         self.backend = name
         return self
@@ -42,44 +93,112 @@ class LiMAEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def voxelize(self, scans: list[torch.Tensor]) -> Voxels:
-        return voxelize([s.to(self.device) for s in scans], self.config.preprocess)
+    # ------------------------------------------------------------------------------ features
+
+    def prepare(self, points: ArrayLike, intensity_range: float | None = None) -> torch.Tensor:
+        """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
+        reads, intensity rescaled from ``intensity_range`` (e.g. 1.0 for KITTI) to the model's."""
+        pts = torch.as_tensor(points).to(self.device, torch.float32)
+        if pts.dim() != 2 or pts.shape[1] < 3 or len(pts) == 0:
+            raise ValueError(f"points must be a non-empty (N, >=3) array, got shape {tuple(pts.shape)}")
+        use = min(self.config.in_channels, pts.shape[1])
+        pts = pts[:, :use]
+        if not bool(torch.isfinite(pts).all()):
+            raise ValueError("points contain NaN or Inf")
+        if use >= 4 and intensity_range is not None and intensity_range != self.config.preprocess.intensity_scale:
+            pts = pts.clone()
+            pts[:, 3] *= self.config.preprocess.intensity_scale / intensity_range
+        return pts
+
+    def voxelize(self, scans: Sequence[torch.Tensor]) -> Voxels:
+        return voxelize(list(scans), self.config.preprocess)
 
     @torch.inference_mode()
-    def embed(self, points: np.ndarray | torch.Tensor, space: str = "backbone") -> np.ndarray | torch.Tensor:
-        """Per-point features of one scan.
+    def embed(
+        self,
+        points: ArrayLike | Sequence[ArrayLike],
+        space: str = "backbone",
+        return_voxels: bool = False,
+        intensity_range: float | None = None,
+    ):
+        """Per-point features.
 
-        points: (N, >=3) xyz [+ intensity in the scale ``config.preprocess.intensity_scale``].
-        space: "backbone" -> (N, 96) features; "teacher" -> (N, head_dim) L2-normalised head output.
-        Returns float32 (N, D) rows in input order: numpy for numpy input, else a tensor on the
-        encoder's device.
+        points: one (N, >=3) array (x, y, z[, intensity]) or a list of them (run as one batch).
+        space: "backbone" -> (N, 96) features; "teacher" -> (N, head_dim) L2-normalised head output
+            in the teacher's feature space.
+        intensity_range: the scans' intensity range (1.0 KITTI, 255.0 nuScenes) when it differs
+            from ``config.preprocess.intensity_scale``.
+        Returns float32 (N, D), rows in input order — numpy for numpy input, else a tensor on the
+        encoder's device — or a list of them for a list input. With ``return_voxels`` also the
+        voxel coords (M, 4) int32 [batch, i, j, k] and voxel features (M, D) of the batch.
         """
         if space not in ("backbone", "teacher"):
             raise ValueError(f"space must be 'backbone' or 'teacher', got {space!r}")
-        as_numpy = isinstance(points, np.ndarray)
-        pts = torch.as_tensor(points, dtype=torch.float32)
-        if pts.dim() != 2 or pts.shape[1] < 3 or len(pts) == 0:
-            raise ValueError(f"points must be a non-empty (N, >=3) array, got shape {tuple(pts.shape)}")
-        if not bool(torch.isfinite(pts[:, : self.config.in_channels]).all()):
-            raise ValueError("points contain NaN or Inf")
+        many = isinstance(points, (list, tuple))
+        scans = list(points) if many else [points]
+        if not scans:
+            raise ValueError("no scans given")
+        as_numpy = isinstance(scans[0], np.ndarray)
         was_training = self.training
         self.eval()
         try:
-            vox = self.voxelize([pts])
+            prepared = [self.prepare(s, intensity_range) for s in scans]
+            vox = self.voxelize(prepared)
             feats = self.backbone(SparseTensor(vox.feats, vox.coords)).feats
             if space == "teacher":
                 feats = self.head(feats)
-            out = feats[vox.inverse].float()
+            per_point = feats[vox.inverse].float()
         finally:
             self.train(was_training)
-        return out.cpu().numpy() if as_numpy else out
+        convert = (lambda t: t.cpu().numpy()) if as_numpy else (lambda t: t)
+        outs = [convert(t) for t in torch.split(per_point, [len(p) for p in prepared])]
+        result = outs if many else outs[0]
+        if return_voxels:
+            return result, convert(vox.coords), convert(feats.float())
+        return result
 
 
-def create_encoder(name: str, pretrained: bool = False, backend: str = "torch") -> LiMAEncoder:
-    """Build the registered variant ``name`` (see ``list_models()``) with fresh weights."""
+def read_config(path: str | os.PathLike) -> EncoderConfig:
+    """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable config ({exc})") from None
+    return config_from_dict(EncoderConfig, data, where=str(path))
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike = "state dict") -> None:
+    """load_state_dict that reports every missing, unexpected and mis-shaped tensor at once."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{source}: weights do not match the model"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                parts.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise ValueError("\n".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a CUDA request without CUDA is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def create_encoder(name: str, pretrained: bool = False, backend: str = "torch", **kwargs) -> LiMAEncoder:
+    """Build the registered variant ``name`` (see ``list_models()``): fresh weights, or with
+    ``pretrained=True`` its published weights via :meth:`LiMAEncoder.from_pretrained`."""
     from .registry import get_model_info
 
     info = get_model_info(name)
     if pretrained:
-        raise ValueError("pretrained=True: weights are loaded with LiMAEncoder.from_pretrained(name)")
+        return LiMAEncoder.from_pretrained(name, backend=backend, **kwargs)
     return LiMAEncoder(info.config).set_backend(backend)

@@ -3,6 +3,9 @@ so ``lima-zoo --help`` never imports torch."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from .. import __version__
@@ -14,15 +17,64 @@ def main() -> None:
     """LiMA LiDAR encoders: features for your scans, training, evaluation and export."""
 
 
+@main.command("embed")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "-m", default="vit-b-minkunet34", show_default=True, help="Registered name, org/repo[@rev] or a model folder.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--format", "fmt", type=click.Choice(["npy", "safetensors", "parquet", "ply"]), default="npy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--backend", default="torch", show_default=True, help="Sparse backend: torch | spconv | torchsparse")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Scans per forward pass.")
+@click.option("--load-dim", type=click.IntRange(min=3), help="float32 columns per point in raw .bin files (default 4; 5 for .pcd.bin).")
+@click.option("--use-dim", type=click.IntRange(min=3), help="Use the first N columns (default: x, y, z, intensity).")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file exists.")
+@click.option("--ply-features", is_flag=True, help="With --format ply, also store the features as vertex properties.")
+@click.option("--local-files-only", is_flag=True, help="Never touch the network when resolving --model.")
+def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only):
+    """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
+    from .embed import collect_inputs, run_embed
+
+    inputs = collect_inputs(list(paths))
+    if not inputs:
+        raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}")
+    encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only)
+    report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features)
+    secs = report.seconds
+    total = sum(secs.values())
+    click.echo(
+        f"embedded {report.done} scan(s), {report.points:,} points into {out_dir}"
+        + (f", skipped {report.skipped} existing" if report.skipped else "")
+        + (f" ({report.points / total:,.0f} points/s)" if total > 0 and report.points else "")
+    )
+    if report.failed:
+        click.echo(f"{len(report.failed)} file(s) failed:", err=True)
+        for _, why in report.failed:
+            click.echo(f"  {why}", err=True)
+        sys.exit(1)
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the registered encoder variants."""
     from ..registry import MODELS
+    from .info import model_rows
 
-    click.echo(f"{'name':<20} {'backbone':<12} {'teacher':<26} hub repo")
-    for name, info in sorted(MODELS.items()):
-        c = info.config
-        click.echo(f"{name:<20} {c.backbone:<12} {c.teacher:<26} {info.hub_repo}")
+    rows = model_rows(MODELS)
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@main.command("info")
+@click.argument("model")
+def info_cmd(model: str) -> None:
+    """Show a model's configuration, Hub repo, licence and local cache state."""
+    from .info import describe
+
+    try:
+        click.echo(describe(model))
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("backends")
@@ -33,3 +85,15 @@ def backends_cmd() -> None:
     have = set(available_backends())
     for name in BACKENDS:
         click.echo(f"{name:<12} {'available' if name in have else 'not installed'}")
+
+
+def _load_model(model: str, device: str, backend: str, local_files_only: bool):
+    from ..encoder import LiMAEncoder, resolve_device
+    from ..hub import OfflineError
+
+    try:
+        encoder = LiMAEncoder.from_pretrained(model, device=resolve_device(device), backend=backend, local_files_only=local_files_only)
+    except (ValueError, OSError, OfflineError) as exc:
+        raise click.ClickException(str(exc)) from None
+    encoder.name_or_path = model
+    return encoder

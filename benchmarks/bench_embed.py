@@ -1,0 +1,113 @@
+"""`lima-zoo embed` end to end on a directory of nuScenes-size scans, and where the time goes.
+
+Writes --scans ray-cast 32-beam street scans as nuScenes ``.pcd.bin`` files and a MinkUNet-34
+encoder (random weights: no LiMA weights are published) to a temp dir, then:
+
+1. runs the real CLI (`python -m lima_zoo.cli embed DIR --out OUT`) and reports points/s;
+2. runs the same steps in-process with a timer around each: read, voxelize, kernel maps (every
+   level's maps built up front), forward (backbone on the prebuilt maps + per-point gather), write.
+
+    python benchmarks/bench_embed.py [--scans 8] [--threads 2] [--format npy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lima_zoo import LiMAEncoder
+from lima_zoo.config import EncoderConfig
+from lima_zoo.io import load_points, save_features
+from lima_zoo.sparse import SparseTensor
+from lima_zoo.synth.scan import street_scan
+
+
+def write_scans(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        path = folder / f"n000-2018__LIDAR_TOP__{i:06d}.pcd.bin"
+        path.write_bytes(street_scan(seed=100 + i).tobytes())
+        paths.append(path)
+    return paths
+
+
+def staged(encoder: LiMAEncoder, paths: list[Path], out: Path, fmt: str) -> dict[str, float]:
+    t = dict.fromkeys(("read", "voxelize", "kernel maps", "forward", "write"), 0.0)
+    points = 0
+    for path in paths:
+        s = time.perf_counter()
+        cloud = load_points(path)
+        t["read"] += time.perf_counter() - s
+        s = time.perf_counter()
+        pts = encoder.prepare(cloud.points, cloud.intensity_range)
+        vox = encoder.voxelize([pts])
+        t["voxelize"] += time.perf_counter() - s
+        s = time.perf_counter()
+        x = SparseTensor(vox.feats, vox.coords)
+        for stride in (1, 2, 4, 8):
+            x.cache.submanifold_map(stride, 3, 1)
+            x.cache.downsample_map(stride)
+        x.cache.submanifold_map(16, 3, 1)
+        t["kernel maps"] += time.perf_counter() - s
+        s = time.perf_counter()
+        with torch.inference_mode():
+            feats = encoder.backbone(x).feats[vox.inverse].numpy()
+        t["forward"] += time.perf_counter() - s
+        s = time.perf_counter()
+        save_features(out / f"{path.name}.{fmt}", feats, cloud.points[:, :3])
+        t["write"] += time.perf_counter() - s
+        points += len(feats)
+    t["points"] = points
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scans", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--format", default="npy", choices=["npy", "safetensors", "parquet", "ply"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "scans").mkdir()
+        paths = write_scans(tmp / "scans", args.scans)
+        torch.manual_seed(0)
+        LiMAEncoder(EncoderConfig()).save_pretrained(tmp / "model")
+        encoder = LiMAEncoder.from_pretrained(tmp / "model")
+
+        cmd = [sys.executable, "-m", "lima_zoo.cli", "embed", str(tmp / "scans"), "--model", str(tmp / "model"),
+               "--out", str(tmp / "cli_out"), "--format", args.format]
+        s = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cli_seconds = time.perf_counter() - s
+        if done.returncode != 0:
+            sys.exit(done.stderr)
+
+        (tmp / "staged").mkdir()
+        staged(encoder, paths[:1], tmp / "staged", args.format)  # warm-up
+        t = staged(encoder, paths, tmp / "staged", args.format)
+
+    points = t.pop("points")
+    total = sum(t.values())
+    print(f"lima-zoo embed, MinkUNet-34 (random weights), {args.scans} nuScenes-size scans "
+          f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n")
+    print(f"CLI end to end (process start, model load, {args.scans} scans): {cli_seconds:.1f} s, "
+          f"{points / cli_seconds:,.0f} points/s")
+    print(f"in-process per scan: {total / args.scans * 1e3:.0f} ms, {points / total:,.0f} points/s\n")
+    print("| stage | ms / scan | share |")
+    print("|---|---|---|")
+    for name, sec in t.items():
+        print(f"| {name} | {sec / args.scans * 1e3:.1f} | {sec / total * 100:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()

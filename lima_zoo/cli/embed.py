@@ -1,0 +1,141 @@
+"""``lima-zoo embed``: per-point features for files, globs and directories of scans.
+
+One output per input, keeping its path relative to the directory (or glob base) it was found under
+(``scans/a/001.bin`` -> ``OUT/a/001.npy``). A bad file is reported and skipped; the rest finish.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["collect_inputs", "run_embed", "EmbedReport"]
+
+
+@dataclass
+class EmbedReport:
+    done: int = 0
+    skipped: int = 0
+    points: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "embed": 0.0, "write": 0.0})
+
+
+def _stem(path: Path) -> str:
+    from ..io import point_suffix
+
+    suffix = point_suffix(path)
+    return path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
+
+
+def collect_inputs(specs: list[str]) -> list[tuple[Path, Path]]:
+    """Expand files, globs and directories into (input file, output path without suffix) pairs."""
+    from ..io import POINT_SUFFIXES
+
+    def readable(p: Path) -> bool:
+        return p.name.lower().endswith(POINT_SUFFIXES)
+
+    found: list[tuple[Path, Path]] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and readable(p))
+            found += [(p, p.relative_to(path).parent / _stem(p)) for p in files]
+        elif glob.has_magic(spec):
+            base = Path(spec.split("*")[0].split("?")[0].split("[")[0])
+            base = base if base.is_dir() and spec[len(str(base)) :].startswith(os.sep) else base.parent
+            for p in sorted(Path(m) for m in glob.glob(spec, recursive=True)):
+                if p.is_file():
+                    found.append((p, p.relative_to(base).parent / _stem(p)))
+        else:
+            found.append((path, Path(_stem(path))))  # missing files are reported per file later
+    return found
+
+
+def run_embed(
+    inputs: list[tuple[Path, Path]],
+    encoder,
+    out_dir: Path,
+    fmt: str = "npy",
+    batch_size: int = 1,
+    load_dim: int | None = None,
+    use_dim: int | None = None,
+    skip_existing: bool = False,
+    ply_features: bool = False,
+    progress: bool = True,
+) -> EmbedReport:
+    """Embed every input into ``out_dir``; per-file errors are collected, never raised."""
+    from tqdm import tqdm
+
+    from ..io import PointCloudError, load_points, save_features
+
+    report = EmbedReport()
+    todo = []
+    for src, rel in inputs:
+        dst = out_dir / rel.parent / f"{rel.name}.{fmt}"
+        if skip_existing and dst.exists():
+            report.skipped += 1
+        else:
+            todo.append((src, dst))
+    bar = tqdm(total=len(todo), unit="scan", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for i in range(0, len(todo), batch_size):
+        batch = []
+        for src, dst in todo[i : i + batch_size]:
+            t = time.perf_counter()
+            try:
+                batch.append((load_points(src, load_dim=load_dim, use_dim=use_dim), src, dst))
+            except PointCloudError as exc:
+                report.failed.append((str(src), str(exc)))
+                bar.update(1)
+            report.seconds["read"] += time.perf_counter() - t
+        if not batch:
+            continue
+        t = time.perf_counter()
+        try:
+            feats = _embed_batch(encoder, [c for c, _, _ in batch])
+        except (ValueError, RuntimeError) as exc:
+            report.failed += [(str(src), f"{src}: {exc}") for _, src, _ in batch]
+            bar.update(len(batch))
+            continue
+        report.seconds["embed"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for (cloud, src, dst), f in zip(batch, feats):
+            meta = {"source": str(src), "model": getattr(encoder, "name_or_path", ""), "feature_dim": str(f.shape[1])}
+            try:
+                save_features(dst, f, cloud.points[:, :3], meta, ply_features=ply_features)
+                report.done += 1
+                report.points += len(f)
+            except (OSError, ValueError) as exc:
+                report.failed.append((str(src), f"{dst}: {exc}"))
+            bar.update(1)
+        report.seconds["write"] += time.perf_counter() - t
+        bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
+    bar.close()
+    return report
+
+
+def _embed_batch(encoder, clouds) -> list:
+    """Scans of one batch share an intensity convention only if their formats agree; group them."""
+    out: list = [None] * len(clouds)
+    groups: dict = {}
+    for i, c in enumerate(clouds):
+        groups.setdefault(_intensity_range(c), []).append(i)
+    for rng, idx in groups.items():
+        feats = encoder.embed([clouds[i].points for i in idx], intensity_range=rng)
+        for i, f in zip(idx, feats):
+            out[i] = f
+    return out
+
+
+def _intensity_range(cloud) -> float | None:
+    """The source's intensity range: from the format when it says, else 1.0 if every value is in
+    [0, 1] (KITTI-style remission) and 255.0 otherwise."""
+    if cloud.points.shape[1] < 4:
+        return None
+    if cloud.intensity_range is not None:
+        return cloud.intensity_range
+    return 1.0 if float(cloud.points[:, 3].max()) <= 1.0 else 255.0

@@ -1,0 +1,61 @@
+"""Tables and descriptions for ``lima-zoo models`` and ``lima-zoo info``."""
+
+from __future__ import annotations
+
+import json
+
+
+def _param_count(config) -> int:
+    """Parameters of a variant, counted on the meta device (no memory, no init cost)."""
+    import torch
+
+    from ..encoder import LiMAEncoder
+
+    with torch.device("meta"):
+        model = LiMAEncoder(config)
+    return sum(p.numel() for p in model.backbone.parameters())
+
+
+def _cached_path(info) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(info.hub_repo, "model.safetensors", revision=info.revision)
+    return hit if isinstance(hit, str) else None
+
+
+def model_rows(models: dict) -> list[tuple]:
+    rows = [("name", "params", "feature dim", "teacher dim", "hub repo", "cached")]
+    for name, info in sorted(models.items()):
+        c = info.config
+        rows.append((name, f"{_param_count(c) / 1e6:.1f}M", c.out_dim, c.head_dim, info.hub_repo,
+                     "yes" if _cached_path(info) else "no"))
+    return rows
+
+
+def describe(model: str) -> str:
+    from pathlib import Path
+
+    from ..registry import MODELS
+
+    if model in MODELS:
+        info = MODELS[model]
+        cached = _cached_path(info)
+        lines = [
+            f"{info.name}: {info.description}",
+            f"  hub repo:  {info.hub_repo} @ {info.revision}",
+            f"  licence:   {info.license}",
+            f"  paper:     {info.paper}",
+            f"  params:    {_param_count(info.config) / 1e6:.2f}M (backbone)",
+            f"  cached:    {cached or 'no (not downloaded; see README for making weights locally)'}",
+            "  config:    " + json.dumps(info.config.to_dict(), indent=2).replace("\n", "\n  "),
+        ]
+        return "\n".join(lines)
+    if Path(model).is_dir():
+        from ..encoder import read_config
+
+        config = read_config(Path(model) / "config.json")
+        return f"{model} (local folder)\n  params: {_param_count(config) / 1e6:.2f}M (backbone)\n  config: " + json.dumps(config.to_dict(), indent=2)
+    from ..registry import get_model_info
+
+    get_model_info(model)  # raises with suggestions
+    return ""

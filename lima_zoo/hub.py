@@ -1,0 +1,109 @@
+"""Find an encoder's files: a local directory, a registered name, or a Hub repo ("org/repo[@rev]").
+
+Downloads go through huggingface_hub into its normal cache. The cache is always tried first with
+``local_files_only=True``; only on a miss is the network used, and only after a quick reachability
+probe, so an offline machine is told within seconds (huggingface_hub alone retries DNS failures for
+~20 s) what is missing, where the cache is, and how to make weights locally.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = ["ModelSource", "resolve_source", "fetch_model_files", "OfflineError", "MODEL_FILES"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+
+
+class OfflineError(OSError):
+    """The weights are not cached locally and the Hub cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an encoder lives: a local directory, or a Hub repo at a revision."""
+
+    local_dir: Path | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+
+
+def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None) -> ModelSource:
+    """Local dir > registered name > "org/repo[@rev]"; anything else raises with suggestions."""
+    from .registry import MODELS, get_model_info
+
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ModelSource(local_dir=path)
+    if text in MODELS:
+        info = MODELS[text]
+        return ModelSource(repo_id=info.hub_repo, revision=revision or info.revision)
+    repo, _, rev = text.partition("@")
+    if repo.count("/") == 1 and all(repo.split("/")) and not path.exists():
+        return ModelSource(repo_id=repo, revision=revision or rev or None)
+    if path.exists():
+        raise ValueError(f"{text}: not a model directory (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+    get_model_info(text)  # raises "unknown model ... did you mean ..."
+    raise AssertionError("unreachable")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> str:
+    from huggingface_hub import constants
+
+    cache = cache_dir or constants.HF_HUB_CACHE
+    return (
+        f"cannot load {source.repo_id!r} (revision {source.revision or 'main'}): {why}.\n"
+        f"  Looked in the Hugging Face cache at {cache} (set HF_HOME or cache_dir= to use another).\n"
+        "  To make weights locally: pretrain an encoder (`lima-zoo train ... --out DIR`, see the README) or "
+        "save one with `encoder.save_pretrained(DIR)`, then load it with LiMAEncoder.from_pretrained(DIR); "
+        "or copy a downloaded model folder here and pass its path."
+    )
+
+
+def fetch_model_files(
+    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False
+) -> dict[str, Path]:
+    """Paths of config.json and model.safetensors (downloaded into the cache when needed)."""
+    if source.local_dir is not None:
+        files = {name: source.local_dir / name for name in MODEL_FILES}
+        missing = [n for n, p in files.items() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{source.local_dir}: missing {', '.join(missing)} (write it with save_pretrained)")
+        return files
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def download(offline: bool) -> dict[str, Path]:
+        return {
+            name: Path(hf_hub_download(source.repo_id, name, revision=source.revision, cache_dir=cache_dir, local_files_only=offline))
+            for name in MODEL_FILES
+        }
+
+    try:
+        return download(offline=True)
+    except LocalEntryNotFoundError:
+        pass
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        flag = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+        raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {flag}"))
+    if not _hub_reachable():
+        raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {constants.ENDPOINT} is unreachable"))
+    return download(offline=False)

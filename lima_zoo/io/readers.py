@@ -1,0 +1,242 @@
+"""Point-cloud readers: KITTI / nuScenes ``.bin``, ``.npy`` / ``.npz``, ``.pcd``, ``.ply``, ``.las``.
+
+Every reader returns a :class:`PointCloud` (float32 (N, D) columns x, y, z[, intensity, ...] and the
+intensity range of the source format when the format defines it). Bad input raises
+:class:`PointCloudError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PointCloud", "PointCloudError", "load_points", "POINT_SUFFIXES", "point_suffix"]
+
+POINT_SUFFIXES = (".pcd.bin", ".bin", ".npy", ".npz", ".pcd", ".ply", ".las", ".laz")
+INTENSITY_NAMES = ("intensity", "remission", "reflectance", "scalar_intensity", "i")
+
+
+class PointCloudError(ValueError):
+    """A point-cloud file that cannot be read; the message names the file and the problem."""
+
+
+@dataclass
+class PointCloud:
+    """points: (N, D) float32, x, y, z first; intensity_range: 1.0 (KITTI remission), 255.0
+    (nuScenes), or None when the format does not say."""
+
+    points: np.ndarray
+    intensity_range: float | None
+    path: str = ""
+
+
+def point_suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    for suffix in POINT_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def load_points(
+    path: str | os.PathLike, load_dim: int | None = None, use_dim: int | list[int] | None = None
+) -> PointCloud:
+    """Read a point cloud.
+
+    load_dim: float32 columns per point of a raw ``.bin`` (default 5 for ``.pcd.bin``, else 4).
+    use_dim: keep the first ``use_dim`` columns, or the listed column indices (default: x, y, z and
+        intensity when present).
+    """
+    path = Path(path)
+    suffix = point_suffix(path)
+    if suffix not in POINT_SUFFIXES:
+        raise PointCloudError(f"{path}: unknown point-cloud extension {suffix!r}; readable: {', '.join(POINT_SUFFIXES)}")
+    if not path.is_file():
+        raise PointCloudError(f"{path}: no such file")
+    try:
+        if suffix in (".bin", ".pcd.bin"):
+            cloud = _read_bin(path, load_dim or (5 if suffix == ".pcd.bin" else 4), suffix)
+        elif suffix in (".npy", ".npz"):
+            cloud = PointCloud(_read_numpy(path), None)
+        elif suffix == ".pcd":
+            cloud = _read_pcd(path)
+        elif suffix == ".ply":
+            cloud = _read_ply(path)
+        else:
+            cloud = _read_las(path)
+    except PointCloudError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise PointCloudError(f"{path}: unreadable ({exc})") from None
+    cloud.path = str(path)
+    return _select_and_check(cloud, use_dim, path)
+
+
+def _select_and_check(cloud: PointCloud, use_dim, path: Path) -> PointCloud:
+    pts = cloud.points
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise PointCloudError(f"{path}: expected (N, >=3) points, got shape {pts.shape}")
+    if use_dim is None:
+        use = list(range(min(4, pts.shape[1])))
+    elif isinstance(use_dim, int):
+        use = list(range(use_dim))
+    else:
+        use = list(use_dim)
+    if max(use) >= pts.shape[1] or len(use) < 3:
+        raise PointCloudError(f"{path}: use_dim {use_dim} does not fit {pts.shape[1]} columns (need x, y, z)")
+    pts = np.ascontiguousarray(pts[:, use], dtype=np.float32)
+    if len(pts) == 0:
+        raise PointCloudError(f"{path}: empty point cloud")
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        raise PointCloudError(f"{path}: {int(bad.sum())} points contain NaN or Inf (first at row {int(bad.argmax())})")
+    cloud.points = pts
+    if pts.shape[1] < 4:
+        cloud.intensity_range = None
+    return cloud
+
+
+def _read_bin(path: Path, load_dim: int, suffix: str) -> PointCloud:
+    size = path.stat().st_size
+    if size % (load_dim * 4):
+        raise PointCloudError(
+            f"{path}: size {size} bytes is not a multiple of {load_dim} float32 columns ({load_dim * 4} bytes); "
+            "set load_dim / --load-dim"
+        )
+    pts = np.fromfile(path, dtype=np.float32).reshape(-1, load_dim)
+    # The two conventions of raw .bin scans: nuScenes .pcd.bin intensity 0-255, KITTI 0-1.
+    return PointCloud(pts, 255.0 if suffix == ".pcd.bin" else (1.0 if load_dim == 4 else None))
+
+
+def _read_numpy(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.keys())
+        key = "points" if "points" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise PointCloudError(f"{path}: .npz has arrays {keys}; name the point array 'points'")
+        return data[key]
+
+
+_PCD_TYPES = {("F", 4): "<f4", ("F", 8): "<f8", ("I", 1): "<i1", ("I", 2): "<i2", ("I", 4): "<i4",
+              ("U", 1): "<u1", ("U", 2): "<u2", ("U", 4): "<u4", ("I", 8): "<i8", ("U", 8): "<u8"}
+
+
+def _read_pcd(path: Path) -> PointCloud:
+    raw = path.read_bytes()
+    header, pos = {}, 0
+    while True:
+        end = raw.find(b"\n", pos)
+        if end < 0:
+            raise PointCloudError(f"{path}: PCD header has no DATA line")
+        line = raw[pos:end].decode("ascii", "replace").strip()
+        pos = end + 1
+        if not line or line.startswith("#"):
+            continue
+        key, *vals = line.split()
+        header[key.upper()] = vals
+        if key.upper() == "DATA":
+            break
+    try:
+        fields, sizes, types = header["FIELDS"], [int(s) for s in header["SIZE"]], header["TYPE"]
+        counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
+        n = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
+    except (KeyError, ValueError, IndexError) as exc:
+        raise PointCloudError(f"{path}: malformed PCD header ({exc})") from None
+    mode = header["DATA"][0].lower()
+    names = [f if c == 1 else f"{f}_{i}" for f, c in zip(fields, counts) for i in range(c)]
+    dtypes = [_PCD_TYPES.get((t.upper(), s)) for t, s, c in zip(types, sizes, counts) for _ in range(c)]
+    if None in dtypes:
+        raise PointCloudError(f"{path}: unsupported PCD field type in {list(zip(types, sizes))}")
+    if mode == "ascii":
+        table = np.loadtxt(raw[pos:].decode("ascii").splitlines(), dtype=np.float64, ndmin=2)
+        if table.shape != (n, len(names)):
+            raise PointCloudError(f"{path}: expected {n} x {len(names)} ASCII values, got {table.shape}")
+        columns = {name: table[:, i] for i, name in enumerate(names)}
+    elif mode == "binary":
+        dt = np.dtype([(name, d) for name, d in zip(names, dtypes)])
+        if len(raw) - pos < n * dt.itemsize:
+            raise PointCloudError(f"{path}: truncated binary PCD ({len(raw) - pos} bytes for {n} points)")
+        rec = np.frombuffer(raw, dtype=dt, count=n, offset=pos)
+        columns = {name: rec[name] for name in names}
+    else:
+        raise PointCloudError(f"{path}: PCD DATA {mode!r} is not supported (ascii or binary)")
+    return _columns_to_cloud(columns, path)
+
+
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+
+
+def _read_ply(path: Path) -> PointCloud:
+    raw = path.read_bytes()
+    end = raw.find(b"end_header")
+    if not raw.startswith(b"ply") or end < 0:
+        raise PointCloudError(f"{path}: not a PLY file (no 'ply' magic or end_header)")
+    header = raw[:end].decode("ascii", "replace").splitlines()
+    body = raw[raw.index(b"\n", end) + 1 :]
+    fmt, props, n, in_vertex, seen_vertex = None, [], 0, False, False
+    for line in header:
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "format":
+            fmt = parts[1]
+        elif parts[0] == "element":
+            in_vertex = parts[1] == "vertex"
+            if in_vertex:
+                n, seen_vertex = int(parts[2]), True
+            elif not seen_vertex:
+                raise PointCloudError(f"{path}: PLY element {parts[1]!r} precedes 'vertex'; not supported")
+        elif parts[0] == "property" and in_vertex:
+            if parts[1] == "list":
+                raise PointCloudError(f"{path}: list properties on vertices are not supported")
+            if parts[1] not in _PLY_TYPES:
+                raise PointCloudError(f"{path}: unknown PLY type {parts[1]!r}")
+            props.append((parts[2], _PLY_TYPES[parts[1]]))
+    if fmt == "ascii":
+        lines = body.decode("ascii").splitlines()[:n]
+        table = np.loadtxt(lines, dtype=np.float64, ndmin=2)
+        if table.shape[0] != n or table.shape[1] < len(props):
+            raise PointCloudError(f"{path}: expected {n} vertex rows of {len(props)} values")
+        columns = {name: table[:, i] for i, (name, _) in enumerate(props)}
+    elif fmt == "binary_little_endian":
+        dt = np.dtype([(name, "<" + t) for name, t in props])
+        if len(body) < n * dt.itemsize:
+            raise PointCloudError(f"{path}: truncated binary PLY ({len(body)} bytes for {n} vertices)")
+        rec = np.frombuffer(body, dtype=dt, count=n)
+        columns = {name: rec[name] for name, _ in props}
+    else:
+        raise PointCloudError(f"{path}: PLY format {fmt!r} is not supported (ascii, binary_little_endian)")
+    return _columns_to_cloud(columns, path)
+
+
+def _columns_to_cloud(columns: dict[str, np.ndarray], path: Path) -> PointCloud:
+    lower = {k.lower(): v for k, v in columns.items()}
+    missing = [a for a in "xyz" if a not in lower]
+    if missing:
+        raise PointCloudError(f"{path}: no {', '.join(missing)} field(s); fields are {list(columns)}")
+    cols = [lower["x"], lower["y"], lower["z"]]
+    for name in INTENSITY_NAMES:
+        if name in lower:
+            cols.append(lower[name])
+            break
+    return PointCloud(np.stack(cols, axis=1).astype(np.float32), None)
+
+
+def _read_las(path: Path) -> PointCloud:
+    try:
+        import laspy
+    except ImportError:
+        raise PointCloudError(f"{path}: reading .las/.laz needs laspy (pip install 'laspy[lazrs]')") from None
+    las = laspy.read(path)
+    pts = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z), np.asarray(las.intensity, dtype=np.float64)], 1)
+    # LAS intensity is uint16 (0-65535); rescale to 0-255 so it has a known range.
+    pts[:, 3] *= 255.0 / 65535.0
+    return PointCloud(pts.astype(np.float32), 255.0)
+

@@ -1,0 +1,97 @@
+"""lima-zoo embed / models / info end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lima_zoo import LiMAEncoder
+from lima_zoo.cli import main
+from lima_zoo.config import EncoderConfig
+
+from test_encoder_loading import COMMIT, TINY, fill_hub_cache
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return LiMAEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def scans(tmp_path, small_street_points):
+    root = tmp_path / "scans"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    kitti = small_street_points[:, :4].copy()
+    kitti[:, 3] /= 255.0
+    (root / "a" / "000001.bin").write_bytes(kitti.tobytes())
+    (root / "b" / "n008__LIDAR_TOP__1.pcd.bin").write_bytes(small_street_points[:3000].tobytes())
+    np.save(root / "b" / "c.npy", small_street_points[:2000, :3])
+    (root / "a" / "broken.bin").write_bytes(b"\x00" * 7)
+    (root / "notes.txt").write_text("not a scan")
+    return root
+
+
+def test_embed_directory_keeps_layout_and_reports_bad_file(scans, model_dir, tmp_path, small_street_points):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "broken.bin" in res.output and "not a multiple" in res.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == ["a/000001.npy", "b/c.npy", "b/n008__LIDAR_TOP__1.npy"]
+    feats = np.load(out / "a" / "000001.npy")
+    assert feats.shape == (len(small_street_points), 96)
+    # KITTI remission 0-1 was rescaled to the model's 0-255 before embedding.
+    enc = LiMAEncoder.from_pretrained(model_dir)
+    np.testing.assert_allclose(feats, enc.embed(small_street_points[:, :4]), rtol=1e-5, atol=1e-5)
+
+
+def test_embed_glob_formats_and_skip_existing(scans, model_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["embed", str(scans / "**" / "*.npy"), "--model", str(model_dir), "--out", str(out), "--format", "safetensors"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (out / "b" / "c.safetensors").exists()
+    res = CliRunner().invoke(main, args + ["--skip-existing"])
+    assert res.exit_code == 0 and "skipped 1 existing" in res.output
+
+
+def test_embed_ply_and_load_dim(scans, model_dir, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["embed", str(scans / "b" / "n008__LIDAR_TOP__1.pcd.bin"), "--model", str(model_dir),
+                                    "--out", str(out), "--format", "ply", "--load-dim", "5", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / "n008__LIDAR_TOP__1.ply").read_bytes().startswith(b"ply")
+
+
+def test_embed_unknown_model_is_clear(scans, tmp_path):
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", "vit-q-minkunet34", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "unknown model" in res.output and "Traceback" not in res.output
+
+
+def test_models_and_info():
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0 and "vit-l-minkunet34" in res.output and "37.9M" in res.output
+    res = CliRunner().invoke(main, ["info", "vit-b-minkunet34"])
+    assert res.exit_code == 0 and "lima-zoo/vit-b-minkunet34" in res.output and "apache-2.0" in res.output
+
+
+def test_real_subprocess_offline_hub_cache(scans, model_dir, tmp_path):
+    """The installed console script, a Hub repo id served from a pre-filled cache, HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hf"
+    fill_hub_cache(cache, "someorg/tiny", model_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lima_zoo.cli", "embed", str(scans / "a" / "000001.bin"), "--model", "someorg/tiny", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (out / "000001.npy").exists() and "points/s" in done.stdout
+    cmd[cmd.index("someorg/tiny")] = "vit-b-minkunet34"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "HF_HUB_OFFLINE=1" in done.stderr and "Traceback" not in done.stderr

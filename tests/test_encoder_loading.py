@@ -1,0 +1,181 @@
+"""LiMAEncoder: save / load by folder and from a pre-filled Hub cache, offline errors, strictness,
+config checks, batched embed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lima_zoo import LiMAEncoder, create_encoder, list_models
+from lima_zoo.config import EncoderConfig, PreprocessConfig
+from lima_zoo.hub import OfflineError
+
+TINY = EncoderConfig(backbone="minkunet14", head_dim=32, preprocess=PreprocessConfig())
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    enc = LiMAEncoder(TINY).eval()
+    return enc, enc.save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+def fill_hub_cache(cache: os.PathLike, repo_id: str, model_dir) -> None:
+    """The real huggingface_hub cache layout: refs/main -> snapshots/<commit>/<files>."""
+    root = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(root, "snapshots", COMMIT)
+    os.makedirs(snap)
+    os.makedirs(os.path.join(root, "refs"))
+    with open(os.path.join(root, "refs", "main"), "w") as f:
+        f.write(COMMIT)
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(model_dir, name), "rb") as src, open(os.path.join(snap, name), "wb") as dst:
+            dst.write(src.read())
+
+
+def test_save_and_load_by_directory(saved, small_street_points):
+    enc, folder = saved
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    loaded = LiMAEncoder.from_pretrained(folder)
+    assert loaded.config == enc.config and not loaded.training
+    np.testing.assert_array_equal(loaded.embed(small_street_points), enc.embed(small_street_points))
+
+
+def test_load_from_prefilled_cache_offline(saved, tmp_path, small_street_points, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    enc, folder = saved
+    fill_hub_cache(tmp_path, "someorg/tiny-encoder", folder)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    for spec in ("someorg/tiny-encoder", f"someorg/tiny-encoder@{COMMIT}"):
+        loaded = LiMAEncoder.from_pretrained(spec, cache_dir=str(tmp_path))
+        np.testing.assert_array_equal(loaded.embed(small_street_points[:3000]), enc.embed(small_street_points[:3000]))
+
+
+def test_registered_model_offline_error_is_fast_and_helpful(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(OfflineError) as err:
+        LiMAEncoder.from_pretrained("vit-b-minkunet34", cache_dir=str(tmp_path))
+    assert time.perf_counter() - start < 5
+    msg = str(err.value)
+    assert "lima-zoo/vit-b-minkunet34" in msg and str(tmp_path) in msg and "save_pretrained" in msg and "lima-zoo train" in msg
+
+
+def test_unreachable_hub_fails_within_seconds(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE, an unreachable endpoint is detected before huggingface_hub retries."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    start = time.perf_counter()
+    with pytest.raises(OfflineError, match="unreachable"):
+        LiMAEncoder.from_pretrained("someorg/absent", cache_dir=str(tmp_path))
+    assert time.perf_counter() - start < 5
+
+
+def test_local_files_only(tmp_path):
+    with pytest.raises(OfflineError, match="local_files_only"):
+        LiMAEncoder.from_pretrained("vit-s-minkunet34", cache_dir=str(tmp_path), local_files_only=True)
+
+
+def test_unknown_name_suggests(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'vit-b-minkunet34'"):
+        LiMAEncoder.from_pretrained("vit-b-minkunet43")
+
+
+def test_strict_load_lists_every_problem(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = saved
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    del state["backbone.conv0.0.conv.kernel"]
+    state["backbone.extra.weight"] = torch.zeros(2)
+    state["head.proj.weight"] = torch.zeros(5, 96)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(state, str(bad / "model.safetensors"))
+    (bad / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(ValueError) as err:
+        LiMAEncoder.from_pretrained(bad)
+    msg = str(err.value)
+    assert "missing (1): backbone.conv0.0.conv.kernel" in msg
+    assert "unexpected (1): backbone.extra.weight" in msg
+    assert "head.proj.weight: file (5, 96) vs model (32, 96)" in msg
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c.update(colour="red"), r"unknown keys \['colour'\]"),
+        (lambda c: c.update(format_version=99), "newer than this lima-zoo supports"),
+        (lambda c: c["preprocess"].update(voxel_type="spherical"), "voxel_type"),
+        (lambda c: c.update(head_dim="big"), "expected int"),
+    ],
+)
+def test_config_checks(saved, tmp_path, edit, message):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    bad = tmp_path / "m"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=message):
+        LiMAEncoder.from_pretrained(bad)
+
+
+def test_missing_files_in_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        LiMAEncoder.from_pretrained(tmp_path)
+
+
+def test_embed_batch_matches_single_scans(saved, small_street_points):
+    enc, _ = saved
+    a, b = small_street_points, small_street_points[::3] + np.float32(0.05)
+    batch = enc.embed([a, b])
+    np.testing.assert_allclose(batch[0], enc.embed(a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batch[1], enc.embed(b), rtol=1e-5, atol=1e-5)
+    feats, coords, vfeats = enc.embed([a, b], return_voxels=True)
+    assert coords.shape[1] == 4 and set(np.unique(coords[:, 0])) == {0, 1} and vfeats.shape == (len(coords), 96)
+
+
+def test_embed_torch_input_stays_on_device(saved, small_street_points):
+    enc, _ = saved
+    out = enc.embed(torch.from_numpy(small_street_points))
+    assert isinstance(out, torch.Tensor) and out.device == enc.device and out.dtype == torch.float32
+
+
+def test_intensity_rescaled_to_model_convention(saved):
+    enc, _ = saved
+    pts = np.array([[1.0, 2.0, 3.0, 0.5]], np.float32)
+    assert enc.prepare(pts, intensity_range=1.0)[0, 3].item() == pytest.approx(127.5)
+    assert enc.prepare(pts, intensity_range=255.0)[0, 3].item() == pytest.approx(0.5)
+
+
+def test_large_scan_embeds(saved):
+    """A 300k-point scan (several nuScenes sweeps' worth) runs through in one call."""
+    from lima_zoo.synth.scan import street_scan
+
+    enc, _ = saved
+    big = np.concatenate([street_scan(seed=s, azimuth_steps=2700) for s in range(4)])
+    assert len(big) > 300_000
+    feats = enc.embed(big)
+    assert feats.shape == (len(big), 96) and np.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_configs_build(name):
+    with torch.device("meta"):
+        enc = create_encoder(name)
+    assert enc.config.head_dim in (384, 768, 1024) and enc.head.proj.out_features == enc.config.head_dim

@@ -6,7 +6,8 @@ scan, interleaved and median of --repeats:
 * kernel-map build: our level-0 submanifold 3x3x3 map vs spconv's get_indice_pairs;
 * MinkUNet-34 forward (eval, inference_mode) on the torch and spconv backends, and the ratio;
 * achieved GFLOP/s (2 * sum of pairs * C_in * C_out / time) next to this machine's torch.mm
-  GFLOP/s on the same GEMM shapes (each layer's pairs as one dense (P, C_in) x (C_in, C_out));
+  GFLOP/s on the same work: each layer's pairs as one dense (P, C_in) x (C_in, C_out) GEMM (the
+  stricter reference), and one GEMM per kernel offset (exactly the GEMMs the engine issues);
 * peak RSS of one forward above the loaded model, in a fresh process per backend;
 * spconv's own error at this thread count (its CPU path races with > 1 thread, spconv#679).
 
@@ -47,8 +48,8 @@ def make_net(seed: int = 0) -> MinkUNet:
     return MinkUNet("minkunet34").eval()
 
 
-def layer_shapes(net: MinkUNet, vox) -> list[tuple[int, int, int]]:
-    """(pairs, C_in, C_out) of every conv of one forward (pairs include the centre offset).
+def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
+    """(pairs per offset, C_in, C_out) of every conv of one forward (centre offset included).
 
     Recorded on a train-mode copy: in eval mode BN is folded and Conv3d.forward is bypassed.
     """
@@ -58,12 +59,12 @@ def layer_shapes(net: MinkUNet, vox) -> list[tuple[int, int, int]]:
     def hook(mod: Conv3d, inputs, _out):
         x = inputs[0]
         if mod.kernel_size == 1:
-            pairs = x.num_voxels
+            pairs = [x.num_voxels]
         elif mod.stride == 1:
-            pairs = x.cache.submanifold_map(x.stride, mod.kernel_size, mod.dilation).num_pairs
+            pairs = x.cache.submanifold_map(x.stride, mod.kernel_size, mod.dilation).pair_counts()
         else:
             fine = x.stride if not mod.transposed else x.stride // 2
-            pairs = x.cache.downsample_map(fine).num_pairs
+            pairs = x.cache.downsample_map(fine).pair_counts()
         shapes.append((pairs, mod.in_channels, mod.out_channels))
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, Conv3d)]
@@ -74,9 +75,12 @@ def layer_shapes(net: MinkUNet, vox) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def dense_gemm_seconds(shapes, repeats: int) -> float:
-    """Time of dense torch.mm doing each layer's pair work as one GEMM, summed (median)."""
-    mats = [(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in shapes]
+def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
+    """Time of dense torch.mm doing the network's pair work, summed (median): each layer as one
+    (pairs, C_in) x (C_in, C_out) GEMM, or ``per_offset`` one GEMM per kernel offset (the very
+    shapes the engine multiplies, without its gathers and scatters)."""
+    sizes = [(p, ci, co) for ps, ci, co in shapes for p in (ps if per_offset else [sum(ps)]) if p]
+    mats = [(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in sizes]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -157,7 +161,7 @@ def main() -> None:
     for kind in VOXELIZATIONS:
         vox = scan_voxels(kind)
         shapes = layer_shapes(net, vox)
-        gflop = sum(2 * p * ci * co for p, ci, co in shapes) / 1e9
+        gflop = sum(2 * sum(ps) * ci * co for ps, ci, co in shapes) / 1e9
         t = {"ours_map": [], "sp_map": [], "torch": [], "spconv": []}
         for _ in range(3):  # warm-up: workspace, spconv JIT tables, caches
             forward_seconds(net, vox, "torch"), forward_seconds(net, vox, "spconv")
@@ -169,24 +173,25 @@ def main() -> None:
             dt, theirs = forward_seconds(net, vox, "spconv")
             t["spconv"].append(dt)
         med = {k: statistics.median(v) for k, v in t.items()}
-        dense = dense_gemm_seconds(shapes, args.repeats)
+        dense = dense_gemm_seconds(shapes, args.repeats, per_offset=False)
+        dense_k = dense_gemm_seconds(shapes, args.repeats, per_offset=True)
         rows.append({
             "voxels": kind, "points": len(vox.inverse), "n": len(vox.coords), "gflop": gflop, **med,
-            "dense": dense, "spconv_err": (ours - theirs).abs().max().item(),
+            "dense": dense, "dense_k": dense_k, "spconv_err": (ours - theirs).abs().max().item(),
             "mem_torch": probe(kind, "torch", args.threads), "mem_spconv": probe(kind, "spconv", args.threads),
         })
     set_backend(net, "torch")
     print(f"MinkUNet-34 forward, {args.threads} threads, median of {args.repeats} (interleaved); torch {torch.__version__}\n")
-    print("| voxels | points -> voxels | GFLOP | map build ours / spconv | forward torch / spconv | ratio | GFLOP/s torch / spconv / dense mm | torch vs dense | peak MB torch / spconv | spconv max err |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| voxels | points -> voxels | GFLOP | map build ours / spconv | forward torch / spconv | ratio | GFLOP/s torch / spconv | dense mm GFLOP/s per layer / per offset | torch vs dense per layer / per offset | peak MB torch / spconv | spconv max err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rate = lambda s: r["gflop"] / s  # noqa: E731
         print(
             f"| {r['voxels']} | {r['points']} -> {r['n']} | {r['gflop']:.1f} "
             f"| {r['ours_map'] * 1e3:.1f} / {r['sp_map'] * 1e3:.1f} ms "
             f"| {r['torch'] * 1e3:.0f} / {r['spconv'] * 1e3:.0f} ms | {r['torch'] / r['spconv']:.2f}x "
-            f"| {rate(r['torch']):.0f} / {rate(r['spconv']):.0f} / {rate(r['dense']):.0f} "
-            f"| {r['dense'] / r['torch'] * 100:.0f}% "
+            f"| {rate(r['torch']):.0f} / {rate(r['spconv']):.0f} | {rate(r['dense']):.0f} / {rate(r['dense_k']):.0f} "
+            f"| {r['dense'] / r['torch'] * 100:.0f}% / {r['dense_k'] / r['torch'] * 100:.0f}% "
             f"| {r['mem_torch']:.0f} / {r['mem_spconv']:.0f} | {r['spconv_err']:.2g} |"
         )
     print(

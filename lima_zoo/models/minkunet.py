@@ -50,7 +50,6 @@ class BasicBlock(nn.Module):
         self.norm1 = BatchNorm(c_out, momentum=bn_momentum)
         self.conv2 = Conv3d(c_out, c_out, 3)
         self.norm2 = BatchNorm(c_out, momentum=bn_momentum)
-        self.relu = ReLU()
         self.downsample = (
             ConvModule(c_in, c_out, 1, activate=False, bn_momentum=bn_momentum) if c_in != c_out else None
         )

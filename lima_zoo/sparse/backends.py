@@ -157,7 +157,7 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
     scale = x.stride // state["base"]
     shape = [s // scale for s in state["shape"]]
 
-    def run(kind, key, feats, indices, out_stride):
+    def run(kind, key, feats, indices):
         mod = _spconv_module(kind, c_in, c_out, k, dilation, key)
         inp = spconv.SparseConvTensor(feats, indices, shape, state["batch_size"], indice_dict=state["indice_dict"])
         out = functional_call(mod, {"weight": weight}, (inp,))
@@ -165,10 +165,10 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
         return out
 
     if stride == 1:
-        out = run("subm", f"subm{x.stride}_{k}_{dilation}", x.feats, _spconv_indices(x, x.stride), x.stride)
+        out = run("subm", f"subm{x.stride}_{k}_{dilation}", x.feats, _spconv_indices(x, x.stride))
         return SparseTensor.derived(out.features, x)
     if not transposed:
-        out = run("down", f"down{x.stride}", x.feats, _spconv_indices(x, x.stride), 2 * x.stride)
+        out = run("down", f"down{x.stride}", x.feats, _spconv_indices(x, x.stride))
         coarse = 2 * x.stride
         x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
         if coarse not in state["ours_row"]:
@@ -179,7 +179,7 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
         return SparseTensor.derived(feats, x, stride=coarse)
     fine = _fine_stride(x)
     feats = x.feats.index_select(0, state["ours_row"][x.stride])  # back into spconv's row order
-    out = run("inverse", f"down{fine}", feats, state["sp_indices"][x.stride], fine)
+    out = run("inverse", f"down{fine}", feats, state["sp_indices"][x.stride])
     return SparseTensor.derived(out.features, x, stride=fine)
 
 

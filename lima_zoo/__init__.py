@@ -3,7 +3,7 @@
 Public API (loaded on first use, so ``import lima_zoo`` stays cheap and never imports torch,
 timm, onnx or the training package):
 
-    LiMAEncoder, create_encoder, list_models, get_model_info
+    LiMAEncoder, create_encoder, list_models, get_model_info, load_points
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ _LAZY = {
     "create_encoder": "lima_zoo.encoder",
     "list_models": "lima_zoo.registry",
     "get_model_info": "lima_zoo.registry",
+    "load_points": "lima_zoo.io",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -29,6 +29,7 @@ import torch
 from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet
 from lima_zoo.sparse import Conv3d, SparseTensor, set_backend
+from lima_zoo.sparse.backends import kernel_map
 from lima_zoo.sparse.kmap import CoordinateKeys, build_submanifold_map
 from lima_zoo.synth.scan import street_scan
 from lima_zoo.voxelize import voxelize
@@ -60,11 +61,8 @@ def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
         x = inputs[0]
         if mod.kernel_size == 1:
             pairs = [x.num_voxels]
-        elif mod.stride == 1:
-            pairs = x.cache.submanifold_map(x.stride, mod.kernel_size, mod.dilation).pair_counts()
         else:
-            fine = x.stride if not mod.transposed else x.stride // 2
-            pairs = x.cache.downsample_map(fine).pair_counts()
+            pairs = kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed).pair_counts()
         shapes.append((pairs, mod.in_channels, mod.out_channels))
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, Conv3d)]

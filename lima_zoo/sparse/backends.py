@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from .functional import sparse_conv
-from .kmap import CoordinateKeys, kernel_offsets
+from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "conv3d", "BACKENDS"]
+__all__ = ["available_backends", "check_backend", "conv3d", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 
@@ -70,17 +70,24 @@ def conv3d(
     raise AssertionError("unreachable")
 
 
-def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed) -> SparseTensor:
-    cache = x.cache
+def kernel_map(x: SparseTensor, kernel_size: int, stride: int, dilation: int, transposed: bool) -> KernelMap:
+    """The torch engine's map for a conv of this kind on ``x`` (built once, cached on its coords)."""
     if stride == 1:
-        kmap = cache.submanifold_map(x.stride, kernel_size, dilation)
-        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x)
-    if not transposed:
-        kmap = cache.downsample_map(x.stride)
-        return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=2 * x.stride)
-    fine = _fine_stride(x)
-    kmap = cache.downsample_map(fine).transposed()
-    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=fine)
+        return x.cache.submanifold_map(x.stride, kernel_size, dilation)
+    if transposed:
+        return x.cache.downsample_map(_fine_stride(x)).transposed()
+    return x.cache.downsample_map(x.stride)
+
+
+def _out_stride(x: SparseTensor, stride: int, transposed: bool) -> int:
+    if stride == 1:
+        return x.stride
+    return _fine_stride(x) if transposed else 2 * x.stride
+
+
+def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed) -> SparseTensor:
+    kmap = kernel_map(x, kernel_size, stride, dilation, transposed)
+    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=_out_stride(x, stride, transposed))
 
 
 def _fine_stride(x: SparseTensor) -> int:
@@ -123,9 +130,13 @@ def _spconv_state(x: SparseTensor) -> dict:
     return state
 
 
+def _swap_xz(c: torch.Tensor) -> torch.Tensor:
+    """[b, x, y, z] <-> [b, z, y, x] (spconv's axis order here; the swap is its own inverse)."""
+    return torch.stack([c[:, 0], c[:, 3], c[:, 2], c[:, 1]], dim=1)
+
+
 def _spconv_indices(x: SparseTensor, stride: int) -> torch.Tensor:
-    lc = x.cache.level_coords(stride)
-    return torch.stack([lc[:, 0], lc[:, 3], lc[:, 2], lc[:, 1]], dim=1).to(torch.int32)
+    return _swap_xz(x.cache.level_coords(stride)).to(torch.int32)
 
 
 def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
@@ -169,18 +180,28 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
         return SparseTensor.derived(out.features, x)
     if not transposed:
         out = run("down", f"down{x.stride}", x.feats, _spconv_indices(x, x.stride))
-        coarse = 2 * x.stride
-        x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
-        if coarse not in state["ours_row"]:
-            state["sp_indices"][coarse] = out.indices
-            sp = out.indices.to(torch.int64)
-            state["ours_row"][coarse] = _our_rows(x, coarse, torch.stack([sp[:, 0], sp[:, 3], sp[:, 2], sp[:, 1]], 1))
-        feats = torch.empty_like(out.features).index_copy_(0, state["ours_row"][coarse], out.features)
-        return SparseTensor.derived(feats, x, stride=coarse)
+        state["sp_indices"].setdefault(2 * x.stride, out.indices)
+        rows = _downsampled_rows(x, state, lambda: _swap_xz(out.indices))
+        return SparseTensor.derived(_to_our_order(out.features, rows), x, stride=2 * x.stride)
     fine = _fine_stride(x)
     feats = x.feats.index_select(0, state["ours_row"][x.stride])  # back into spconv's row order
     out = run("inverse", f"down{fine}", feats, state["sp_indices"][x.stride])
     return SparseTensor.derived(out.features, x, stride=fine)
+
+
+def _downsampled_rows(x: SparseTensor, state: dict, foreign_bxyz) -> torch.Tensor:
+    """Our row of each row of the level a foreign library just downsampled ``x`` to, computed once
+    per level. foreign_bxyz: () -> that library's (M, 4) [b, x, y, z] level-unit coordinates."""
+    coarse = 2 * x.stride
+    if coarse not in state["ours_row"]:
+        x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
+        state["ours_row"][coarse] = _our_rows(x, coarse, foreign_bxyz())
+    return state["ours_row"][coarse]
+
+
+def _to_our_order(feats: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Foreign-ordered rows -> our order (rows[i] = our row of foreign row i); None: same order."""
+    return feats if rows is None else torch.empty_like(feats).index_copy_(0, rows, feats)
 
 
 def _our_rows(x: SparseTensor, stride: int, level_bxyz: torch.Tensor) -> torch.Tensor:
@@ -202,6 +223,7 @@ def _torchsparse_conv(x, kernel, kernel_size, stride, dilation, transposed) -> S
     from torchsparse.nn import functional as tsf
 
     state = x.cache.backend_state.setdefault("torchsparse", {"caches": None, "ours_row": {}})
+    out_stride = _out_stride(x, stride, transposed)
     level = x.cache.level_coords(x.stride).to(torch.int32)
     ours_row = state["ours_row"].get(x.stride)
     if ours_row is not None:  # a level torchsparse produced: give it its own row order back
@@ -215,12 +237,6 @@ def _torchsparse_conv(x, kernel, kernel_size, stride, dilation, transposed) -> S
         inp, kernel, kernel_size, None, stride, 0, dilation, None, transposed, False, torch.is_grad_enabled()
     )
     state["caches"] = out._caches
-    out_stride = x.stride * 2 if (stride == 2 and not transposed) else (x.stride // 2 if transposed else x.stride)
-    if stride == 2 and not transposed:
-        x.cache.downsample_map(x.stride)  # our coordinates of the coarse level
-        state["ours_row"][out_stride] = _our_rows(x, out_stride, out.coords)
-    elif transposed:
-        _fine_stride(x)
-    rows = state["ours_row"].get(out_stride)
-    feats = out.feats if rows is None else torch.empty_like(out.feats).index_copy_(0, rows, out.feats)
-    return SparseTensor.derived(feats, x, stride=out_stride)
+    if out_stride > x.stride:
+        _downsampled_rows(x, state, lambda: out.coords)
+    return SparseTensor.derived(_to_our_order(out.feats, state["ours_row"].get(out_stride)), x, stride=out_stride)

@@ -182,13 +182,12 @@ def _columns_search(keys: CoordinateKeys, add) -> None:
         pos = torch.searchsorted(sk, q)
         at = pos.clamp(max=n - 1)
         same = sk[at] == q
-        for dz, cand, hit in (
-            (0, at, same),
-            (1, (pos + same.long()).clamp(max=n - 1), None),  # first key > q
-            (-1, (pos - 1).clamp(min=0), None),  # last key < q
+        for dz, cand in (
+            (0, at),
+            (1, (pos + same.long()).clamp(max=n - 1)),  # first key > q
+            (-1, (pos - 1).clamp(min=0)),  # last key < q (at pos 0 every key is >= q: no match)
         ):
-            if hit is None:
-                hit = (sk[cand] == q + dz) & ((pos > 0) if dz == -1 else True)
+            hit = same if dz == 0 else sk[cand] == q + dz
             out_pos = hit.nonzero().squeeze(1)
             add((dx, dy, dz), rows_of(out_pos), rows_of(cand[out_pos]))
 

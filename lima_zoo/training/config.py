@@ -1,0 +1,157 @@
+"""Training configuration: nested frozen dataclasses, read from a YAML recipe plus ``--set a.b=c``.
+
+Every LiMA choice the paper leaves open is a field here (see ../shared/docs/lima-method.md). Unknown
+keys are refused with the valid ones listed; overrides are type-checked; the whole config is saved in
+every checkpoint. Recipes live in ``lima_zoo/training/recipes/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import EncoderConfig, config_from_dict
+
+__all__ = ["DataConfig", "TeacherConfig", "LimaConfig", "AugmentConfig", "OptimConfig", "RunConfig", "TrainConfig",
+           "load_recipe", "apply_overrides", "list_recipes", "RECIPE_DIR"]  # fmt: skip
+
+RECIPE_DIR = Path(__file__).with_name("recipes")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where frames come from. An empty ``path`` with ``synthetic`` set generates a world under the
+    run's output folder (``<out>/data``) on first use."""
+
+    path: str = ""
+    format: str = "auto"  # auto | nuscenes | semantickitti | waymo | folder
+    split: str = "train"
+    percent: float = 100.0
+    synthetic: bool = False
+    synthetic_scenes: int = 6
+    synthetic_frames: int = 10
+    synthetic_seed: int = 0
+    synthetic_image_scale: float = 0.15
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen image model. ``name`` is a timm model (DINOv2 by default) or "synthetic", a small ViT
+    made by ``lima-zoo make-teacher`` on a different synthetic world. ``weights``: a local file or
+    folder; empty = timm's pretrained weights from the Hugging Face cache (or Hub when online)."""
+
+    name: str = "vit_base_patch14_dinov2"
+    weights: str = ""
+    image_size: tuple[int, int] = (224, 448)  # H, W the images are resized to
+
+
+@dataclass(frozen=True)
+class LimaConfig:
+    frames: int = 6  # 1 = ScaLR-style single-frame distillation
+    memory_bank: bool = True  # False: re-run the teacher on every past frame (what the bank saves)
+    cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones
+    pool: str = "mean"  # mean | max over the frames that matched
+    alpha: float = 0.5  # temporal fusion weight of the current unified feature
+    cva: str = "mean"  # mean | center (weights by closeness to the image centre)
+    mixing: str = "lasermix"  # lasermix | polarmix | none
+    mix_weight: float = 1.0
+    bank_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        checks = {"frames": self.frames >= 1, "cell": self.cell > 0, "alpha": 0.0 <= self.alpha <= 1.0,
+                  "pool": self.pool in ("mean", "max"), "cva": self.cva in ("mean", "center"),
+                  "mixing": self.mixing in ("lasermix", "polarmix", "none"), "bank_dtype": self.bank_dtype in ("float16", "float32")}  # fmt: skip
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"lima: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Applied to the student's input only, after pairing."""
+
+    flip: bool = True
+    rotate: bool = True
+    scale: tuple[float, float] = (0.95, 1.05)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    warmup: float = 0.2  # OneCycle warm-up fraction
+    epochs: int = 100
+    max_steps: int = 0  # > 0 caps the run at this many optimizer steps
+    streams: int = 4  # sequences walked in parallel per data-parallel rank
+    grad_accum: int = 1
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    checkpoint_every: int = 500
+    log_every: int = 10
+    threads: int = 0  # torch threads per process; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    lima: LimaConfig = field(default_factory=LimaConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (value parsed as YAML: 3, 0.5, true, [1, 2], text) to a nested dict."""
+    import yaml
+
+    out = _deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.002")
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            sub = node.setdefault(part, {})
+            if not isinstance(sub, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = sub
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    return {k: _deepcopy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def load_recipe(recipe: str, overrides: list[str] | None = None) -> TrainConfig:
+    """A packaged recipe name or a YAML path, with overrides -> TrainConfig (strict)."""
+    import yaml
+
+    path = Path(recipe)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{recipe}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{recipe!r} is neither a YAML file nor a packaged recipe; recipes: {', '.join(list_recipes())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(TrainConfig, data, where=str(path))

@@ -166,6 +166,7 @@ def test_stream_sampler_walks_sequences_in_order():
     steps = s.epoch(0)
     assert steps == StreamSampler(lengths, streams=2, rank=0, world=2, seed=1, max_offset=3).epoch(0)  # deterministic
     assert steps != s.epoch(1)  # reshuffled per epoch
+    assert all(len(s.epoch(e)) == len(steps) == sum(lengths) // 4 for e in range(5))  # same length every epoch
     for b in range(2):
         walk = [step[b] for step in steps]
         for prev, cur in zip(walk, walk[1:]):

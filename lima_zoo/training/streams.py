@@ -3,8 +3,8 @@
 The memory bank needs consecutive frames of one sequence at consecutive steps. Per epoch the
 sequence order and each sequence's start offset are reshuffled (deterministically from the seed and
 epoch); the shuffled sequences are dealt round-robin to ``world * streams`` lanes, each lane walks
-its sequences back to back, and every lane yields one frame per step. An epoch lasts as long as the
-shortest lane, so every rank runs the same number of steps (DDP needs that).
+its sequences back to back (again from the start if it runs out), one frame per step. An epoch is
+frames / lanes steps, the same for every rank and epoch (DDP needs that).
 """
 
 from __future__ import annotations
@@ -40,21 +40,23 @@ class StreamSampler:
         offsets = [int(torch.randint(min(self.max_offset, n), (1,), generator=gen)) if n > 1 else 0 for n in self.lengths]
         lanes_total = self.world * self.streams
         shared = lanes_total > len(order)  # fewer sequences than lanes: lanes share sequences
+        n = self.steps_per_epoch()
         lanes = []
         for lane in range(lanes_total):
-            items = []
-            for s in order[lane::lanes_total] or [order[lane % len(order)]]:
-                start = (offsets[s] + lane) % self.lengths[s] if shared else offsets[s]  # sharers start apart
-                items += [StreamItem(s, p, p == start) for p in range(start, self.lengths[s])]
-            lanes.append(items)
+            seqs, items, rnd = order[lane::lanes_total] or [order[lane % len(order)]], [], 0
+            while len(items) < n:  # a lane that runs out walks its sequences again, from their start
+                for s in seqs:
+                    start = ((offsets[s] + lane) % self.lengths[s] if shared else offsets[s]) if rnd == 0 else 0
+                    items += [StreamItem(s, p, p == start) for p in range(start, self.lengths[s])]
+                rnd += 1
+            lanes.append(items[:n])
         return lanes
 
-    def steps_per_epoch(self, epoch: int = 0) -> int:
-        return min(len(lane) for lane in self._lanes(epoch))
+    def steps_per_epoch(self) -> int:
+        """Frames / lanes: the same every epoch, whatever the shuffle."""
+        return max(1, sum(self.lengths) // (self.world * self.streams))
 
     def epoch(self, epoch: int) -> list[list[StreamItem]]:
         """Steps of ``epoch`` for this rank: a list of steps, each ``streams`` items (one per stream)."""
-        lanes = self._lanes(epoch)
-        n = min(len(lane) for lane in lanes)
-        mine = lanes[self.rank * self.streams : (self.rank + 1) * self.streams]
-        return [[lane[t] for lane in mine] for t in range(n)]
+        mine = self._lanes(epoch)[self.rank * self.streams : (self.rank + 1) * self.streams]
+        return [[lane[t] for lane in mine] for t in range(self.steps_per_epoch())]

@@ -118,7 +118,7 @@ class _Run:
         self.model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
         o = cfg.optim
         self.sampler = StreamSampler([len(r) for _, r in self.dataset.sequences], o.streams, rank, world, cfg.run.seed, max_offset=cfg.lima.frames)
-        self.steps_per_epoch = self.sampler.steps_per_epoch(0) // o.grad_accum
+        self.steps_per_epoch = self.sampler.steps_per_epoch() // o.grad_accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"an epoch has fewer frames per stream than optim.grad_accum={o.grad_accum}")
         self.total_steps = o.max_steps if o.max_steps > 0 else o.epochs * self.steps_per_epoch

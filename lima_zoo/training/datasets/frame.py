@@ -17,7 +17,7 @@ import torch
 
 from .pairing import CameraView, chain
 
-__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "check_percent"]
+__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "check_percent", "read_number_table", "require"]
 
 
 @dataclass
@@ -120,6 +120,17 @@ def check_percent(percent: float) -> int:
 def every_nth(items: Sequence, percent: float) -> list:
     """Every (100 / percent)-th item, starting with the first."""
     return list(items)[:: check_percent(percent)]
+
+
+def read_number_table(path: Path, what: str, columns: int, layout: str) -> np.ndarray:
+    """A whitespace-separated text file of ``columns`` numbers per line -> (R, columns) float64."""
+    try:
+        rows = np.loadtxt(require(path, what), dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if rows.shape[1] != columns:
+        raise ValueError(f"{path}: expected {columns} numbers per line ({layout}), got {rows.shape[1]}")
+    return rows
 
 
 def require(path: Path, what: str) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import KITTI_EVAL_CLASSES, kitti_learning_map
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, read_number_table, require
 
 __all__ = ["SemanticKittiDataset", "read_calib", "read_poses"]
 
@@ -44,12 +44,7 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
 
 def read_poses(path: Path) -> np.ndarray:
     """poses.txt -> (S, 4, 4) cam0 poses."""
-    try:
-        rows = np.loadtxt(require(path, "KITTI poses"), dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    if rows.shape[1] != 12:
-        raise ValueError(f"{path}: expected 12 numbers per line, got {rows.shape[1]}")
+    rows = read_number_table(path, "KITTI poses", 12, "a 3x4 matrix, row-major")
     poses = np.tile(np.eye(4), (len(rows), 1, 1))
     poses[:, :3] = rows.reshape(-1, 3, 4)
     return poses

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ...io import POINT_SUFFIXES, load_points, point_suffix
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, read_number_table, require
 from .pairing import pose_matrix
 
 __all__ = ["SequenceFolderDataset", "interpolate_pose"]
@@ -50,12 +50,7 @@ def _stamp(path: Path, suffix: str) -> int:
 
 def _read_poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """-> timestamps (P,) int64 ascending, rows (P, 7) tx ty tz qw qx qy qz."""
-    try:
-        rows = np.loadtxt(require(path, "per-frame ego poses"), dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    if rows.shape[1] != 8:
-        raise ValueError(f"{path}: expected 8 numbers per line (timestamp_us tx ty tz qw qx qy qz), got {rows.shape[1]}")
+    rows = read_number_table(path, "per-frame ego poses", 8, "timestamp_us tx ty tz qw qx qy qz")
     stamps = rows[:, 0].astype(np.int64)
     if np.any(np.diff(stamps) <= 0):
         raise ValueError(f"{path}: timestamps must increase strictly")

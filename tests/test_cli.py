@@ -13,9 +13,8 @@ from click.testing import CliRunner
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.cli import main
-from lima_zoo.config import EncoderConfig
 
-from test_encoder_loading import COMMIT, TINY, fill_hub_cache
+from test_encoder_loading import TINY, fill_hub_cache
 
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,32 @@ def train_cmd(recipe, data_path, out_dir, overrides, resume):
         sys.exit(130)
 
 
+@main.command("eval", context_settings={"show_default": True})
+@click.option("--protocol", type=click.Choice(["linear", "finetune"]), default="linear")
+@click.option("--percent", default=100.0, type=click.FloatRange(0, 100, min_open=True), help="Share of the training split (1, 5, 10, 25, 100).")
+@click.option("--model", "-m", "model_name", required=True, help="Registered name, org/repo, encoder folder, or 'random'.")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, file_okay=False), help="Labelled dataset root (format detected).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a DownstreamConfig field, e.g. --set epochs=20.")
+@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resume):
+    """Linear probing or fine-tuning for semantic segmentation; prints per-class IoU and mIoU."""
+    from ..config import config_from_dict
+    from ..training.config import DownstreamConfig, apply_overrides
+
+    try:
+        values = apply_overrides({"protocol": protocol, "percent": percent}, list(overrides))
+        cfg = config_from_dict(DownstreamConfig, values, where="eval --set")
+        from ..training.downstream import run_downstream
+
+        report = run_downstream(cfg, model_name, data_path, out_dir, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+    click.echo(f"mIoU {100 * report['miou']:.2f} -> {out_dir}/metrics.json, {out_dir}/iou.png")
+
+
 @main.command("make-teacher", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=1000, type=int, help="First world seed; keep it apart from the seeds your datasets use.")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import EncoderConfig, config_from_dict
 
-__all__ = ["DataConfig", "TeacherConfig", "LimaConfig", "AugmentConfig", "OptimConfig", "RunConfig", "TrainConfig",
+__all__ = ["DataConfig", "DownstreamConfig", "TeacherConfig", "LimaConfig", "AugmentConfig", "OptimConfig", "RunConfig", "TrainConfig",
            "load_recipe", "apply_overrides", "list_recipes", "RECIPE_DIR"]  # fmt: skip
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
@@ -111,6 +111,37 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """Linear probing (frozen backbone in eval mode, BatchNorm + zero-initialised Linear(96 -> C)) or
+    fine-tuning (whole network, head lr x ``head_lr_mult``) with CE + ``lovasz_weight`` x Lovasz-softmax."""
+
+    protocol: str = "linear"  # linear | finetune
+    percent: float = 100.0  # of the training split, by the dataset's subset rule
+    epochs: int = 10
+    max_steps: int = 0
+    batch: int = 2  # scans per step
+    lr: float = 0.001
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup: float = 0.2
+    lovasz_weight: float = 2.0
+    bn_momentum: float = 0.02
+    augment: bool = True  # flips / rotation / scale of training scans (a linear probe without it caches features)
+    eval_split: str = "val"
+    random_backbone: str = "minkunet34"  # the architecture of --model random
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 200
+    cache_mb: int = 2048  # largest feature cache a linear probe may keep in memory
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("linear", "finetune"):
+            raise ValueError(f"protocol must be 'linear' or 'finetune', got {self.protocol!r}")
+        if self.batch < 1 or self.lr <= 0:
+            raise ValueError("batch must be >= 1 and lr > 0")
 
 
 def list_recipes() -> list[str]:

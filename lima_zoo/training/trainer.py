@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ from .losses import distillation_loss
 from .memory_bank import MemoryBank, MemoryEntry
 from .mixing import mix
 from .propagation import fuse, propagate
+from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
-from .targets import FrameTargets, frame_targets
+from .targets import frame_targets
 from .teacher import build_teacher
 
 __all__ = ["train", "Distiller", "prepare_inputs"]
@@ -249,19 +249,12 @@ class _Run:
     # --------------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self) -> Path:
-        path = self.out / "checkpoints" / "last.pt"
         state = {"encoder": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step_no, "world_size": self.world, "config": self.cfg.to_dict()}  # fmt: skip
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
+        return save_checkpoint(self.out / "checkpoints" / "last.pt", state)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        mine, theirs = _flat(self.cfg.to_dict()), _flat(state["config"])
-        differ = sorted(k for k in set(mine) | set(theirs) if not k.startswith("run.") and mine.get(k) != theirs.get(k))
-        if differ:
-            raise ValueError(f"{path}: the checkpoint was trained with a different config ({', '.join(differ)}); resume with the same recipe and --set values")
+        state = load_checkpoint(path, self.cfg.to_dict(), self.device)
         if state["world_size"] != self.world:
             raise ValueError(f"{path}: written by {state['world_size']} processes, resuming with {self.world}; the data order would change")
         from ..encoder import load_state_strict
@@ -273,17 +266,8 @@ class _Run:
         self.replay_bank(self.step_no * self.cfg.optim.grad_accum)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": list(v) if isinstance(v, tuple) else v})
-    return out
-
-
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> Path:
     """Run (or resume) pretraining into ``out``; returns the encoder folder ``out/encoder``."""
-    from tqdm import tqdm
-
     out = Path(out)
     rank, world = _distributed()
     if cfg.run.threads > 0:
@@ -292,87 +276,38 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Call
     run = _Run(cfg, out, rank, world)
     ckpt = out / "checkpoints" / "last.pt"
     if resume:
-        if not ckpt.exists():
-            raise FileNotFoundError(f"{ckpt}: nothing to resume from")
         run.load_checkpoint(ckpt)
     elif ckpt.exists():
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
-    log_path = out / "log.jsonl"
-    writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "config.json") as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-        if resume and log_path.exists():  # drop records past the checkpoint (an interrupted tail)
-            kept = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= run.step_no]
-            log_path.write_text("".join(r + "\n" for r in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            writer = None
         print(f"pretraining {cfg.encoder.backbone} from {run.teacher.description} on {cfg.data.path} ({len(run.dataset)} frames, "
               f"{len(run.dataset.sequences)} sequences); {run.total_steps} steps of {cfg.optim.streams} streams x {world} process(es)", flush=True)  # fmt: skip
-    bar = tqdm(total=run.total_steps, initial=run.step_no, disable=rank != 0, unit="step", desc="pretrain")
+    log = RunLog(out, run.total_steps, run.step_no, ("loss", "lr", "loss_current", "loss_mixed", "target_fraction", "memory_only_fraction", "seconds"),
+                 enabled=rank == 0, desc="pretrain")  # fmt: skip
     try:
-        with open(log_path, "a") if rank == 0 else open(os.devnull, "w") as log:
-            while run.step_no < run.total_steps:
-                rec = run.step()
-                if rank == 0:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    if writer is not None:
-                        for k in ("loss", "loss_current", "loss_mixed", "lr", "target_fraction", "memory_only_fraction", "seconds"):
-                            writer.add_scalar(f"train/{k}", rec[k], rec["step"])
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-                bar.update(1)
-                if on_step is not None:
-                    on_step(rec)
-                if rank == 0 and (run.step_no % cfg.run.checkpoint_every == 0 or run.step_no == run.total_steps):
-                    run.save_checkpoint()
-                if world > 1:
-                    dist.barrier()
+        while run.step_no < run.total_steps:
+            rec = run.step()
+            log.write(rec)
+            if on_step is not None:
+                on_step(rec)
+            if rank == 0 and (run.step_no % cfg.run.checkpoint_every == 0 or run.step_no == run.total_steps):
+                run.save_checkpoint()
+            if world > 1:
+                dist.barrier()
     except KeyboardInterrupt:
         if rank == 0:
             print(f"\ninterrupted at step {run.step_no}; the last checkpoint ({ckpt}) is intact — continue with --resume", flush=True)
         raise
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+        log.close()
     encoder_dir = out / "encoder"
     if rank == 0:
         run.encoder.eval().save_pretrained(encoder_dir)
-        _loss_curve(log_path, out / "loss.png")
+        loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_current", "loss_mixed"), "distillation loss")
         print(f"encoder written to {encoder_dir} (LiMAEncoder.from_pretrained({str(encoder_dir)!r}))", flush=True)
     if world > 1:
         dist.barrier()
     return encoder_dir
-
-
-def _loss_curve(log_path: Path, png: Path) -> None:
-    """Loss against step (current scans, mixed scenes, total) as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    recs = [json.loads(r) for r in log_path.read_text().splitlines() if r]
-    if not recs:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in recs]
-    for key in ("loss", "loss_current", "loss_mixed"):
-        ax.plot(steps, [r[key] for r in recs], label=key, lw=1.2 if key == "loss" else 0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("distillation loss")
-    ax.set_ylim(bottom=0, top=max(1e-3, math.ceil(max(r["loss"] for r in recs) * 10) / 10))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,199 @@
+"""Downstream semantic segmentation: linear probing and few-shot fine-tuning, scored by mIoU.
+
+Linear probing: the backbone is frozen and kept in eval mode; a BatchNorm + zero-initialised
+Linear(96 -> C) trains on the full training split. Without augmentation the frozen backbone's
+per-point features are computed once and cached (when they fit in ``cache_mb``), so the probe
+trains in seconds. Fine-tuning: the whole network, head learning rate x10, on a percent subset.
+Loss CE + 2.0 x Lovasz-softmax, AdamW + OneCycle. Evaluation: one confusion matrix over every point
+of the validation split (voxel predictions mapped back to points), ignore label excluded.
+Checkpoints and ``resume`` work as in pretraining: the data order is a function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..atomic import atomic_path
+from ..config import EncoderConfig
+from ..encoder import LiMAEncoder, resolve_device
+from ..sparse import SparseTensor
+from ..voxelize import voxelize
+from .augment import augment_points
+from .config import AugmentConfig, DownstreamConfig
+from .datasets import FrameDataset, open_dataset
+from .lovasz import lovasz_softmax
+from .metrics import ConfusionMatrix, save_report
+from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
+
+__all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone"]
+
+
+class Segmenter(nn.Module):
+    """Encoder + BatchNorm1d(96) + Linear(96 -> C) (zero-initialised). forward: per-voxel logits."""
+
+    def __init__(self, encoder: LiMAEncoder, num_classes: int, frozen: bool, bn_momentum: float):
+        super().__init__()
+        self.encoder, self.frozen = encoder, frozen
+        self.norm = nn.BatchNorm1d(encoder.config.out_dim, momentum=bn_momentum)
+        self.classifier = nn.Linear(encoder.config.out_dim, num_classes)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+        for m in encoder.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = bn_momentum
+        if frozen:
+            for p in encoder.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a probe never updates the backbone's BatchNorm statistics
+        return self
+
+    def features(self, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
+            return self.encoder.backbone(SparseTensor(feats, coords)).feats
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(features))
+
+
+def load_backbone(model: str, cfg: DownstreamConfig, device: torch.device) -> LiMAEncoder:
+    """``random`` (seeded initialisation of ``cfg.random_backbone``) or anything from_pretrained takes."""
+    if model == "random":
+        torch.manual_seed(cfg.seed)
+        return LiMAEncoder(EncoderConfig(backbone=cfg.random_backbone)).to(device)
+    return LiMAEncoder.from_pretrained(model, device=device)
+
+
+def _inputs(points: list[torch.Tensor], encoder: LiMAEncoder, device: torch.device):
+    """Frames' (N, 4) points, intensity 0-255 -> voxels in the encoder's convention."""
+    return voxelize([encoder.prepare(p, intensity_range=255.0) for p in points], encoder.config.preprocess)
+
+
+@torch.no_grad()
+def evaluate(model: Segmenter, dataset: FrameDataset, device: torch.device, batch: int = 2) -> ConfusionMatrix:
+    """Confusion matrix over every labelled point of ``dataset`` (predictions 1..C)."""
+    model.eval()
+    cm = ConfusionMatrix(dataset.class_names)
+    index = dataset.index()
+    for i in range(0, len(index), batch):
+        frames = [dataset.frame(s, k) for s, k in index[i : i + batch]]
+        vox = _inputs([torch.from_numpy(f.points) for f in frames], model.encoder, device)
+        logits = model.head(model.features(vox.feats, vox.coords))
+        pred = logits.argmax(1)[vox.inverse] + 1
+        cm.update(pred, torch.cat([torch.from_numpy(f.labels) for f in frames]))
+    return cm
+
+
+class _FeatureCache:
+    """Frozen-backbone per-point features of every training frame (float16), computed once."""
+
+    def __init__(self, model: Segmenter, dataset: FrameDataset, device: torch.device):
+        self.feats, self.labels = [], []
+        model.eval()
+        with torch.no_grad():
+            for s, k in dataset.index():
+                f = dataset.frame(s, k)
+                vox = _inputs([torch.from_numpy(f.points)], model.encoder, device)
+                self.feats.append(model.features(vox.feats, vox.coords)[vox.inverse].half().cpu())
+                self.labels.append(torch.from_numpy(f.labels))
+
+
+def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out: str | Path, resume: bool = False,
+                   on_step: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """Train a probe / fine-tune on ``data``'s training split, evaluate on ``cfg.eval_split``; returns
+    the report also written to ``out/metrics.json``."""
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    linear = cfg.protocol == "linear"
+    train_ds = open_dataset(data, "train", cfg.percent, labels=True)
+    val_ds = open_dataset(data, cfg.eval_split, labels=True)
+    if not train_ds.class_names:
+        raise ValueError(f"{data}: the dataset names no classes (a sequence folder needs 'class_names' in calibration.json)")
+    encoder = load_backbone(model_name, cfg, device)
+    model = Segmenter(encoder, len(train_ds.class_names), frozen=linear, bn_momentum=cfg.bn_momentum).to(device)
+    index = train_ds.index()
+    steps_per_epoch = max(1, len(index) // cfg.batch)
+    total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+    head = list(model.norm.parameters()) + list(model.classifier.parameters())
+    groups = [{"params": head, "lr": cfg.lr * cfg.head_lr_mult}] + ([] if linear else [{"params": list(encoder.parameters()), "lr": cfg.lr}])
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=cfg.warmup)
+    config = {"downstream": dataclasses.asdict(cfg), "model": str(model_name), "data": str(data)}
+    ckpt = out / "checkpoints" / "last.pt"
+    step = 0
+    if resume:
+        state = load_checkpoint(ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every"))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+    elif ckpt.exists():
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    cache = None
+    if linear and not cfg.augment:
+        points = sum(len(train_ds.frame(s, k).points) for s, k in index[:3]) / min(3, len(index)) * len(index)
+        if points * encoder.config.out_dim * 2 / 2**20 <= cfg.cache_mb:
+            cache = _FeatureCache(model, train_ds, device)
+    aug = AugmentConfig()
+    what = f"{'linear probe' if linear else 'fine-tune'} of {model_name} on {len(index)} frames ({cfg.percent:g}% of train)"
+    print(f"{what}: {total} steps" + (" on cached features" if cache else ""), flush=True)
+    log = RunLog(out, total, step, ("loss", "lr", "loss_ce", "loss_lovasz"), desc=cfg.protocol)
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            epoch, at = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(index), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
+            chosen = order[at * cfg.batch : (at + 1) * cfg.batch]
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            model.train()
+            if cache is not None:
+                feats = torch.cat([cache.feats[i] for i in chosen]).to(device).float()
+                labels = torch.cat([cache.labels[i] for i in chosen]).to(device)
+                logits = model.head(feats)
+            else:
+                frames = [train_ds.frame(*index[i]) for i in chosen]
+                pts = [torch.from_numpy(f.points) for f in frames]
+                if cfg.augment:
+                    pts = [augment_points(p, aug, gen) for p in pts]
+                vox = _inputs(pts, encoder, device)
+                logits = model.head(model.features(vox.feats, vox.coords)[vox.inverse])  # per point, like the cached path
+                labels = torch.cat([torch.from_numpy(f.labels) for f in frames]).to(device)
+            target = labels - 1  # classes 1..C -> 0..C-1; the ignore id 0 becomes -1
+            ce = F.cross_entropy(logits, target, ignore_index=-1) if bool((target >= 0).any()) else logits.sum() * 0
+            lov = lovasz_softmax(logits.softmax(1), target, ignore=-1) if cfg.lovasz_weight > 0 else ce * 0
+            loss = ce + cfg.lovasz_weight * lov
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            rec = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "loss_ce": float(ce.detach()), "loss_lovasz": float(lov.detach()),
+                   "lr": lr, "seconds": time.perf_counter() - t0}  # fmt: skip
+            log.write(rec)
+            if on_step is not None:
+                on_step(rec)
+            if step % cfg.checkpoint_every == 0 or step == total:
+                save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                       "step": step, "config": config})  # fmt: skip
+    finally:
+        log.close()
+    loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_ce", "loss_lovasz"))
+    cm = evaluate(model, val_ds, device, cfg.batch)
+    report = save_report(cm, out, f"{what}; eval on {cfg.eval_split}", {"protocol": cfg.protocol, "percent": cfg.percent, "model": str(model_name),
+                                                                         "steps": total, "val_frames": len(val_ds)})  # fmt: skip
+    print(cm.table(), flush=True)
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    return report

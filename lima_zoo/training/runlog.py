@@ -1,0 +1,113 @@
+"""What every training command shares: atomic checkpoints with a config check, and the run log
+(JSONL, TensorBoard, a tqdm bar, a loss-curve PNG at the end)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+
+__all__ = ["save_checkpoint", "load_checkpoint", "RunLog", "loss_curve"]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": list(v) if isinstance(v, tuple) else v})
+    return out
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """torch.save through a temporary file: a crash or Ctrl-C never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: Path, config: dict, device: torch.device, free: tuple[str, ...] = ("run.",)) -> dict:
+    """Load with weights_only (no arbitrary unpickling) and refuse a checkpoint whose config differs
+    from ``config`` outside the ``free`` key prefixes (naming the keys that differ)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: nothing to resume from")
+    state = torch.load(path, map_location=device, weights_only=True)
+    mine, theirs = _flat(config), _flat(state["config"])
+    differ = sorted(k for k in set(mine) | set(theirs) if not k.startswith(free) and mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"{path}: the checkpoint was made with a different config ({', '.join(differ)}); resume with the same settings")
+    return state
+
+
+class RunLog:
+    """Appends one JSON record per step to ``out/log.jsonl`` (after dropping records past ``step`` on
+    resume), mirrors ``scalars`` to TensorBoard and shows a tqdm bar. Inactive (no files, no bar)
+    when ``enabled`` is False — the non-zero ranks of a DDP run."""
+
+    def __init__(self, out: Path, total: int, step: int, scalars: tuple[str, ...], enabled: bool = True, desc: str = "train"):
+        from tqdm import tqdm
+
+        self.path, self.scalars, self.enabled = out / "log.jsonl", scalars, enabled
+        self.bar = tqdm(total=total, initial=step, disable=not enabled, unit="step", desc=desc)
+        self.writer = self.file = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # resuming: records past the checkpoint belong to the interrupted tail
+            kept = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in kept))
+        self.file = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.writer = None
+
+    def write(self, rec: dict) -> None:
+        self.bar.update(1)
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k in self.scalars:
+                self.writer.add_scalar(f"train/{k}", rec[k], rec["step"])
+        self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in self.scalars[:2]})
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def loss_curve(log_path: Path, png: Path, keys: tuple[str, ...], ylabel: str = "loss") -> None:
+    """Plot ``keys`` of a JSONL log against step into ``png`` (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    recs = [json.loads(r) for r in log_path.read_text().splitlines() if r]
+    if not recs:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in recs]
+    for i, key in enumerate(keys):
+        ax.plot(steps, [r[key] for r in recs], label=key, lw=1.2 if i == 0 else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    top = max(r[keys[0]] for r in recs)
+    ax.set_ylim(bottom=0, top=max(1e-3, math.ceil(top * 10) / 10))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 STREAMS = 2
-TEACHER = dict(dim=256, depth=6)  # the tiny teacher; image size 112x224, patch 8 (392 tokens)
+TEACHER = dict(dim=512, depth=12, patch=14)  # at 224x448 (16x32 tokens): ~2x the student, like ViT-B vs MinkUNet-34
 
 
 def _student_time(backbone: str, scan: torch.Tensor, voxel_size, voxel_type: str, repeats: int = 3) -> float:
@@ -63,8 +63,9 @@ def cost_ratios(scan: torch.Tensor) -> dict:
 
     real_teacher = _teacher_time(timm.create_model("vit_base_patch14_dinov2", pretrained=False, img_size=(224, 448), num_classes=0), (224, 448), 1)
     real_student = _student_time("minkunet34", scan, (0.1, 1.0, 0.1), "cylindrical", 1)
-    tiny = VisionTransformer(img_size=(112, 224), patch_size=8, embed_dim=TEACHER["dim"], depth=TEACHER["depth"], num_heads=4, num_classes=0, global_pool="")
-    tiny_teacher = _teacher_time(tiny, (112, 224))
+    tiny = VisionTransformer(img_size=(224, 448), patch_size=TEACHER["patch"], embed_dim=TEACHER["dim"], depth=TEACHER["depth"],
+                             num_heads=TEACHER["dim"] // 64, mlp_ratio=3.0, num_classes=0, global_pool="")  # as make_synthetic_teacher builds it
+    tiny_teacher = _teacher_time(tiny, (224, 448))
     tiny_student = _student_time("minkunet14", scan, (0.1, 1.0, 0.1), "cylindrical")
     return {"real_teacher_s": real_teacher, "real_student_s": real_student, "real_ratio": real_teacher / real_student,
             "tiny_teacher_s": tiny_teacher, "tiny_student_s": tiny_student, "tiny_ratio": tiny_teacher / tiny_student}  # fmt: skip
@@ -76,7 +77,7 @@ def one(data: Path, teacher: Path, frames: int, bank: bool, steps: int, out: Pat
     from lima_zoo.training.trainer import train
 
     cfg = load_recipe("synthetic-tiny", [
-        f"data.path={data}", "data.synthetic=false", f"teacher.weights={teacher}", f"encoder.head_dim={TEACHER['dim']}",
+        f"data.path={data}", "data.synthetic=false", f"teacher.weights={teacher}", f"encoder.head_dim={TEACHER['dim']}", "teacher.image_size=[224, 448]",
         f"lima.frames={frames}", f"lima.memory_bank={str(bank).lower()}", f"optim.max_steps={steps}", f"optim.streams={STREAMS}",
         "run.checkpoint_every=100000",
     ])  # fmt: skip
@@ -91,7 +92,7 @@ def one(data: Path, teacher: Path, frames: int, bank: bool, steps: int, out: Pat
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, nargs="+", default=list(range(1, 9)))
-    ap.add_argument("--steps-after-fill", type=int, default=4)
+    ap.add_argument("--steps-after-fill", type=int, default=3)
     ap.add_argument("--one", nargs=4, metavar=("DATA", "TEACHER", "FRAMES", "BANK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -111,14 +112,14 @@ def main() -> None:
         longest = max(args.frames) + args.steps_after_fill + 2
         data = generate(tmp / "world", "nuscenes", scenes=3, frames=longest + 8, seed=0, image_scale=0.15)
         teacher = tmp / "teacher"
-        make_synthetic_teacher(teacher, seed=1000, scenes=1, frames=1, steps=1, batch=2, image_size=(112, 224), **TEACHER)
+        make_synthetic_teacher(teacher, seed=1000, scenes=1, frames=1, steps=10, batch=2, image_size=(224, 448), **TEACHER)  # timing only
         import numpy as np
 
         scan = torch.from_numpy(np.fromfile(next((data / "samples" / "LIDAR_TOP").glob("*.pcd.bin")), dtype=np.float32).reshape(-1, 5)[:, :4].copy())
         ratios = cost_ratios(scan)
         print(f"cost of the teacher on one frame's 6 images / student forward+backward on one scan ({len(scan):,} points):")
         print(f"  real pair  ViT-B/14 at 224x448: {ratios['real_teacher_s']:.2f} s / MinkUNet-34: {ratios['real_student_s']:.2f} s = {ratios['real_ratio']:.2f}")
-        print(f"  tiny pair  ViT dim {TEACHER['dim']} depth {TEACHER['depth']} at 112x224: {ratios['tiny_teacher_s']:.2f} s / MinkUNet-14: "
+        print(f"  tiny pair  ViT dim {TEACHER['dim']} depth {TEACHER['depth']} patch {TEACHER['patch']} at 224x448: {ratios['tiny_teacher_s']:.2f} s / MinkUNet-14: "
               f"{ratios['tiny_student_s']:.2f} s = {ratios['tiny_ratio']:.2f}")
         rows = []
         for frames in args.frames:

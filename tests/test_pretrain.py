@@ -27,7 +27,7 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
-    make_synthetic_teacher(out, seed=2000, scenes=1, frames=1, steps=3, batch=2, image_size=(56, 112), dim=32, depth=1)
+    make_synthetic_teacher(out, seed=2000, scenes=1, frames=1, steps=10, batch=2, image_size=(56, 112), dim=32, depth=1)
     return out
 
 

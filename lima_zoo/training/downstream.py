@@ -32,6 +32,7 @@ from .datasets import FrameDataset, open_dataset
 from .lovasz import lovasz_softmax
 from .metrics import ConfusionMatrix, save_report
 from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
+from .schedule import one_cycle
 
 __all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone"]
 
@@ -128,7 +129,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     head = list(model.norm.parameters()) + list(model.classifier.parameters())
     groups = [{"params": head, "lr": cfg.lr * cfg.head_lr_mult}] + ([] if linear else [{"params": list(encoder.parameters()), "lr": cfg.lr}])
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=cfg.warmup)
+    scheduler = one_cycle(optimizer, [g["lr"] for g in groups], total, cfg.warmup)
     config = {"downstream": dataclasses.asdict(cfg), "model": str(model_name), "data": str(data)}
     ckpt = out / "checkpoints" / "last.pt"
     step = 0

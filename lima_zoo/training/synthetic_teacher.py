@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_path
 from ..labels import NUSCENES_EVAL_CLASSES, NUSCENES_LUT
+from .schedule import one_cycle
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, images_to_input
 
 __all__ = ["make_synthetic_teacher", "render_training_images"]
@@ -53,7 +54,7 @@ def _patch_targets(labels: torch.Tensor, image_size: tuple[int, int], patch: int
 
 
 def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, frames: int = 6, steps: int = 300, batch: int = 16,
-                           image_size: tuple[int, int] = (112, 224), dim: int = 128, depth: int = 4,
+                           image_size: tuple[int, int] = (112, 224), dim: int = 128, depth: int = 4, patch: int = 8,
                            progress: Callable[[int, float], None] | None = None) -> dict:  # fmt: skip
     """Train and save the teacher under ``out``; returns its metadata (also written to teacher.json)."""
     from timm.models.vision_transformer import VisionTransformer
@@ -62,14 +63,13 @@ def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, f
     rgb, lab = render_training_images(seed, scenes, frames)
     held_rgb, held_lab = render_training_images(seed + 500, 1, 2)  # a held-out world for the accuracy report
     classes = len(NUSCENES_EVAL_CLASSES) + 1
-    patch = 8
-    vit_kwargs = dict(img_size=list(image_size), patch_size=patch, embed_dim=dim, depth=depth, num_heads=4, mlp_ratio=3.0,
+    vit_kwargs = dict(img_size=list(image_size), patch_size=patch, embed_dim=dim, depth=depth, num_heads=max(1, dim // 64), mlp_ratio=3.0,
                       num_classes=0, global_pool="", class_token=True)  # fmt: skip
     vit = VisionTransformer(**vit_kwargs)
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     head = torch.nn.Linear(dim, classes)
     opt = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    sched = one_cycle(opt, 1e-3, steps, 0.1)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(lab)
     loss_value = float("nan")

@@ -34,6 +34,7 @@ from .losses import distillation_loss
 from .memory_bank import MemoryBank, MemoryEntry
 from .mixing import mix
 from .propagation import fuse, propagate
+from .schedule import one_cycle
 from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
 from .targets import frame_targets
@@ -123,7 +124,7 @@ class _Run:
             raise ValueError(f"an epoch has fewer frames per stream than optim.grad_accum={o.grad_accum}")
         self.total_steps = o.max_steps if o.max_steps > 0 else o.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=o.lr, total_steps=self.total_steps, pct_start=o.warmup)
+        self.scheduler = one_cycle(self.optimizer, o.lr, self.total_steps, o.warmup)
         dtype = torch.float16 if cfg.lima.bank_dtype == "float16" else torch.float32
         self.bank = MemoryBank(o.streams, cfg.lima.frames - 1 if cfg.lima.memory_bank else 0, dtype)
         self.stream_start = [0] * o.streams  # position where each stream entered its sequence

@@ -54,7 +54,7 @@ def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None)
     raise AssertionError("unreachable")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
@@ -104,6 +104,6 @@ def fetch_model_files(
     if local_files_only or constants.HF_HUB_OFFLINE:
         flag = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
         raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {flag}"))
-    if not _hub_reachable():
+    if not hub_reachable():
         raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {constants.ENDPOINT} is unreachable"))
     return download(offline=False)

@@ -121,3 +121,10 @@ def test_ddp_two_cpu_processes(tiny_world, tiny_teacher, tmp_path):
 
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 2
+
+
+def test_gradient_accumulation_walks_one_frame_per_micro_step(tiny_world, tiny_teacher, tmp_path):
+    train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=2", "optim.grad_accum=2"), tmp_path / "acc")
+    recs = [json.loads(r) for r in (tmp_path / "acc" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(r["teacher_images"] == 2 * 12 for r in recs)  # 2 micro-steps x 2 streams x 6 cameras

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hub import OfflineError, _hub_reachable
+from ..hub import OfflineError, hub_reachable
 from .config import TeacherConfig
 
 __all__ = ["FrozenTeacher", "build_teacher", "images_to_input", "TEACHER_DIMS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -137,7 +137,7 @@ def _cached_pretrained(name: str) -> Path | None:
     hit = try_to_load_from_cache(repo, "model.safetensors")
     if isinstance(hit, str):
         return Path(hit)
-    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
         raise OfflineError(
             f"teacher {name}: pretrained weights ({repo}) are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
             "cannot be reached. Pass teacher.weights=<model.safetensors or .pth>, or for CPU experiments use the synthetic teacher "

@@ -158,7 +158,8 @@ class _Run:
     def replay_bank(self, micro: int) -> None:
         """Rebuild each stream's bank (and sequence entry point) as they stood before ``micro``."""
         spe = self.steps_per_epoch * self.cfg.optim.grad_accum
-        lanes = self.items(micro) and self._epochs[micro // spe]
+        self.items(micro)  # loads that epoch's schedule
+        lanes = self._epochs[micro // spe]
         for b in range(self.cfg.optim.streams):
             t = micro % spe
             history: list[StreamItem] = []  # this stream's earlier frames of the current sequence, newest first

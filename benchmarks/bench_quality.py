@@ -71,6 +71,51 @@ def evaluate(model: Path, data: Path, protocol: str, seed: int, steps: int, out:
     return run_downstream(cfg, str(model), data, out)["miou"]
 
 
+def target_quality(data: Path, teacher_dir: Path, frames: int = 6, cell: float = 0.3) -> dict:
+    """Are the targets right? Walk every training sequence as LiMA does (teacher on the current
+    cameras, memory bank, propagation, fusion) and classify each target by its nearest class
+    prototype (the mean current-camera teacher feature of each class). Accuracy of current-camera
+    targets says how informative the teacher is; accuracy of memory-only targets says whether the
+    long horizon hands correct supervision to points outside the cameras, or stale features."""
+    import torch.nn.functional as F
+
+    from lima_zoo.training.config import TeacherConfig
+    from lima_zoo.training.datasets import open_dataset
+    from lima_zoo.training.memory_bank import MemoryBank
+    from lima_zoo.training.propagation import fuse, propagate
+    from lima_zoo.training.targets import frame_targets
+    from lima_zoo.training.teacher import build_teacher
+
+    ds = open_dataset(data, "train", labels=True)
+    teacher = build_teacher(TeacherConfig(name="synthetic", weights=str(teacher_dir), image_size=(112, 224)))
+    rows = []  # (target, label, kind) with kind 0 = current camera, 1 = memory only
+    for s, (_, refs) in enumerate(ds.sequences):
+        bank = MemoryBank(1, frames - 1)
+        for k in range(len(refs)):
+            frame = ds.frame(s, k)
+            (cur,), _ = frame_targets(teacher, [frame])
+            pooled, has = propagate(cur.xyz, bank.entries(0), cell)
+            target, mask = fuse(cur.unified, cur.valid, pooled, has, 0.5)
+            bank.push(0, cur.xyz, cur.unified, cur.valid, (s, k))
+            labels = torch.from_numpy(frame.labels)
+            for kind, sel in ((0, cur.valid), (1, mask & ~cur.valid)):
+                rows.append((target[sel], labels[sel], kind, cur.unified[sel]))
+    unified = torch.cat([r[3] for r in rows if r[2] == 0])
+    lab0 = torch.cat([r[1] for r in rows if r[2] == 0])
+    classes = [c for c in range(1, len(ds.class_names) + 1) if bool((lab0 == c).any())]
+    protos = F.normalize(torch.stack([unified[lab0 == c].mean(0) for c in classes]), dim=1)
+    out = {}
+    for kind, name in ((0, "current_camera"), (1, "memory_only")):
+        tgt = torch.cat([r[0] for r in rows if r[2] == kind])
+        lab = torch.cat([r[1] for r in rows if r[2] == kind])
+        keep = lab > 0
+        pred = torch.tensor(classes)[(tgt[keep] @ protos.T).argmax(1)]
+        correct = pred == lab[keep]
+        per = {ds.class_names[c - 1]: float(correct[lab[keep] == c].float().mean()) for c in classes if bool((lab[keep] == c).any())}
+        out[name] = {"points": int(keep.sum()), "accuracy": float(correct.float().mean()), "per_class": per}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -99,6 +144,7 @@ def main() -> None:
         meta = make_synthetic_teacher(teacher, steps=20 if args.quick else 300)
         print(f"world {args.scenes} scenes x {args.frames} frames; teacher held-out patch accuracy {meta['heldout_patch_accuracy']:.3f} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
+        quality = target_quality(data, teacher)
         for seed in range(args.seeds):
             encoders = {"random": random_encoder(seed, tmp / f"random-{seed}")}
             for method in METHODS:
@@ -124,8 +170,14 @@ def main() -> None:
                                               f"{100 * statistics.mean(x['memory_only_fraction'] for x in d):.1f}%",
                                               f"{statistics.mean(x['final_loss'] for x in d):.3f}"]  # fmt: skip
         print(f"| {method} | {pm(v)} | {pm(finetune[method]) if method in finetune else '-'} | {' | '.join(cols)} |")
+    print("\nare the 6-frame targets right? nearest class prototype of each target (prototypes: mean current-camera feature per class)")
+    for name, q in quality.items():
+        worst = sorted(q["per_class"].items(), key=lambda kv: kv[1])[:4]
+        print(f"  {name:<15} {q['points']:>9,} points, accuracy {100 * q['accuracy']:.1f}%; lowest: "
+              + ", ".join(f"{c} {100 * a:.0f}%" for c, a in worst))  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"linear": results, "finetune": finetune, "diagnostics": diag, "args": vars(args)}, default=str, indent=1))
+        args.json.write_text(json.dumps({"linear": results, "finetune": finetune, "diagnostics": diag, "target_quality": quality, "args": vars(args)},
+                                        default=str, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,3 +25,6 @@ def test_bench_quality_quick_runs_every_method(tmp_path):
     # LiMA's long horizon gave some points a target that no current camera could.
     assert data["diagnostics"]["LiMA"][0]["memory_only_fraction"] > 0
     assert data["diagnostics"]["1-frame"][0]["memory_only_fraction"] == 0
+    q = data["target_quality"]
+    assert q["current_camera"]["points"] > 0 and q["memory_only"]["points"] > 0
+    assert 0 <= q["memory_only"]["accuracy"] <= 1

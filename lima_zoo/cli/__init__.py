@@ -172,6 +172,21 @@ def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resum
     click.echo(f"mIoU {100 * report['miou']:.2f} -> {out_dir}/metrics.json, {out_dir}/iou.png")
 
 
+@main.command("export")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def export_cmd(source, out_dir):
+    """Export an encoder folder or a training checkpoint (<run>/checkpoints/last.pt) as
+    config.json + model.safetensors, verified by a strict reload that reproduces the features."""
+    from ..export import export_safetensors, load_encoder_source
+
+    try:
+        path = export_safetensors(load_encoder_source(source), out_dir)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {source} -> {path} (config.json, model.safetensors; reload verified)")
+
+
 @main.command("make-teacher", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=1000, type=int, help="First world seed; keep it apart from the seeds your datasets use.")

@@ -1,0 +1,58 @@
+"""Export to safetensors from a training checkpoint or a folder, verified by a strict reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lima_zoo import LiMAEncoder
+from lima_zoo.config import EncoderConfig, PreprocessConfig
+from lima_zoo.export import export_safetensors, load_encoder_source
+from lima_zoo.synth.scan import street_scan
+
+
+def _tiny() -> LiMAEncoder:
+    torch.manual_seed(0)
+    return LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4))))
+
+
+def test_export_from_training_checkpoint_reproduces_features(tmp_path):
+    enc = _tiny()
+    ckpt = tmp_path / "last.pt"
+    torch.save({"encoder": enc.state_dict(), "optimizer": {}, "step": 3, "config": {"encoder": enc.config.to_dict()}}, ckpt)
+    out = export_safetensors(load_encoder_source(ckpt), tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    scan = street_scan(seed=1)[:, :4]
+    np.testing.assert_array_equal(LiMAEncoder.from_pretrained(out).embed(scan), enc.eval().embed(scan))
+    again = export_safetensors(load_encoder_source(out), tmp_path / "again")  # a folder exports too
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_export_rejects_foreign_files(tmp_path):
+    bad = tmp_path / "weights.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, bad)
+    with pytest.raises(ValueError, match="not a lima-zoo training checkpoint"):
+        load_encoder_source(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_encoder_source(junk)
+    enc = _tiny()
+    state = enc.state_dict()
+    state.pop("head.proj.bias")
+    torch.save({"encoder": state, "config": {"encoder": enc.config.to_dict()}}, tmp_path / "partial.pt")
+    with pytest.raises(Exception, match="head.proj.bias"):
+        load_encoder_source(tmp_path / "partial.pt")
+
+
+def test_cli_export(tmp_path):
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    src = _tiny().save_pretrained(tmp_path / "src")
+    res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0 and "reload verified" in res.output, res.output
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "src" / "config.json"), "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "not a readable PyTorch checkpoint" in res.output

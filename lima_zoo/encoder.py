@@ -113,6 +113,10 @@ class LiMAEncoder(nn.Module):
     def voxelize(self, scans: Sequence[torch.Tensor]) -> Voxels:
         return voxelize(list(scans), self.config.preprocess)
 
+    def voxelize_points(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:
+        """Raw (N_i, >=3) scans -> one voxel batch on the encoder's device (``prepare`` each, then voxelize)."""
+        return self.voxelize([self.prepare(s, intensity_range) for s in scans])
+
     @torch.inference_mode()
     def embed(
         self,
@@ -142,8 +146,7 @@ class LiMAEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            prepared = [self.prepare(s, intensity_range) for s in scans]
-            vox = self.voxelize(prepared)
+            vox = self.voxelize_points(scans, intensity_range)
             feats = self.backbone(SparseTensor(vox.feats, vox.coords)).feats
             if space == "teacher":
                 feats = self.head(feats)
@@ -151,7 +154,7 @@ class LiMAEncoder(nn.Module):
         finally:
             self.train(was_training)
         convert = (lambda t: t.cpu().numpy()) if as_numpy else (lambda t: t)
-        outs = [convert(t) for t in torch.split(per_point, [len(p) for p in prepared])]
+        outs = [convert(t) for t in torch.split(per_point, [len(s) for s in scans])]
         result = outs if many else outs[0]
         if return_voxels:
             return result, convert(vox.coords), convert(feats.float())

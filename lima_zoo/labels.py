@@ -57,11 +57,13 @@ _KITTI_RAW_TO_EVAL = {
 }  # fmt: skip
 
 
+_KITTI_LUT = np.zeros(max(_KITTI_RAW_TO_EVAL) + 1, dtype=np.int64)
+_KITTI_LUT[list(_KITTI_RAW_TO_EVAL)] = list(_KITTI_RAW_TO_EVAL.values())
+
+
 def kitti_learning_map(raw: np.ndarray) -> np.ndarray:
     """SemanticKITTI raw semantic ids (any int array) -> evaluation ids 0..19; unknown ids -> 0."""
-    lut = np.zeros(max(_KITTI_RAW_TO_EVAL) + 1, dtype=np.int64)
-    for k, v in _KITTI_RAW_TO_EVAL.items():
-        lut[k] = v
+    lut = _KITTI_LUT
     raw = np.asarray(raw, dtype=np.int64)
     inside = (raw >= 0) & (raw < len(lut))
     return np.where(inside, lut[np.clip(raw, 0, len(lut) - 1)], 0)

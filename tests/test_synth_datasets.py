@@ -12,8 +12,8 @@ import pytest
 from lima_zoo.labels import NUSCENES_LUT, kitti_learning_map
 from lima_zoo.synth import generate
 from lima_zoo.synth.materials import label_tables
-from lima_zoo.synth.nuscenes_format import matrix_to_quaternion, scene_seed
-from lima_zoo.synth.world import make_world
+from lima_zoo.synth.nuscenes_format import matrix_to_quaternion
+from lima_zoo.synth.world import make_world, scene_seed
 from lima_zoo.training.datasets import detect_format, open_dataset
 from lima_zoo.training.datasets.pairing import project_points, quaternion_to_matrix
 

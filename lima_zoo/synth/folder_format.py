@@ -17,10 +17,10 @@ import numpy as np
 from ..atomic import atomic_path
 from ..labels import NUSCENES_EVAL_CLASSES, NUSCENES_LUT
 from .materials import label_tables
-from .nuscenes_format import KEYFRAME_PERIOD, matrix_to_quaternion, scene_seed
+from .nuscenes_format import KEYFRAME_PERIOD, matrix_to_quaternion
 from .parallel import run_scenes
 from .sensors import NUSCENES_LIDAR, ego_matrix, nuscenes_cameras, render_camera, scan_lidar
-from .world import make_world
+from .world import make_world, scene_seed
 
 __all__ = ["write_sequence_folder"]
 

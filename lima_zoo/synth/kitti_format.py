@@ -17,10 +17,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .materials import label_tables
-from .nuscenes_format import is_val_scene, scene_seed
 from .parallel import run_scenes
 from .sensors import KITTI_LIDAR, CameraSpec, ego_matrix, kitti_camera, render_camera, scan_lidar
-from .world import make_world
+from .world import is_val_scene, make_world, scene_seed
 
 __all__ = ["write_semantickitti", "kitti_calibration", "SCAN_PERIOD"]
 

@@ -22,9 +22,9 @@ from ..labels import NUSCENES_CATEGORIES
 from .materials import label_tables
 from .sensors import NUSCENES_LIDAR, CameraSpec, ego_matrix, nuscenes_cameras, render_camera, scan_lidar
 from .parallel import run_scenes
-from .world import ROAD_HALF_WIDTH, World, make_world
+from .world import ROAD_HALF_WIDTH, World, is_val_scene, make_world, scene_seed
 
-__all__ = ["write_nuscenes", "matrix_to_quaternion", "LIDAR_ROTATION", "scene_seed", "is_val_scene"]
+__all__ = ["write_nuscenes", "matrix_to_quaternion", "LIDAR_ROTATION"]
 
 # LIDAR_TOP is mounted with -90 deg yaw: its x points right, its y forward (lidar -> ego rotation).
 LIDAR_ROTATION = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -32,16 +32,6 @@ KEYFRAME_PERIOD = 0.5  # s, nuScenes samples at 2 Hz
 SWEEP_PERIOD = 0.05  # s, LiDAR spins at 20 Hz
 BASE_TIMESTAMP = 1_533_151_600_000_000  # us, an arbitrary August 2018 start like the real logs
 _NUS_OF_MAT = label_tables()["nuscenes"]
-
-
-def scene_seed(seed: int, scene: int) -> int:
-    """The world seed of one scene: every scene is its own place, reproducible from (seed, scene)."""
-    return int.from_bytes(hashlib.sha256(f"lima-zoo-world|{seed}|{scene}".encode()).digest()[:4], "little")
-
-
-def is_val_scene(scene: int) -> bool:
-    """Every fourth scene (3, 7, 11, ...) is validation; the split is by sequence, never by frame."""
-    return scene % 4 == 3
 
 
 def matrix_to_quaternion(r: np.ndarray) -> list[float]:

@@ -18,10 +18,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .materials import label_tables
-from .nuscenes_format import is_val_scene, scene_seed
 from .parallel import run_scenes
 from .sensors import WAYMO_LIDAR, CameraSpec, ego_matrix, render_camera, scan_lidar, waymo_cameras
-from .world import World, make_world
+from .world import World, is_val_scene, make_world, scene_seed
 
 __all__ = ["write_waymo", "waymo_azimuths", "camera_extrinsic", "FRAME_PERIOD"]
 

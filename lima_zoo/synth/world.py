@@ -9,13 +9,14 @@ axis-aligned ellipsoids; the ground's class comes from (s, d).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .materials import M
 
-__all__ = ["Road", "Primitives", "World", "make_world", "ROAD_HALF_WIDTH", "SIDEWALK_WIDTH"]
+__all__ = ["Road", "Primitives", "World", "make_world", "scene_seed", "is_val_scene", "ROAD_HALF_WIDTH", "SIDEWALK_WIDTH"]
 
 ROAD_HALF_WIDTH = 5.5  # two 3.5 m lanes plus a 2 m parking strip on each side
 SIDEWALK_WIDTH = 3.0
@@ -286,3 +287,13 @@ def make_world(seed: int, duration: float) -> World:
     for _ in range(int(rng.integers(1, 3))):  # traffic ahead in the ego lane, slightly faster than the ego
         objs.append(_Object(_car(rng), rng.uniform(15, 40), -LANE_CENTRE, ego_speed + rng.uniform(0.5, 2.0)))
     return world
+
+
+def scene_seed(seed: int, scene: int) -> int:
+    """The world seed of one scene: every scene is its own place, reproducible from (seed, scene)."""
+    return int.from_bytes(hashlib.sha256(f"lima-zoo-world|{seed}|{scene}".encode()).digest()[:4], "little")
+
+
+def is_val_scene(scene: int) -> bool:
+    """Every fourth scene (3, 7, 11, ...) is validation; the split is by sequence, never by frame."""
+    return scene % 4 == 3

@@ -25,7 +25,6 @@ from ..atomic import atomic_path
 from ..config import EncoderConfig
 from ..encoder import LiMAEncoder, resolve_device
 from ..sparse import SparseTensor
-from ..voxelize import voxelize
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
 from .datasets import FrameDataset, open_dataset
@@ -76,20 +75,15 @@ def load_backbone(model: str, cfg: DownstreamConfig, device: torch.device) -> Li
     return LiMAEncoder.from_pretrained(model, device=device)
 
 
-def _inputs(points: list[torch.Tensor], encoder: LiMAEncoder, device: torch.device):
-    """Frames' (N, 4) points, intensity 0-255 -> voxels in the encoder's convention."""
-    return voxelize([encoder.prepare(p, intensity_range=255.0) for p in points], encoder.config.preprocess)
-
-
 @torch.no_grad()
-def evaluate(model: Segmenter, dataset: FrameDataset, device: torch.device, batch: int = 2) -> ConfusionMatrix:
+def evaluate(model: Segmenter, dataset: FrameDataset, batch: int = 2) -> ConfusionMatrix:
     """Confusion matrix over every labelled point of ``dataset`` (predictions 1..C)."""
     model.eval()
     cm = ConfusionMatrix(dataset.class_names)
     index = dataset.index()
     for i in range(0, len(index), batch):
         frames = [dataset.frame(s, k) for s, k in index[i : i + batch]]
-        vox = _inputs([torch.from_numpy(f.points) for f in frames], model.encoder, device)
+        vox = model.encoder.voxelize_points([f.points for f in frames], intensity_range=255.0)
         logits = model.head(model.features(vox.feats, vox.coords))
         pred = logits.argmax(1)[vox.inverse] + 1
         cm.update(pred, torch.cat([torch.from_numpy(f.labels) for f in frames]))
@@ -99,13 +93,13 @@ def evaluate(model: Segmenter, dataset: FrameDataset, device: torch.device, batc
 class _FeatureCache:
     """Frozen-backbone per-point features of every training frame (float16), computed once."""
 
-    def __init__(self, model: Segmenter, dataset: FrameDataset, device: torch.device):
+    def __init__(self, model: Segmenter, dataset: FrameDataset):
         self.feats, self.labels = [], []
         model.eval()
         with torch.no_grad():
             for s, k in dataset.index():
                 f = dataset.frame(s, k)
-                vox = _inputs([torch.from_numpy(f.points)], model.encoder, device)
+                vox = model.encoder.voxelize_points([f.points], intensity_range=255.0)
                 self.feats.append(model.features(vox.feats, vox.coords)[vox.inverse].half().cpu())
                 self.labels.append(torch.from_numpy(f.labels))
 
@@ -145,7 +139,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     if linear and not cfg.augment:
         points = sum(len(train_ds.frame(s, k).points) for s, k in index[:3]) / min(3, len(index)) * len(index)
         if points * encoder.config.out_dim * 2 / 2**20 <= cfg.cache_mb:
-            cache = _FeatureCache(model, train_ds, device)
+            cache = _FeatureCache(model, train_ds)
     aug = AugmentConfig()
     what = f"{'linear probe' if linear else 'fine-tune'} of {model_name} on {len(index)} frames ({cfg.percent:g}% of train)"
     print(f"{what}: {total} steps" + (" on cached features" if cache else ""), flush=True)
@@ -167,7 +161,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
                 pts = [torch.from_numpy(f.points) for f in frames]
                 if cfg.augment:
                     pts = [augment_points(p, aug, gen) for p in pts]
-                vox = _inputs(pts, encoder, device)
+                vox = encoder.voxelize_points(pts, intensity_range=255.0)
                 logits = model.head(model.features(vox.feats, vox.coords)[vox.inverse])  # per point, like the cached path
                 labels = torch.cat([torch.from_numpy(f.labels) for f in frames]).to(device)
             target = labels - 1  # classes 1..C -> 0..C-1; the ignore id 0 becomes -1
@@ -191,7 +185,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     finally:
         log.close()
     loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_ce", "loss_lovasz"))
-    cm = evaluate(model, val_ds, device, cfg.batch)
+    cm = evaluate(model, val_ds, cfg.batch)
     report = save_report(cm, out, f"{what}; eval on {cfg.eval_split}", {"protocol": cfg.protocol, "percent": cfg.percent, "model": str(model_name),
                                                                          "steps": total, "val_frames": len(val_ds)})  # fmt: skip
     print(cm.table(), flush=True)

@@ -31,9 +31,8 @@ __all__ = ["make_synthetic_teacher", "render_training_images"]
 def render_training_images(seed: int, scenes: int, frames: int, scale: float = 0.14) -> tuple[np.ndarray, np.ndarray]:
     """Six-camera images of ``scenes`` worlds from ``seed`` on: rgb (I, H, W, 3) uint8, labels (I, H, W)
     nuScenes evaluation ids (0 = sky / ignore)."""
-    from ..synth.nuscenes_format import scene_seed
     from ..synth.sensors import nuscenes_cameras, render_camera
-    from ..synth.world import make_world
+    from ..synth.world import make_world, scene_seed
 
     rgb, lab = [], []
     for sc in range(scenes):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoder import load_state_strict
 from ..hub import OfflineError, hub_reachable
 from .config import TeacherConfig
 
@@ -84,12 +85,6 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
 
 
-def _strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    from ..encoder import load_state_strict
-
-    load_state_strict(model, state, source)
-
-
 def _synthetic(folder: Path, image_size: tuple[int, int]) -> FrozenTeacher:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -97,7 +92,7 @@ def _synthetic(folder: Path, image_size: tuple[int, int]) -> FrozenTeacher:
     if tuple(meta["vit"]["img_size"]) != tuple(image_size):
         raise ValueError(f"{folder}: teacher was made for images {meta['vit']['img_size']}; set teacher.image_size to it")
     vit = VisionTransformer(**meta["vit"])
-    _strict(vit, _load_state(folder / "model.safetensors"), folder / "model.safetensors")
+    load_state_strict(vit, _load_state(folder / "model.safetensors"), folder / "model.safetensors")
     return FrozenTeacher(vit, image_size, meta["mean"], meta["std"], description=meta.get("description", ""))
 
 
@@ -121,7 +116,7 @@ def build_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu") -> Fro
         weights = _cached_pretrained(cfg.name)
     if weights is not None:
         state = _load_state(weights if weights.is_file() else weights / "model.safetensors")
-        _strict(vit, checkpoint_filter_fn(state, vit), weights)  # resamples position embeddings to our size
+        load_state_strict(vit, checkpoint_filter_fn(state, vit), weights)  # resamples position embeddings to our size
         how = f"weights {weights}"
     else:
         vit = timm.create_model(cfg.name, pretrained=True, img_size=tuple(cfg.image_size), num_classes=0)

@@ -26,7 +26,6 @@ from torch import nn
 from ..atomic import atomic_path
 from ..encoder import LiMAEncoder, resolve_device
 from ..sparse import SparseTensor
-from ..voxelize import voxelize
 from .augment import augment_points
 from .config import TrainConfig
 from .datasets import open_dataset
@@ -40,7 +39,7 @@ from .streams import StreamItem, StreamSampler
 from .targets import frame_targets
 from .teacher import build_teacher
 
-__all__ = ["train", "Distiller", "prepare_inputs"]
+__all__ = ["train", "Distiller"]
 
 
 class Distiller(nn.Module):
@@ -87,18 +86,6 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
     if world > 1:
         dist.barrier()
     return dataclasses.replace(cfg, data=data, teacher=teacher)
-
-
-def prepare_inputs(scans: list[torch.Tensor], cfg: TrainConfig, device: torch.device):
-    """Frames' (N, 4) points (intensity 0-255) -> voxels on ``device`` in the encoder's convention."""
-    scale = cfg.encoder.preprocess.intensity_scale / 255.0
-    ready = []
-    for p in scans:
-        p = p[:, : cfg.encoder.in_channels].to(device, torch.float32)
-        if cfg.encoder.in_channels >= 4 and scale != 1.0:
-            p = torch.cat([p[:, :3], p[:, 3:4] * scale], 1)
-        ready.append(p)
-    return voxelize(ready, cfg.encoder.preprocess)
 
 
 class _Run:
@@ -207,7 +194,7 @@ class _Run:
                 scans.append(augment_points(torch.cat([points[b][keep_a], points[c][keep_b]]), cfg.augment, gen))
                 scan_targets.append(torch.cat([targets[b][keep_a], targets[c][keep_b]]))
                 scan_masks.append(torch.cat([masks[b][keep_a], masks[c][keep_b]]))
-        vox = prepare_inputs(scans, cfg, self.device)
+        vox = self.encoder.voxelize_points(scans, intensity_range=255.0)  # frames carry 0-255 intensity
         amp = self.device.type == "cuda" and cfg.run.amp
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             per_voxel = self.model(vox.feats, vox.coords)

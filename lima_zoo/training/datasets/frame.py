@@ -17,7 +17,7 @@ import torch
 
 from .pairing import CameraView, chain
 
-__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "check_percent", "read_number_table", "require"]
+__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "check_percent", "read_scan", "image_loader", "read_number_table", "require"]
 
 
 @dataclass
@@ -120,6 +120,35 @@ def check_percent(percent: float) -> int:
 def every_nth(items: Sequence, percent: float) -> list:
     """Every (100 / percent)-th item, starting with the first."""
     return list(items)[:: check_percent(percent)]
+
+
+def read_scan(path: Path, what: str, load_dim: int | None = None, intensity_range: float = 255.0) -> np.ndarray:
+    """A scan in any format ``lima_zoo.load_points`` reads -> (N, 4) float32 x, y, z, intensity 0-255.
+
+    ``intensity_range`` is the file's convention where its format does not say (``.bin`` with
+    load_dim 4 is KITTI's 0-1, ``.pcd.bin`` nuScenes' 0-255); a scan without intensity gets 0.
+    """
+    from ...io import load_points
+
+    cloud = load_points(require(path, what), load_dim=load_dim)
+    pts = cloud.points
+    if pts.shape[1] < 4:
+        pts = np.column_stack([pts, np.zeros(len(pts), np.float32)])
+    points = pts[:, :4].astype(np.float32, copy=True)
+    points[:, 3] *= 255.0 / (cloud.intensity_range or intensity_range)
+    return points
+
+
+def image_loader(path: Path, what: str) -> Callable[[], np.ndarray]:
+    """A function reading ``path`` as (H, W, 3) uint8 RGB when called (images load on demand)."""
+
+    def load() -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(require(path, what)) as im:
+            return np.asarray(im.convert("RGB"))
+
+    return load
 
 
 def read_number_table(path: Path, what: str, columns: int, layout: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import NUSCENES_EVAL_CLASSES, NUSCENES_LUT, map_labels
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, image_loader, read_scan, require
 from .pairing import pose_matrix
 
 __all__ = ["NuScenesDataset", "CAMERAS"]
@@ -32,16 +32,6 @@ _OFFICIAL = {"v1.0-trainval": {"train": "train", "val": "val"}, "v1.0-mini": {"t
 @lru_cache(maxsize=1)
 def _official_splits() -> dict[str, list[str]]:
     return json.loads((Path(__file__).with_name("nuscenes_splits.json")).read_text())
-
-
-def _load_image(path: Path):
-    def load() -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(require(path, "camera image")) as im:
-            return np.asarray(im.convert("RGB"))
-
-    return load
 
 
 class NuScenesDataset(FrameDataset):
@@ -112,11 +102,7 @@ class NuScenesDataset(FrameDataset):
         return pose_matrix(cs["rotation"], cs["translation"]).numpy(), pose_matrix(ego["rotation"], ego["translation"]).numpy()
 
     def _points(self, sd: dict) -> np.ndarray:
-        path = require(self.root / sd["filename"], "LiDAR scan")
-        raw = np.fromfile(path, dtype=np.float32)
-        if raw.size % 5:
-            raise ValueError(f"{path}: {raw.size} floats is not a whole number of 5-float points (x, y, z, intensity, ring)")
-        return raw.reshape(-1, 5)[:, :4].copy()
+        return read_scan(self.root / sd["filename"], "LiDAR scan")  # .pcd.bin: 5 floats per point, intensity 0-255
 
     def load(self, ref: str, sequence: str, index: int) -> Frame:
         frame = self.keyframes.get(ref, {})
@@ -141,7 +127,7 @@ class NuScenesDataset(FrameDataset):
             sd = frame[ch]
             cs, ego = self._pose(sd)
             K = np.asarray(self.calib[sd["calibrated_sensor_token"]]["camera_intrinsic"], dtype=np.float64)
-            cams.append(CameraFrame(ch, K, cs, ego, sd["width"], sd["height"], _load_image(self.root / sd["filename"])))
+            cams.append(CameraFrame(ch, K, cs, ego, sd["width"], sd["height"], image_loader(self.root / sd["filename"], "camera image")))
         sweeps = []
         sd = lidar
         while len(sweeps) < self.sweeps and sd["prev"]:

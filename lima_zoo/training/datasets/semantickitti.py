@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import KITTI_EVAL_CLASSES, kitti_learning_map
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, read_number_table, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, image_loader, read_number_table, read_scan, require
 
 __all__ = ["SemanticKittiDataset", "read_calib", "read_poses"]
 
@@ -71,6 +71,7 @@ class SemanticKittiDataset(FrameDataset):
             raise ValueError(f"percent applies to the train split only (got split={split!r}, percent={percent})")
         self._calib: dict[str, dict] = {}
         self._poses: dict[str, np.ndarray] = {}
+        self._image_size: dict[str, tuple[int, int]] = {}
         scans = []
         for name in names:
             folder = seq_dir / name
@@ -90,12 +91,7 @@ class SemanticKittiDataset(FrameDataset):
 
     def load(self, ref: str, sequence: str, index: int) -> Frame:
         folder = self.root / "sequences" / sequence
-        path = require(folder / "velodyne" / f"{ref}.bin", "velodyne scan")
-        raw = np.fromfile(path, dtype=np.float32)
-        if raw.size % 4:
-            raise ValueError(f"{path}: {raw.size} floats is not a whole number of (x, y, z, remission) points")
-        points = raw.reshape(-1, 4).copy()
-        points[:, 3] *= 255.0
+        points = read_scan(folder / "velodyne" / f"{ref}.bin", "velodyne scan")  # remission 0-1 -> 0-255
         labels = None
         if self.labels:
             lpath = require(folder / "labels" / f"{ref}.label", "SemanticKITTI labels")
@@ -112,15 +108,10 @@ class SemanticKittiDataset(FrameDataset):
             cam2_to_cam0 = np.eye(4)
             cam2_to_cam0[:3, 3] = -np.linalg.solve(K, p2[:, 3])
             img_path = folder / "image_2" / f"{ref}.png"
-
-            def load_image() -> np.ndarray:
-                from PIL import Image
-
-                with Image.open(require(img_path, "image_2 image")) as im:
-                    return np.asarray(im.convert("RGB"))
-
-            with_size = _image_size(img_path)
-            cams.append(CameraFrame("image_2", K, np.linalg.inv(tr) @ cam2_to_cam0, pose, with_size[0], with_size[1], load_image))
+            if sequence not in self._image_size:  # one camera per sequence: read one header, not one per frame
+                self._image_size[sequence] = _image_size(img_path)
+            w, h = self._image_size[sequence]
+            cams.append(CameraFrame("image_2", K, np.linalg.inv(tr) @ cam2_to_cam0, pose, w, h, image_loader(img_path, "image_2 image")))
         return Frame(points, labels, np.eye(4), pose, cams, sequence, index, int(round(int(ref) * 1e5)))
 
 

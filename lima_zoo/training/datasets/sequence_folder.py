@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io import POINT_SUFFIXES, load_points, point_suffix
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, read_number_table, require
+from ...io import POINT_SUFFIXES, point_suffix
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, image_loader, read_number_table, read_scan, require
 from .pairing import pose_matrix
 
 __all__ = ["SequenceFolderDataset", "interpolate_pose"]
@@ -126,12 +126,7 @@ class SequenceFolderDataset(FrameDataset):
 
     def load(self, ref: tuple[int, Path], sequence: str, index: int) -> Frame:
         t, path = ref
-        cloud = load_points(path, load_dim=self.load_dim)
-        pts = cloud.points
-        if pts.shape[1] < 4:
-            pts = np.column_stack([pts, np.zeros(len(pts), np.float32)])
-        points = pts[:, :4].astype(np.float32, copy=True)
-        points[:, 3] *= 255.0 / (cloud.intensity_range or self.intensity_range)
+        points = read_scan(path, "LiDAR scan", self.load_dim, self.intensity_range)
         stamps, rows = self._poses[sequence]
         pose_file = self.root / sequence / "poses.txt"
         labels = None
@@ -148,15 +143,5 @@ class SequenceFolderDataset(FrameDataset):
             ts, img = min(candidates, key=lambda c: abs(c[0] - t))
             if abs(ts - t) > self.max_offset:
                 continue  # this camera has no image close enough to the scan
-            cams.append(CameraFrame(name, K, to_ego, interpolate_pose(stamps, rows, ts, pose_file), w, h, _image_loader(img)))
+            cams.append(CameraFrame(name, K, to_ego, interpolate_pose(stamps, rows, ts, pose_file), w, h, image_loader(img, f"image of camera {name}")))
         return Frame(points, labels, self.lidar_to_ego, interpolate_pose(stamps, rows, t, pose_file), cams, sequence, index, t)
-
-
-def _image_loader(path: Path):
-    def load() -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-
-    return load

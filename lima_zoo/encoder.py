@@ -25,75 +25,26 @@ from .models import DistillationHead, MinkUNet
 from .sparse import SparseTensor, set_backend
 from .voxelize import Voxels, voxelize
 
-__all__ = ["LiMAEncoder", "create_encoder", "load_state_strict"]
+__all__ = ["LiMAEncoder", "FeatureExtractor", "create_encoder", "load_state_strict"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
-class LiMAEncoder(nn.Module):
-    """LiDAR encoder.  forward: SparseTensor (M voxels, in_channels) -> SparseTensor (M, 96)."""
+class FeatureExtractor:
+    """Points -> per-point features, shared by the PyTorch encoder and the onnxruntime runner.
 
-    def __init__(self, config: EncoderConfig | None = None):
-        super().__init__()
-        self.config = config or EncoderConfig()
-        c = self.config
-        self.backbone = MinkUNet(c.backbone, in_channels=c.in_channels, bn_momentum=c.bn_momentum)
-        self.head = DistillationHead(c.out_dim, c.head_dim)
-        self.backend = "torch"
+    A subclass provides ``config`` (EncoderConfig), ``device`` and ``voxel_features(vox, space)``.
+    """
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        return self.backbone(x)
-
-    # ------------------------------------------------------------------------------- loading
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
-        device: str | torch.device | None = None,
-        backend: str = "torch",
-    ) -> "LiMAEncoder":
-        """Load a registered name, a Hub repo ("org/repo" or "org/repo@revision") or a local folder."""
-        from .hub import fetch_model_files, resolve_source
-
-        files = fetch_model_files(resolve_source(name_or_path, revision), cache_dir, local_files_only)
-        config = read_config(files["config.json"])
-        encoder = cls(config)
-        from safetensors.torch import load_file
-
-        load_state_strict(encoder, load_file(files["model.safetensors"]), files["model.safetensors"])
-        encoder.eval()
-        if device is not None:
-            encoder.to(resolve_device(device))
-        return encoder.set_backend(backend)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors (each atomically) into ``save_directory``."""
-        from safetensors.torch import save_file
-
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "lima_zoo_format": str(self.config.format_version)})
-        with atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return out
-
-    def set_backend(self, name: str) -> "LiMAEncoder":
-        """Run the sparse convolutions with ``name`` ("torch", "spconv", "torchsparse")."""
-        set_backend(self.backbone, name)
-        self.backend = name
-        return self
+    config: EncoderConfig
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        raise NotImplementedError
 
-    # ------------------------------------------------------------------------------ features
+    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
+        """(M, D) float features of the voxel batch ``vox`` in ``space`` ("backbone" | "teacher")."""
+        raise NotImplementedError
 
     def prepare(self, points: ArrayLike, intensity_range: float | None = None) -> torch.Tensor:
         """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
@@ -143,16 +94,9 @@ class LiMAEncoder(nn.Module):
         if not scans:
             raise ValueError("no scans given")
         as_numpy = isinstance(scans[0], np.ndarray)
-        was_training = self.training
-        self.eval()
-        try:
-            vox = self.voxelize_points(scans, intensity_range)
-            feats = self.backbone(SparseTensor(vox.feats, vox.coords)).feats
-            if space == "teacher":
-                feats = self.head(feats)
-            per_point = feats[vox.inverse].float()
-        finally:
-            self.train(was_training)
+        vox = self.voxelize_points(scans, intensity_range)
+        feats = self.voxel_features(vox, space)
+        per_point = feats[vox.inverse].float()
         convert = (lambda t: t.cpu().numpy()) if as_numpy else (lambda t: t)
         outs = [convert(t) for t in torch.split(per_point, [len(s) for s in scans])]
         result = outs if many else outs[0]
@@ -160,6 +104,95 @@ class LiMAEncoder(nn.Module):
             return result, convert(vox.coords), convert(feats.float())
         return result
 
+
+class LiMAEncoder(nn.Module, FeatureExtractor):
+    """LiDAR encoder.  forward: SparseTensor (M voxels, in_channels) -> SparseTensor (M, 96)."""
+
+    def __init__(self, config: EncoderConfig | None = None):
+        super().__init__()
+        self.config = config or EncoderConfig()
+        c = self.config
+        self.backbone = MinkUNet(c.backbone, in_channels=c.in_channels, bn_momentum=c.bn_momentum)
+        self.head = DistillationHead(c.out_dim, c.head_dim)
+        self.backend = "torch"
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return self.backbone(x)
+
+    # ------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        backend: str = "torch",
+        runtime: str = "torch",
+    ) -> "LiMAEncoder":
+        """Load a registered name, a Hub repo ("org/repo" or "org/repo@revision") or a local folder.
+
+        runtime: "torch" (this module) or "onnx": the folder's model.onnx run by onnxruntime, returned
+        as an :class:`~lima_zoo.export.onnx_runtime.OnnxEncoder` with the same ``embed``.
+        """
+        from .hub import fetch_model_files, resolve_source
+
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+        source = resolve_source(name_or_path, revision)
+        if runtime == "onnx":
+            from .export.onnx_runtime import OnnxEncoder
+
+            return OnnxEncoder.from_files(fetch_model_files(source, cache_dir, local_files_only, onnx=True), device=device)
+        files = fetch_model_files(source, cache_dir, local_files_only)
+        config = read_config(files["config.json"])
+        encoder = cls(config)
+        from safetensors.torch import load_file
+
+        load_state_strict(encoder, load_file(files["model.safetensors"]), files["model.safetensors"])
+        encoder.eval()
+        if device is not None:
+            encoder.to(resolve_device(device))
+        return encoder.set_backend(backend)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors (each atomically) into ``save_directory``."""
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "lima_zoo_format": str(self.config.format_version)})
+        return self.save_config(out)
+
+    def save_config(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json (atomically) into ``save_directory``."""
+        out = Path(save_directory)
+        with atomic_path(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return out
+
+    def set_backend(self, name: str) -> "LiMAEncoder":
+        """Run the sparse convolutions with ``name`` ("torch", "spconv", "torchsparse")."""
+        set_backend(self.backbone, name)
+        self.backend = name
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            feats = self.backbone(SparseTensor(vox.feats, vox.coords)).feats
+            return self.head(feats) if space == "teacher" else feats
+        finally:
+            self.train(was_training)
 
 def read_config(path: str | os.PathLike) -> EncoderConfig:
     """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["ModelSource", "resolve_source", "fetch_model_files", "OfflineError", "MODEL_FILES"]
+__all__ = ["ModelSource", "resolve_source", "fetch_model_files", "OfflineError", "MODEL_FILES", "ONNX_FILES"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+ONNX_FILES = (CONFIG_NAME, ONNX_NAME)
 
 
 class OfflineError(OSError):
@@ -79,14 +81,17 @@ def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> st
 
 
 def fetch_model_files(
-    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False
+    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False, onnx: bool = False
 ) -> dict[str, Path]:
-    """Paths of config.json and model.safetensors (downloaded into the cache when needed)."""
+    """Paths of config.json and model.safetensors (or model.onnx with ``onnx``), downloaded into the
+    cache when needed."""
+    names = ONNX_FILES if onnx else MODEL_FILES
     if source.local_dir is not None:
-        files = {name: source.local_dir / name for name in MODEL_FILES}
+        files = {name: source.local_dir / name for name in names}
         missing = [n for n, p in files.items() if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{source.local_dir}: missing {', '.join(missing)} (write it with save_pretrained)")
+            how = "lima-zoo export DIR --format onnx" if onnx else "save_pretrained"
+            raise FileNotFoundError(f"{source.local_dir}: missing {', '.join(missing)} (write it with {how})")
         return files
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -94,7 +99,7 @@ def fetch_model_files(
     def download(offline: bool) -> dict[str, Path]:
         return {
             name: Path(hf_hub_download(source.repo_id, name, revision=source.revision, cache_dir=cache_dir, local_files_only=offline))
-            for name in MODEL_FILES
+            for name in names
         }
 
     try:

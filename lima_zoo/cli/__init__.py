@@ -30,14 +30,15 @@ def main() -> None:
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file exists.")
 @click.option("--ply-features", is_flag=True, help="With --format ply, also store the features as vertex properties.")
 @click.option("--local-files-only", is_flag=True, help="Never touch the network when resolving --model.")
-def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only):
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run the model folder's model.onnx with onnxruntime.")
+def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime):
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
     from .embed import collect_inputs, run_embed
 
     inputs = collect_inputs(list(paths))
     if not inputs:
         raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}")
-    encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only)
+    encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
     report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features)
     secs = report.seconds
     total = sum(secs.values())
@@ -172,19 +173,41 @@ def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resum
     click.echo(f"mIoU {100 * report['miou']:.2f} -> {out_dir}/metrics.json, {out_dir}/iou.png")
 
 
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+
 @main.command("export")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-def export_cmd(source, out_dir):
-    """Export an encoder folder or a training checkpoint (<run>/checkpoints/last.pt) as
-    config.json + model.safetensors, verified by a strict reload that reproduces the features."""
-    from ..export import export_safetensors, load_encoder_source
+@click.option("--format", "formats", default="safetensors", show_default=True, help="Comma-separated: safetensors,onnx")
+def export_cmd(source, out_dir, formats):
+    """Export an encoder folder or a training checkpoint (<run>/checkpoints/last.pt).
 
+    safetensors: config.json + model.safetensors, verified by a strict reload that reproduces the
+    features. onnx: config.json + model.onnx, verified against PyTorch with onnxruntime."""
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in EXPORT_FORMATS]
+    if bad or not wanted:
+        raise click.BadParameter(f"unknown format(s) {', '.join(bad) or formats!r}; choose from {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    from ..export import export_onnx, export_safetensors, load_encoder_source
+
+    written = []
     try:
-        path = export_safetensors(load_encoder_source(source), out_dir)
+        encoder = load_encoder_source(source)
+        if "safetensors" in wanted:
+            export_safetensors(encoder, out_dir)
+            written += ["config.json", "model.safetensors"]
+        if "onnx" in wanted:
+            if "safetensors" not in wanted:
+                encoder.save_config(out_dir)
+                written.append("config.json")
+            export_onnx(encoder, out_dir)
+            written.append("model.onnx")
+    except ImportError as exc:
+        raise click.ClickException(f"{exc} (ONNX export needs: pip install 'lima-zoo[onnx]')") from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"exported {source} -> {path} (config.json, model.safetensors; reload verified)")
+    click.echo(f"exported {source} -> {out_dir} ({', '.join(written)}; verified)")
 
 
 @main.command("make-teacher", context_settings={"show_default": True})
@@ -204,12 +227,17 @@ def make_teacher_cmd(out, seed, scenes, frames, steps):
     click.echo(f"teacher written to {out}: {meta['description']}; held-out patch accuracy {meta['heldout_patch_accuracy']:.3f}")
 
 
-def _load_model(model: str, device: str, backend: str, local_files_only: bool):
+def _load_model(model: str, device: str, backend: str, local_files_only: bool, runtime: str = "torch"):
     from ..encoder import LiMAEncoder, resolve_device
     from ..hub import OfflineError
 
+    if runtime == "onnx" and backend != "torch":
+        raise click.UsageError("--backend applies to the torch runtime only")
     try:
-        encoder = LiMAEncoder.from_pretrained(model, device=resolve_device(device), backend=backend, local_files_only=local_files_only)
+        dev = resolve_device(device) if runtime == "torch" else device
+        encoder = LiMAEncoder.from_pretrained(model, device=dev, backend=backend, local_files_only=local_files_only, runtime=runtime)
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
     except (ValueError, OSError, OfflineError) as exc:
         raise click.ClickException(str(exc)) from None
     encoder.name_or_path = model

@@ -1,5 +1,9 @@
-"""Deployable artifacts: safetensors encoder folders (verified by a strict reload). May import core, never training."""
+"""Deployable artifacts: safetensors encoder folders, a self-contained ONNX graph and its onnxruntime
+runner, converted torchsparse-lineage checkpoints. May import core, never training; onnx and
+onnxruntime are imported only when used."""
 
+from .onnx_graph import build_onnx_model, export_onnx
+from .onnx_runtime import OnnxEncoder, graph_inputs
 from .safetensors import export_safetensors, load_encoder_source
 
-__all__ = ["export_safetensors", "load_encoder_source"]
+__all__ = ["export_safetensors", "load_encoder_source", "build_onnx_model", "export_onnx", "OnnxEncoder", "graph_inputs"]

@@ -1,0 +1,104 @@
+"""Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
+
+The documented pre-processing step of this runtime is :func:`graph_inputs`: voxelize (as the
+PyTorch path does) and build the kernel maps of the five levels with the engine's own map builder
+(``lima_zoo.sparse``, a few ms per scan on CPU). Those index arrays, not raw coordinates, are what
+the graph takes (see ``onnx_graph.py`` for why). Everything after that — every convolution, the
+skip connections and the head — runs inside onnxruntime.
+
+Providers: CUDA when onnxruntime-gpu is installed and ``device`` asks for cuda, else CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..encoder import FeatureExtractor, read_config
+from ..sparse import SparseTensor
+from ..voxelize import Voxels
+from .onnx_graph import NUM_LEVELS, input_names
+
+__all__ = ["OnnxEncoder", "graph_inputs"]
+
+
+def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndarray]:
+    """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
+    [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
+    cache = SparseTensor(feats.cpu(), coords.cpu()).cache
+    arrays: dict[str, np.ndarray] = {"feats": feats.detach().cpu().float().numpy(), "teacher_space": np.array(False)}
+    sizes = []
+    for level in range(NUM_LEVELS):
+        stride = 2**level
+        if level:
+            cache.downsample_map(stride // 2)  # makes the level's coordinates
+        sizes.append(len(cache.coords[stride]))
+        maps = {"subm": cache.submanifold_map(stride, 3, 1)}
+        if level < NUM_LEVELS - 1:
+            maps["down"] = cache.downsample_map(stride)
+        for kind, kmap in maps.items():
+            arrays[f"{kind}{level}_in"] = kmap.in_idx.numpy()
+            arrays[f"{kind}{level}_out"] = kmap.out_idx.numpy()
+            arrays[f"{kind}{level}_bounds"] = np.asarray(kmap.bounds, dtype=np.int64)
+    arrays["level_sizes"] = np.asarray(sizes, dtype=np.int64)
+    return {name: arrays[name] for name in input_names()}
+
+
+class OnnxEncoder(FeatureExtractor):
+    """A model.onnx + its config.json, run with onnxruntime; ``embed`` as in LiMAEncoder."""
+
+    def __init__(self, onnx_path: str | os.PathLike, config, device: str | torch.device | None = None, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("the onnx runtime needs onnxruntime: pip install 'lima-zoo[onnx]'") from None
+        self.config = config
+        self.path = Path(onnx_path)
+        want_cuda = str(device) == "auto" or str(device).startswith("cuda")
+        available = ort.get_available_providers()
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise ValueError(f"device {device!r} requested but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+        self.providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT warns about unused initializers etc. at level 2
+        # Idle worker threads must not spin after a run: they would steal the cores from the
+        # pre-processing of the next scan (voxelize + maps run in this process, in PyTorch).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: onnxruntime cannot load this model ({type(e).__name__}: {e})") from None
+        got = [i.name for i in self.session.get_inputs()]
+        if got != input_names():
+            raise ValueError(f"{self.path}: not a lima-zoo encoder graph (inputs {got[:4]}...; expected {input_names()[:4]}...)")
+
+    @classmethod
+    def from_files(cls, files: dict[str, Path], device: str | torch.device | None = None) -> "OnnxEncoder":
+        return cls(files["model.onnx"], read_config(files["config.json"]), device=device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs) -> "OnnxEncoder":
+        """Same sources as LiMAEncoder.from_pretrained (folder, registered name, org/repo[@rev])."""
+        from ..encoder import LiMAEncoder
+
+        return LiMAEncoder.from_pretrained(name_or_path, device=device, runtime="onnx", **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # pre-processing runs on the CPU; onnxruntime moves data itself
+
+    def run(self, feeds: dict[str, np.ndarray], space: str = "backbone") -> np.ndarray:
+        """One session run: graph inputs -> (M, D) features of ``space``."""
+        return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
+
+    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
+        return torch.from_numpy(self.run(graph_inputs(vox.feats, vox.coords), space))
+
+    def __repr__(self) -> str:
+        return f"OnnxEncoder({self.path}, providers={self.providers}, config={json.dumps(self.config.to_dict())[:80]}...)"

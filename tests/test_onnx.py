@@ -1,0 +1,134 @@
+"""ONNX export: graph properties, parity with PyTorch on a nuScenes-size scan, the onnxruntime runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from lima_zoo import LiMAEncoder  # noqa: E402
+from lima_zoo.config import EncoderConfig, PreprocessConfig  # noqa: E402
+from lima_zoo.export import OnnxEncoder, build_onnx_model, export_onnx, graph_inputs  # noqa: E402
+from lima_zoo.synth.scan import street_scan  # noqa: E402
+
+
+def _with_bn_statistics(enc: LiMAEncoder, seed: int = 0) -> LiMAEncoder:
+    """Non-trivial BN statistics, so folding is exercised (fresh BN is the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+    return enc.eval()
+
+
+@pytest.fixture(scope="module")
+def minkunet34_export(tmp_path_factory):
+    torch.manual_seed(0)
+    enc = _with_bn_statistics(LiMAEncoder())  # MinkUNet-34, cylindrical nuScenes voxels
+    out = tmp_path_factory.mktemp("onnx34")
+    enc.save_pretrained(out)
+    export_onnx(enc, out)
+    return enc, out
+
+
+def test_graph_is_opset17_plus_dynamic_and_never_scatters_without_reduction(minkunet34_export):
+    import onnx
+
+    _, out = minkunet34_export
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    feats = model.graph.input[0]
+    assert feats.name == "feats" and feats.type.tensor_type.shape.dim[0].dim_param  # dynamic N
+    ops = [n for n in model.graph.node]
+    scatters = [n for n in ops if n.op_type.startswith("Scatter")]
+    assert scatters and all(n.op_type == "ScatterND" for n in scatters)
+    for n in scatters:
+        attrs = {a.name: a.s.decode() for a in n.attribute}
+        assert attrs.get("reduction") == "add", n
+    assert not any(n.op_type in ("ScatterElements", "Scatter") for n in ops)
+
+
+def test_parity_on_a_nuscenes_size_scan_in_both_feature_spaces(minkunet34_export):
+    enc, out = minkunet34_export
+    runner = LiMAEncoder.from_pretrained(out, runtime="onnx")
+    assert isinstance(runner, OnnxEncoder)
+    scan = street_scan(seed=3)[:, :4]  # ~34k points -> ~19k cylindrical voxels, like a nuScenes sweep
+    assert len(scan) > 30000
+    for space in ("backbone", "teacher"):
+        a, b = enc.embed(scan, space=space), runner.embed(scan, space=space)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-4, space
+    # a batch of two scans (different sizes) through the same graph: dynamic N at every level
+    other = street_scan(seed=4)[:20000, :4]
+    for a, b in zip(enc.embed([scan, other]), runner.embed([scan, other])):
+        assert np.abs(a - b).max() <= 1e-4
+
+
+def test_onnx_runtime_is_deterministic_across_thread_counts(minkunet34_export):
+    enc, out = minkunet34_export
+    scan = street_scan(seed=5)[:15000, :4]
+    vox = enc.voxelize_points([scan])
+    feeds = graph_inputs(vox.feats, vox.coords)
+    one = OnnxEncoder(out / "model.onnx", enc.config, threads=1).run(feeds)
+    two = OnnxEncoder(out / "model.onnx", enc.config, threads=2).run(feeds)
+    assert np.abs(one - two).max() <= 1e-5
+
+
+def test_small_depth_exports_and_verification_failure_leaves_nothing(tmp_path):
+    torch.manual_seed(1)
+    cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
+    enc = _with_bn_statistics(LiMAEncoder(cfg), seed=1)
+    path = export_onnx(enc, tmp_path / "ok")
+    assert path.name == "model.onnx" and OnnxEncoder(path, cfg).embed(street_scan(seed=0)[:, :4]).shape[1] == 96
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export_onnx(enc, tmp_path / "bad", tolerance=-1.0)  # no tolerance can be met
+    assert list((tmp_path / "bad").iterdir()) == []  # no model.onnx, no temp file
+
+
+def test_unsupported_backbone_is_refused():
+    enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8))
+    enc.backbone.conv0[0].conv.dilation = 2
+    with pytest.raises(ValueError, match="3x3x3 submanifold"):
+        build_onnx_model(enc)
+
+
+def test_runner_errors_name_the_file(tmp_path):
+    enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8))
+    enc.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.onnx.*--format onnx"):
+        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
+    (tmp_path / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="model.onnx: onnxruntime cannot load"):
+        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
+    with pytest.raises(ValueError, match="runtime must be"):
+        LiMAEncoder.from_pretrained(tmp_path, runtime="tensorrt")
+
+
+def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    torch.manual_seed(2)
+    cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
+    src = _with_bn_statistics(LiMAEncoder(cfg), seed=2).save_pretrained(tmp_path / "src")
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "model"), "--format", "safetensors,onnx"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.onnx", "model.safetensors"]
+    res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "x"), "--format", "onnx,tflite"])
+    assert res.exit_code != 0 and "tflite" in res.output
+    scan = tmp_path / "scan.bin"
+    street_scan(seed=6)[:, :4].astype(np.float32).tofile(scan)
+    for runtime in ("torch", "onnx"):
+        res = runner.invoke(main, ["embed", str(scan), "--model", str(tmp_path / "model"), "--out", str(tmp_path / runtime), "--runtime", runtime])
+        assert res.exit_code == 0, res.output
+    a, b = np.load(tmp_path / "torch" / "scan.npy"), np.load(tmp_path / "onnx" / "scan.npy")
+    # this untrained net's features reach ~40, so compare relative to their scale
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())

@@ -51,10 +51,7 @@ def staged(encoder: LiMAEncoder, paths: list[Path], out: Path, fmt: str) -> dict
         t["voxelize"] += time.perf_counter() - s
         s = time.perf_counter()
         x = SparseTensor(vox.feats, vox.coords)
-        for stride in (1, 2, 4, 8):
-            x.cache.submanifold_map(stride, 3, 1)
-            x.cache.downsample_map(stride)
-        x.cache.submanifold_map(16, 3, 1)
+        x.cache.build_unet_maps(levels=5)
         t["kernel maps"] += time.perf_counter() - s
         s = time.perf_counter()
         with torch.inference_mode():

@@ -30,21 +30,18 @@ def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndar
     """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
     [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
     cache = SparseTensor(feats.cpu(), coords.cpu()).cache
+    cache.build_unet_maps(NUM_LEVELS)
     arrays: dict[str, np.ndarray] = {"feats": feats.detach().cpu().float().numpy(), "teacher_space": np.array(False)}
-    sizes = []
     for level in range(NUM_LEVELS):
         stride = 2**level
-        if level:
-            cache.downsample_map(stride // 2)  # makes the level's coordinates
-        sizes.append(len(cache.coords[stride]))
-        maps = {"subm": cache.submanifold_map(stride, 3, 1)}
+        maps = {"subm": cache.kmaps[("subm", stride, 3, 1)]}
         if level < NUM_LEVELS - 1:
-            maps["down"] = cache.downsample_map(stride)
+            maps["down"] = cache.kmaps[("down", stride)]
         for kind, kmap in maps.items():
             arrays[f"{kind}{level}_in"] = kmap.in_idx.numpy()
             arrays[f"{kind}{level}_out"] = kmap.out_idx.numpy()
             arrays[f"{kind}{level}_bounds"] = np.asarray(kmap.bounds, dtype=np.int64)
-    arrays["level_sizes"] = np.asarray(sizes, dtype=np.int64)
+    arrays["level_sizes"] = np.asarray([len(cache.coords[2**level]) for level in range(NUM_LEVELS)], dtype=np.int64)
     return {name: arrays[name] for name in input_names()}
 
 
@@ -67,9 +64,8 @@ class OnnxEncoder(FeatureExtractor):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT warns about unused initializers etc. at level 2
-        # Idle worker threads must not spin after a run: they would steal the cores from the
-        # pre-processing of the next scan (voxelize + maps run in this process, in PyTorch).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads keep onnxruntime's default spinning between ops: turning it off made the
+        # forward 1.6x PyTorch instead of 1.4x, more than the pre-processing it slows (bench_onnx.py).
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types

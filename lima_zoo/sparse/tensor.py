@@ -64,6 +64,16 @@ class CoordinateCache:
             self.kmaps[key] = kmap
         return self.kmaps[key]
 
+    def build_unet_maps(self, levels: int, kernel_size: int = 3) -> None:
+        """Build up front every map a U-Net with ``levels`` levels uses: the submanifold map of each
+        level and the stride-2 map between consecutive levels (strides 1, 2, ..., 2**(levels-1))."""
+        stride = min(self.coords)
+        for level in range(levels):
+            self.submanifold_map(stride, kernel_size, 1)
+            if level < levels - 1:
+                self.downsample_map(stride)
+                stride *= 2
+
 
 class SparseTensor:
     """Features (N, C) float on coordinates (N, 4) int32 ``[batch, x, y, z]`` at a tensor stride.

@@ -48,7 +48,11 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The architecture: backbone, its input/output widths, distillation head and teacher."""
+    """The architecture: backbone, its input/output widths, distillation head and teacher.
+
+    head_dim 0 means the encoder has no distillation head (a backbone converted from a checkpoint
+    that had none); its teacher-space features are then refused, never made up.
+    """
 
     backbone: str = "minkunet34"
     in_channels: int = 4
@@ -66,8 +70,8 @@ class EncoderConfig:
             raise ValueError(f"in_channels={self.in_channels} but preprocess.use_dim={self.preprocess.use_dim}")
         if self.out_dim != 96:
             raise ValueError(f"MinkUNet outputs 96 channels; out_dim={self.out_dim}")
-        if self.head_dim < 1:
-            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
+        if self.head_dim < 0:
+            raise ValueError(f"head_dim must be positive (or 0: no distillation head), got {self.head_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

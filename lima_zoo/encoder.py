@@ -89,6 +89,8 @@ class FeatureExtractor:
         """
         if space not in ("backbone", "teacher"):
             raise ValueError(f"space must be 'backbone' or 'teacher', got {space!r}")
+        if space == "teacher" and self.config.head_dim == 0:
+            raise ValueError("this encoder has no distillation head (head_dim 0), so it has no teacher-space features")
         many = isinstance(points, (list, tuple))
         scans = list(points) if many else [points]
         if not scans:

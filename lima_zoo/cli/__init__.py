@@ -210,6 +210,32 @@ def export_cmd(source, out_dir, formats):
     click.echo(f"exported {source} -> {out_dir} ({', '.join(written)}; verified)")
 
 
+@main.command("convert")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prefix", default=None, help="Key prefix of the backbone (default: detected, e.g. backbone_3d.).")
+@click.option("--head", default=None, help="Key prefix of the 3D head (default: detected, e.g. head_3d.conv_seg.); 'none' for a backbone alone.")
+@click.option("--voxel-type", type=click.Choice(["cylindrical", "cartesian"]), default="cylindrical", show_default=True)
+@click.option("--voxel-size", default="0.1,1.0,0.1", show_default=True, help="Voxel size the weights were trained with (rho m, phi deg, z m for cylindrical).")
+@click.option("--intensity-scale", default=255.0, show_default=True, type=float, help="Intensity range the weights expect (255 nuScenes, 1 KITTI).")
+def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, intensity_scale):
+    """Convert a torchsparse-lineage MinkUNet checkpoint (SuperFlow / LiMA key names, .pth read with
+    weights_only, or .safetensors) into an encoder folder, reporting every key left out."""
+    from ..config import PreprocessConfig
+    from ..export import export_safetensors
+    from ..export.convert import convert_checkpoint
+
+    try:
+        size = tuple(float(v) for v in voxel_size.split(","))
+        pre = PreprocessConfig(voxel_type=voxel_type, voxel_size=size, intensity_scale=intensity_scale)
+        encoder, report = convert_checkpoint(checkpoint, prefix=prefix, head=head, preprocess=pre)
+        export_safetensors(encoder, out_dir)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+    click.echo(f"wrote {out_dir} (config.json, model.safetensors; {encoder.config.backbone}, head_dim {encoder.config.head_dim}; reload verified)")
+
+
 @main.command("make-teacher", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=1000, type=int, help="First world seed; keep it apart from the seeds your datasets use.")

@@ -2,8 +2,10 @@
 runner, converted torchsparse-lineage checkpoints. May import core, never training; onnx and
 onnxruntime are imported only when used."""
 
+from .convert import ConversionReport, convert_checkpoint
 from .onnx_graph import build_onnx_model, export_onnx
 from .onnx_runtime import OnnxEncoder, graph_inputs
 from .safetensors import export_safetensors, load_encoder_source
 
-__all__ = ["export_safetensors", "load_encoder_source", "build_onnx_model", "export_onnx", "OnnxEncoder", "graph_inputs"]
+__all__ = ["export_safetensors", "load_encoder_source", "build_onnx_model", "export_onnx", "OnnxEncoder", "graph_inputs",
+           "convert_checkpoint", "ConversionReport"]

@@ -15,11 +15,18 @@ __all__ = ["DistillationHead"]
 
 
 class DistillationHead(nn.Module):
-    """Linear(in_dim -> out_dim) + L2 normalisation.  (N, in_dim) -> (N, out_dim), unit rows."""
+    """Linear(in_dim -> out_dim) + L2 normalisation.  (N, in_dim) -> (N, out_dim), unit rows.
+
+    out_dim 0 is "no head" (an encoder converted from a backbone-only checkpoint): empty weights.
+    """
 
     def __init__(self, in_dim: int = 96, out_dim: int = 768):
         super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = nn.Linear(in_dim, max(out_dim, 1))
+        if out_dim == 0:  # keep the Linear's keys, with empty weights
+            self.proj.weight = nn.Parameter(torch.empty(0, in_dim))
+            self.proj.bias = nn.Parameter(torch.empty(0))
+            self.proj.out_features = 0
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(feats), dim=1)

@@ -236,6 +236,37 @@ def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, inten
     click.echo(f"wrote {out_dir} (config.json, model.safetensors; {encoder.config.backbone}, head_dim {encoder.config.head_dim}; reload verified)")
 
 
+@main.command("push")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Hub repo, org/name (created if needed).")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--revision", default=None, help="Branch to commit to (created if needed; default main).")
+@click.option("--dry-run", is_flag=True, help="List exactly what would be uploaded and print the rendered card; no network.")
+@click.option("--card-data", default=None, help="Per-model card data: a name under lima_zoo/model_cards/ or a YAML file.")
+@click.option("--eval", "evals", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="metrics.json from `lima-zoo eval` (repeatable); the card's results come from these.")
+@click.option("--message", default=None, help="Commit message.")
+def push_cmd(model_dir, repo_id, private, revision, dry_run, card_data, evals, message):
+    """Upload MODEL_DIR (config.json, model.safetensors, model.onnx if present) and a rendered
+    model card as README.md to the Hugging Face Hub, in one commit."""
+    from ..hub import OfflineError
+    from ..export.push import plan_upload, push
+
+    try:
+        plan = plan_upload(model_dir, repo_id, card_data, list(evals))
+        if dry_run:
+            click.echo(plan.describe())
+            click.echo("\n" + plan.card)
+            return
+        url = push(plan, private=private, revision=revision, message=message)
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, OSError, OfflineError, PermissionError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - Hub HTTP errors: say what failed, never a traceback or the token
+        raise click.ClickException(f"push to {repo_id} failed ({type(exc).__name__}): {exc}") from None
+    click.echo(f"pushed {len(plan.files) + 1} files to {repo_id}: {url}")
+
+
 @main.command("make-teacher", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=1000, type=int, help="First world seed; keep it apart from the seeds your datasets use.")

@@ -27,7 +27,7 @@ from ..encoder import LiMAEncoder, resolve_device
 from ..sparse import SparseTensor
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
-from .datasets import FrameDataset, open_dataset
+from .datasets import FrameDataset, detect_format, open_dataset
 from .lovasz import lovasz_softmax
 from .metrics import ConfusionMatrix, save_report
 from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
@@ -187,6 +187,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_ce", "loss_lovasz"))
     cm = evaluate(model, val_ds, cfg.batch)
     report = save_report(cm, out, f"{what}; eval on {cfg.eval_split}", {"protocol": cfg.protocol, "percent": cfg.percent, "model": str(model_name),
+                                                                         "dataset": detect_format(data), "split": cfg.eval_split,
                                                                          "steps": total, "val_frames": len(val_ds)})  # fmt: skip
     print(cm.table(), flush=True)
     with atomic_path(out / "config.json") as tmp:

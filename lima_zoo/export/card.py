@@ -1,0 +1,122 @@
+"""Model cards: ``lima_zoo/model_cards/template.md`` + per-model data (YAML) + evaluation JSONs -> README.md.
+
+Numbers live in one place: the results table and the Hub ``model-index`` are both built from the
+``metrics.json`` files ``lima-zoo eval`` writes; the per-model YAML holds only prose (what the
+weights were trained on, recipe, limitations). Everything architectural (voxelization, widths,
+teacher) is read from the model folder's config.json, so a card cannot contradict its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..encoder import read_config
+
+__all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+REQUIRED_DATA = ("title", "description", "trained_on", "datasets", "recipe", "limitations")
+TAGS = ["lidar", "point-cloud", "feature-extraction", "self-supervised", "knowledge-distillation", "autonomous-driving", "lima-zoo"]
+DATASET_NAMES = {"nuscenes": "nuScenes", "semantickitti": "SemanticKITTI", "waymo": "Waymo Open Dataset", "folder": "sequence folder"}
+
+
+def card_data_path(name_or_path: str | Path | None, config) -> Path:
+    """The per-model YAML: a path, a name under model_cards/, or (None) chosen from the config —
+    the synthetic card for synthetic-teacher encoders, else the neutral 'custom' card."""
+    if name_or_path is None:
+        name_or_path = "synthetic-tiny" if config.teacher == "synthetic" else "custom"
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = CARDS_DIR / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
+    raise ValueError(f"card data {str(name_or_path)!r}: neither a file nor one of {', '.join(known)}")
+
+
+def _read_card_data(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: unreadable card data ({e})") from None
+    missing = [k for k in REQUIRED_DATA if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: card data is missing {', '.join(missing)}")
+    return data
+
+
+def evaluation_results(paths: list[Path], model_name: str) -> list:
+    """huggingface_hub EvalResults (mIoU, in %) from ``lima-zoo eval`` metrics.json files."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+            miou = float(report["miou"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a lima-zoo evaluation JSON with an 'miou' ({type(e).__name__}: {e})") from None
+        protocol = {"linear": "linear probe", "finetune": "fine-tune"}.get(report.get("protocol"), str(report.get("protocol", "?")))
+        percent = report.get("percent")
+        if percent is not None and float(percent) != 100:
+            protocol += f", {float(percent):g}% labels"
+        dataset = str(report.get("dataset", "unknown"))
+        results.append(EvalResult(
+            task_type="semantic-segmentation", task_name="LiDAR semantic segmentation",
+            dataset_type=dataset, dataset_name=DATASET_NAMES.get(dataset, dataset), dataset_split=str(report.get("split", "val")),
+            metric_type="mIoU", metric_name=f"mIoU ({protocol})", metric_value=round(100 * miou, 2),
+        ))  # fmt: skip
+    return results
+
+
+def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()) -> str:
+    """README.md text for the encoder folder ``model_dir`` published as ``repo_id``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir / "config.json")
+    data = _read_card_data(card_data_path(card_data, config))
+    results = evaluation_results(list(evals), repo_id.split("/")[-1])
+    meta = ModelCardData(
+        library_name="lima-zoo", license="apache-2.0", pipeline_tag="feature-extraction", tags=TAGS,
+        datasets=list(data["datasets"]) or None, model_name=repo_id.split("/")[-1], eval_results=results or None,
+    )  # fmt: skip
+    pre = config.preprocess
+    cylindrical = pre.voxel_type == "cylindrical"
+    card = ModelCard.from_template(
+        meta,
+        template_path=str(CARDS_DIR / "template.md"),
+        repo_id=repo_id,
+        title=data["title"],
+        description=" ".join(str(data["description"]).split()),
+        trained_on=" ".join(str(data["trained_on"]).split()),
+        recipe=data["recipe"],
+        limitations=list(data["limitations"]),
+        results=results,
+        has_onnx=(model_dir / "model.onnx").is_file(),
+        out_dim=config.out_dim,
+        head_dim=config.head_dim,
+        backbone=config.backbone,
+        params=_param_count(config),
+        teacher=config.teacher,
+        input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
+        intensity_scale=f"{pre.intensity_scale:g}",
+        voxel_type=pre.voxel_type,
+        voxel_size=" x ".join(f"{v:g}" for v in pre.voxel_size),
+        voxel_units="rho m, phi degrees, z m" if cylindrical else "x, y, z in m",
+    )
+    return str(card)
+
+
+def _param_count(config) -> str:
+    import torch
+
+    from ..models import MinkUNet
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in MinkUNet(config.backbone, in_channels=config.in_channels).parameters())
+    return f"{n / 1e6:.1f}M"

@@ -56,15 +56,16 @@ def timed(fn) -> tuple[float, object]:
 
 
 def op_profile(model: Path, feeds: dict, threads: int) -> dict[str, float]:
-    """onnxruntime's own per-op-type milliseconds for one run (after a warm-up run)."""
+    """onnxruntime's own per-op-type milliseconds for one run."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
+    opts.profile_file_prefix = str(model.parent / "ort_profile")  # inside the temp dir, not the cwd
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    session.run(["features"], feeds)
+    session.run(["features"], {**feeds, "teacher_space": np.array(False)})
     events = json.loads(Path(session.end_profiling()).read_text())
     per_op = collections.Counter()
     for e in events:

@@ -34,14 +34,15 @@ def _superflow_style_checkpoint(path, depth="minkunet14", head=True, wrap=True):
     return src
 
 
-def test_superflow_checkpoint_converts_to_identical_features(tmp_path):
-    src = _superflow_style_checkpoint(tmp_path / "epoch_100.pth")
+@pytest.mark.parametrize("depth", ["minkunet14", "minkunet34"])
+def test_superflow_checkpoint_converts_to_identical_features(tmp_path, depth):
+    src = _superflow_style_checkpoint(tmp_path / "epoch_100.pth", depth=depth)
     enc, report = convert_checkpoint(tmp_path / "epoch_100.pth")
     assert report.backbone_prefix == "backbone_3d." and report.head_prefix == "head_3d.conv_seg."
     assert report.unmapped == ["backbone_2d.encoder.blocks.0.attn.qkv.weight", "head_2d.conv.weight"]
     assert "left out (2 keys" in report.summary()
-    assert enc.config.backbone == "minkunet14" and enc.config.head_dim == 64
-    scan = street_scan(seed=2)[:, :4]
+    assert enc.config.backbone == depth and enc.config.head_dim == 64
+    scan = street_scan(seed=2)[:8000, :4]
     for space in ("backbone", "teacher"):
         np.testing.assert_array_equal(enc.embed(scan, space=space), src.embed(scan, space=space))
 

@@ -98,15 +98,16 @@ def _own_backbone_keys(backbone: str) -> set[str]:
 def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:
     """(prefix, depth) under which the file's keys best match one of our MinkUNets."""
     prefixes = [prefix] if prefix is not None else list(BACKBONE_PREFIXES)
+    # Deepest first: a MinkUNet-34's keys contain every key of the shallower nets.
+    depths = sorted(LAYERS, key=lambda d: sum(LAYERS[d]), reverse=True)
     best = (0, "", "")
-    for depth in LAYERS:
-        own = _own_backbone_keys(depth)
-        for p in prefixes:
-            names = {k[len(p):] for k in state if k.startswith(p)}
-            hits = len(names & own)
-            if hits == len(own) and names >= own:
+    for p in prefixes:
+        names = {k[len(p):] for k in state if k.startswith(p)}
+        for depth in depths:
+            own = _own_backbone_keys(depth)
+            if own <= names:
                 return p, depth  # complete match
-            best = max(best, (hits, p, depth))
+            best = max(best, (len(names & own), p, depth))
     hits, p, depth = best
     where = f"prefix {prefix!r}" if prefix is not None else f"any of the prefixes {', '.join(repr(x) for x in BACKBONE_PREFIXES)}"
     raise ValueError(

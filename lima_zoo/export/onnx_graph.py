@@ -38,12 +38,16 @@ How each op is accumulated, and why:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..models.minkunet import BasicBlock, ConvModule, MinkUNet
 from ..sparse.nn import _folded
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["build_onnx_model", "export_onnx", "OPSET", "NUM_LEVELS", "input_names"]
 
@@ -65,10 +69,11 @@ def input_names() -> list[str]:
 class _Graph:
     """Accumulates nodes and initializers; every ``op`` returns the name of its (first) output."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = ""):
         from onnx import helper
 
         self.helper = helper
+        self.prefix = prefix  # a subgraph's names must not shadow the outer graph's
         self.nodes: list = []
         self.initializers: list = []
         self._count = 0
@@ -77,7 +82,7 @@ class _Graph:
 
     def name(self, hint: str) -> str:
         self._count += 1
-        return f"{hint}_{self._count}"
+        return f"{self.prefix}{hint}_{self._count}"
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, output: str | None = None, **attrs) -> str:
         """Append a node; its output is ``output`` or a fresh name from ``hint``."""
@@ -200,18 +205,18 @@ class _Graph:
         return x
 
 
-def build_onnx_model(encoder) -> "onnx.ModelProto":  # noqa: F821
+def build_onnx_model(encoder) -> "onnx.ModelProto":
     """The encoder (eval mode, BN folded) as an ONNX model; see the module docstring for the I/O."""
     from onnx import TensorProto, helper
 
     backbone = encoder.backbone
-    if len(backbone.conv0) != 2 or not isinstance(backbone, MinkUNet):
+    if not isinstance(backbone, MinkUNet):
         raise ValueError(f"ONNX export supports MinkUNet backbones, got {type(backbone).__name__}")
     g = _Graph()
     backbone_out = g.minkunet("feats", backbone)
     # The head runs only when asked for: onnxruntime executes every node of a graph whatever outputs
     # are requested, so a second output would cost ~5% of every backbone-only run.
-    head, h = encoder.head.proj, _Graph()
+    head, h = encoder.head.proj, _Graph(prefix="head/")
     projected = h.op("Add", [h.op("MatMul", [backbone_out, g.tensor(head.weight.detach().t(), "head_w")]), g.tensor(head.bias.detach(), "head_b")])
     # F.normalize: x / max(||x||, 1e-12)
     norm = h.op("Max", [h.op("ReduceL2", [projected, g.ints(1)], keepdims=1), g.tensor(np.array(1e-12, np.float32), "eps")])

@@ -293,9 +293,7 @@ def _load_model(model: str, device: str, backend: str, local_files_only: bool, r
     try:
         dev = resolve_device(device) if runtime == "torch" else device
         encoder = LiMAEncoder.from_pretrained(model, device=dev, backend=backend, local_files_only=local_files_only, runtime=runtime)
-    except ImportError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError, OfflineError) as exc:
+    except (ImportError, ValueError, OSError, OfflineError) as exc:
         raise click.ClickException(str(exc)) from None
     encoder.name_or_path = model
     return encoder

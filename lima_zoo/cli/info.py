@@ -6,14 +6,10 @@ import json
 
 
 def _param_count(config) -> int:
-    """Parameters of a variant, counted on the meta device (no memory, no init cost)."""
-    import torch
+    """Backbone parameters of a variant."""
+    from ..models.minkunet import parameter_count
 
-    from ..encoder import LiMAEncoder
-
-    with torch.device("meta"):
-        model = LiMAEncoder(config)
-    return sum(p.numel() for p in model.backbone.parameters())
+    return parameter_count(config.backbone, config.in_channels)
 
 
 def _cached_path(info) -> str | None:

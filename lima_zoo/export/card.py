@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..encoder import read_config
+from ..models.minkunet import parameter_count
 
 __all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
 
@@ -49,7 +50,7 @@ def _read_card_data(path: Path) -> dict:
     return data
 
 
-def evaluation_results(paths: list[Path], model_name: str) -> list:
+def evaluation_results(paths: list[Path]) -> list:
     """huggingface_hub EvalResults (mIoU, in %) from ``lima-zoo eval`` metrics.json files."""
     from huggingface_hub import EvalResult
 
@@ -80,7 +81,7 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
     model_dir = Path(model_dir)
     config = read_config(model_dir / "config.json")
     data = _read_card_data(card_data_path(card_data, config))
-    results = evaluation_results(list(evals), repo_id.split("/")[-1])
+    results = evaluation_results(list(evals))
     meta = ModelCardData(
         library_name="lima-zoo", license="apache-2.0", pipeline_tag="feature-extraction", tags=TAGS,
         datasets=list(data["datasets"]) or None, model_name=repo_id.split("/")[-1], eval_results=results or None,
@@ -101,7 +102,7 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         out_dim=config.out_dim,
         head_dim=config.head_dim,
         backbone=config.backbone,
-        params=_param_count(config),
+        params=f"{parameter_count(config.backbone, config.in_channels) / 1e6:.1f}M",
         teacher=config.teacher,
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",
@@ -111,12 +112,3 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
     )
     return str(card)
 
-
-def _param_count(config) -> str:
-    import torch
-
-    from ..models import MinkUNet
-
-    with torch.device("meta"):
-        n = sum(p.numel() for p in MinkUNet(config.backbone, in_channels=config.in_channels).parameters())
-    return f"{n / 1e6:.1f}M"

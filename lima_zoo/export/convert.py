@@ -117,12 +117,12 @@ def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:
 
 
 def _find_head(state: dict, head: str | None) -> tuple[str, dict[str, torch.Tensor]] | None:
-    candidates = [head] if head not in (None, "none") else list(HEAD_PREFIXES)
+    candidates = list(HEAD_PREFIXES) if head is None else [head]
     for p in candidates:
         w, b = state.get(p + "weight"), state.get(p + "bias")
         if w is not None and b is not None and w.dim() == 2 and w.shape[1] == 96:
             return p, {"head.proj.weight": w, "head.proj.bias": b}
-    if head not in (None, "none"):
+    if head is not None:
         raise ValueError(f"no Linear(96 -> D) head at {head!r} (expected {head}weight of shape (D, 96) and {head}bias)")
     return None
 

@@ -30,14 +30,11 @@ def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndar
     """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
     [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
     cache = SparseTensor(feats.cpu(), coords.cpu()).cache
-    cache.build_unet_maps(NUM_LEVELS)
     arrays: dict[str, np.ndarray] = {"feats": feats.detach().cpu().float().numpy(), "teacher_space": np.array(False)}
-    for level in range(NUM_LEVELS):
-        stride = 2**level
-        maps = {"subm": cache.kmaps[("subm", stride, 3, 1)]}
-        if level < NUM_LEVELS - 1:
-            maps["down"] = cache.kmaps[("down", stride)]
-        for kind, kmap in maps.items():
+    for level, (subm, down) in enumerate(cache.build_unet_maps(NUM_LEVELS)):
+        for kind, kmap in (("subm", subm), ("down", down)):
+            if kmap is None:
+                continue
             arrays[f"{kind}{level}_in"] = kmap.in_idx.numpy()
             arrays[f"{kind}{level}_out"] = kmap.out_idx.numpy()
             arrays[f"{kind}{level}_bounds"] = np.asarray(kmap.bounds, dtype=np.int64)

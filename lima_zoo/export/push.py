@@ -34,10 +34,18 @@ class UploadPlan:
     def describe(self) -> str:
         lines = [f"would upload to {self.repo_id} in one commit:"]
         for name, path in self.files:
-            data = path.read_bytes()
-            lines.append(f"  {name:<18} {len(data):>12,} bytes  sha256 {hashlib.sha256(data).hexdigest()[:16]}")
+            lines.append(f"  {name:<18} {path.stat().st_size:>12,} bytes  sha256 {_sha256(path)[:16]}")
         lines.append(f"  {'README.md':<18} {len(self.card.encode()):>12,} bytes  (rendered card below)")
         return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    """Hex digest, read in 1 MB blocks (model files are ~150 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def plan_upload(model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()) -> UploadPlan:

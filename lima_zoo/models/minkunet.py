@@ -18,7 +18,7 @@ from torch import nn
 
 from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn, residual_relu
 
-__all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict"]
+__all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict", "parameter_count"]
 
 PLANES = (32, 64, 128, 256, 256, 128, 96, 96)
 LAYERS = {
@@ -101,6 +101,12 @@ class MinkUNet(nn.Module):
             out = getattr(self, f"conv{i}")(out)
             out = getattr(self, f"block{i}")(cat([out, skips[8 - i]]))
         return out
+
+
+def parameter_count(depth: str, in_channels: int = 4) -> int:
+    """Parameters of a MinkUNet, counted on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in MinkUNet(depth, in_channels=in_channels).parameters())
 
 
 def convert_torchsparse_state_dict(state: dict[str, torch.Tensor], prefix: str = "") -> tuple[dict, list[str]]:

@@ -64,15 +64,16 @@ class CoordinateCache:
             self.kmaps[key] = kmap
         return self.kmaps[key]
 
-    def build_unet_maps(self, levels: int, kernel_size: int = 3) -> None:
-        """Build up front every map a U-Net with ``levels`` levels uses: the submanifold map of each
-        level and the stride-2 map between consecutive levels (strides 1, 2, ..., 2**(levels-1))."""
-        stride = min(self.coords)
+    def build_unet_maps(self, levels: int, kernel_size: int = 3) -> list[tuple[KernelMap, KernelMap | None]]:
+        """Build up front every map a U-Net with ``levels`` levels uses: per level (finest first) its
+        submanifold map and the stride-2 map to the next level (None for the coarsest)."""
+        stride, maps = min(self.coords), []
         for level in range(levels):
-            self.submanifold_map(stride, kernel_size, 1)
-            if level < levels - 1:
-                self.downsample_map(stride)
-                stride *= 2
+            subm = self.submanifold_map(stride, kernel_size, 1)
+            down = self.downsample_map(stride) if level < levels - 1 else None
+            maps.append((subm, down))
+            stride *= 2
+        return maps
 
 
 class SparseTensor:

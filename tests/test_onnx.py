@@ -37,7 +37,7 @@ def minkunet34_export(tmp_path_factory):
     return enc, out
 
 
-def test_graph_is_opset17_plus_dynamic_and_never_scatters_without_reduction(minkunet34_export):
+def test_graph_is_opset17_plus_dynamic_and_has_no_scatter(minkunet34_export):
     import onnx
 
     _, out = minkunet34_export
@@ -45,13 +45,10 @@ def test_graph_is_opset17_plus_dynamic_and_never_scatters_without_reduction(mink
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     feats = model.graph.input[0]
     assert feats.name == "feats" and feats.type.tensor_type.shape.dim[0].dim_param  # dynamic N
-    ops = [n for n in model.graph.node]
-    scatters = [n for n in ops if n.op_type.startswith("Scatter")]
-    assert scatters and all(n.op_type == "ScatterND" for n in scatters)
-    for n in scatters:
-        attrs = {a.name: a.s.decode() for a in n.attribute}
-        assert attrs.get("reduction") == "add", n
-    assert not any(n.op_type in ("ScatterElements", "Scatter") for n in ops)
+    ops = {n.op_type for n in model.graph.node}
+    # sums are Gather + ReduceSum: no scatter, so no duplicate-index races and no full-tensor copies
+    assert not any(op.startswith("Scatter") for op in ops), ops
+    assert {"Gather", "MatMul", "ReduceSum", "Concat"} <= ops
 
 
 def test_parity_on_a_nuscenes_size_scan_in_both_feature_spaces(minkunet34_export):

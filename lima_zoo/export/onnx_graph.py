@@ -8,30 +8,35 @@ for the level-0 map alone, while our runtime builds all maps in a few ms
 :class:`~lima_zoo.sparse.kmap.KernelMap` fields, so the graph and the PyTorch engine consume the
 very same pairs.
 
-Inputs (N_l = voxels at level l = stride 2**l, l = 0..4; P = pairs):
+Inputs (N_l = voxels at level l = stride 2**l, l = 0..4; P = pairs; all built by
+:func:`lima_zoo.export.onnx_inputs.graph_inputs`, which documents the layout):
 
 * ``feats`` (N_0, C_in) float32 — voxel features from voxelization.
 * ``teacher_space`` () bool — False: backbone features; True: the distillation head's output.
-* ``level_sizes`` (5,) int64 — N_0..N_4.
-* ``subm{l}_in`` / ``subm{l}_out`` (P,) int64, ``subm{l}_bounds`` (28,) int64 — the 3x3x3
-  submanifold map of level l (centre offset excluded; offset k owns pairs [bounds[k], bounds[k+1])).
-* ``down{l}_in`` / ``down{l}_out`` (N_l,) int64, ``down{l}_bounds`` (9,) int64, l = 0..3 — the
-  stride-2 map from level l to l+1 (every voxel has one parent; grouped by child offset).
+* ``voxel_order`` / ``voxel_rank`` (N_0,) int64 — level-0 rows into the graph's internal row order
+  and back (every level's rows are grouped by neighbour-count bucket inside the graph).
+* ``subm{l}_in`` (P,), ``subm{l}_bounds`` (28,) int64 — input rows of the 3x3x3 submanifold map of
+  level l, grouped by offset (centre excluded; offset k owns pairs [bounds[k], bounds[k+1])).
+* ``subm{l}_sum{w}`` (m_w, w) int64, w in SUBM_WIDTHS — which products each output row sums.
+* ``down{l}_in`` / ``down{l}_out`` (N_l,), ``down{l}_bounds`` (9,), ``down{l}_sum{w}`` (w in
+  DOWN_WIDTHS), ``down{l}_parents`` (N_{l+1},), ``down{l}_slot`` (N_l,), l = 0..3 — the stride-2
+  map from level l to l+1 (every voxel has one parent; grouped by child offset).
 
 Output: ``features`` — (N_0, 96) backbone features, or with ``teacher_space`` the (N_0, head_dim)
 L2-normalised distillation head output (an ``If`` node, so the head costs nothing when unused).
 
-How each op is accumulated, and why:
+How each conv sums its pairs without a scatter, and why: onnxruntime's CPU ScatterND copies its
+whole (N, C) data input on every call (no in-place kernel), which cost 48% of the forward with one
+scatter per offset; ScatterElements is slower still, and a single ScatterND over duplicate indices
+races across threads (sparse-engine.md). So every conv is gather -> GEMM -> gather-and-reduce:
 
-* submanifold conv: centre offset as one MatMul (+ folded BN shift), then per offset k
-  Gather -> MatMul -> ScatterND(reduction="add"). Within one offset every output row appears at
-  most once, so the scatter never has duplicate indices (onnxruntime's ScatterND splits indices
-  over threads, and duplicate indices then race — the failure sparse-engine.md records).
-* stride-2 conv: per child offset the same Gather -> MatMul -> ScatterND(add) into zeros (a parent
-  has at most one child per offset).
-* transposed conv: every fine voxel receives exactly one product, so no scatter at all: the
-  per-offset products are concatenated (rows in ``down_in`` order) and gathered back into fine-row
-  order with the inverse permutation (``TopK`` of ``down_in``, ascending).
+* per offset k: ``Gather(x, in_k) @ W_k`` (W_k a constant, so onnxruntime pre-packs it); the
+  products are concatenated offset-major with one zero row appended;
+* submanifold: each output row sums its products as ``ReduceSum(Gather(products, sum_w))`` per
+  neighbour-count bucket; the buckets concatenate straight into the level's row order; the centre
+  offset is a plain ``x @ W_centre`` (+ folded BN shift) added on top;
+* stride-2: the same bucketed sum over parents, then one Gather into the coarse level's order;
+* transposed: every fine voxel receives exactly one product: a single Gather (``down_slot``).
 * BatchNorm is folded into the conv kernels (eval mode), exactly as the PyTorch engine does.
 """
 
@@ -51,18 +56,23 @@ if TYPE_CHECKING:
 
 __all__ = ["build_onnx_model", "export_onnx", "OPSET", "NUM_LEVELS", "input_names"]
 
-OPSET = 18  # ScatterND reduction="add" needs >= 16; 18 is what onnxruntime >= 1.14 fully covers
+OPSET = 18  # the issue asks >= 17; 18 is what onnxruntime >= 1.14 fully covers
 NUM_LEVELS = 5  # MinkUNet strides 1, 2, 4, 8, 16
 SUBM_VOLUME = 27
+# Sum-bucket widths (pairs per output row, padded up to the next width). Exact where most rows
+# are (2-9 neighbours); a row is padded by at most 25% above that. The last width is the maximum.
+SUBM_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 19, 26)
+DOWN_WIDTHS = (1, 2, 3, 4, 6, 8)
 
 
 def input_names() -> list[str]:
     """Graph input names, in order."""
-    names = ["feats", "teacher_space", "level_sizes"]
+    names = ["feats", "teacher_space", "voxel_order", "voxel_rank"]
     for level in range(NUM_LEVELS):
-        names += [f"subm{level}_in", f"subm{level}_out", f"subm{level}_bounds"]
+        names += [f"subm{level}_in", f"subm{level}_bounds"] + [f"subm{level}_sum{w}" for w in SUBM_WIDTHS]
     for level in range(NUM_LEVELS - 1):
         names += [f"down{level}_in", f"down{level}_out", f"down{level}_bounds"]
+        names += [f"down{level}_sum{w}" for w in DOWN_WIDTHS] + [f"down{level}_parents", f"down{level}_slot"]
     return names
 
 
@@ -78,7 +88,7 @@ class _Graph:
         self.initializers: list = []
         self._count = 0
         self._consts: dict[tuple, str] = {}
-        self._level_pairs: dict[tuple, tuple[list[str], list[str]]] = {}
+        self._level_pairs: dict[str, list[str]] = {}
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -107,73 +117,64 @@ class _Graph:
             self._consts[key] = self.tensor(np.array(values, dtype=np.int64), "const")
         return self._consts[key]
 
-    def pairs(self, kind: str, level: int, volume: int) -> tuple[list[str], list[str]]:
-        """Per-offset (input rows, output rows) slices of a map input, built once per level."""
-        key = (kind, level)
-        if key not in self._level_pairs:
-            bounds = f"{kind}{level}_bounds"
-            ins, outs = [], []
+    def pairs(self, name: str, volume: int) -> list[str]:
+        """Per-offset slices of the map input ``name`` (e.g. "down2_out"), built once per graph."""
+        if name not in self._level_pairs:
+            bounds = name.split("_")[0] + "_bounds"
+            slices = []
             for k in range(volume):
                 start = self.op("Slice", [bounds, self.ints(k), self.ints(k + 1)], "start")
                 stop = self.op("Slice", [bounds, self.ints(k + 1), self.ints(k + 2)], "stop")
-                ins.append(self.op("Slice", [f"{kind}{level}_in", start, stop], f"{kind}{level}_in{k}"))
-                out = self.op("Slice", [f"{kind}{level}_out", start, stop], f"{kind}{level}_out{k}")
-                outs.append(self.op("Unsqueeze", [out, self.ints(1)], f"{kind}{level}_idx{k}"))
-            self._level_pairs[key] = (ins, outs)
-        return self._level_pairs[key]
+                slices.append(self.op("Slice", [name, start, stop], f"{name}{k}"))
+            self._level_pairs[name] = slices
+        return self._level_pairs[name]
 
     # --------------------------------------------------------------------------- layers
 
-    def scatter_offsets(self, acc: str, x: str, kernel: torch.Tensor, ins: list[str], outs: list[str], skip: int | None) -> str:
-        """acc += for each offset k != skip: scatter(outs[k], x[ins[k]] @ kernel[k])."""
-        for k in range(kernel.shape[0]):
-            if k == skip:
-                continue
-            products = self.op("MatMul", [self.op("Gather", [x, ins[k]], axis=0), self.tensor(kernel[k], "w")])
-            acc = self.op("ScatterND", [acc, outs[k], products], "acc", reduction="add")
-        return acc
+    def products(self, x: str, kernel: torch.Tensor, rows: list[str], skip: int | None = None) -> str:
+        """Concat over offsets k != skip of x[rows[k]] @ kernel[k], plus one zero row -> (P + 1, C_out)."""
+        parts = [self.op("MatMul", [self.op("Gather", [x, rows[k]], axis=0), self.tensor(kernel[k], "w")])
+                 for k in range(kernel.shape[0]) if k != skip]
+        key = ("zero_row", kernel.shape[2])
+        if key not in self._consts:
+            self._consts[key] = self.tensor(np.zeros((1, kernel.shape[2]), np.float32), "zero_row")
+        parts.append(self._consts[key])
+        return self.op("Concat", parts, "products", axis=0)
+
+    def bucket_sums(self, products: str, tables: str, widths: tuple[int, ...]) -> str:
+        """Row sums of ``products`` picked by the per-bucket tables ``{tables}{w}``, buckets concatenated."""
+        sums = []
+        for w in widths:
+            picked = self.op("Gather", [products, f"{tables}{w}"], axis=0)  # (m_w, w, C)
+            # width 1 needs no sum: a Squeeze is free in onnxruntime, a ReduceSum would copy
+            sums.append(self.op("Squeeze", [picked, self.ints(1)]) if w == 1 else
+                        self.op("ReduceSum", [picked, self.ints(1)], "sum", keepdims=0))
+        return self.op("Concat", sums, "sums", axis=0)
 
     def conv_bn(self, x: str, level: int, conv, norm, relu: bool) -> tuple[str, int]:
         """conv + eval-mode BN (folded) (+ ReLU) on level ``level``; returns (output, its level)."""
         kernel, shift = _folded(conv, norm)
-        kernel, shift = kernel.detach(), shift.detach()
+        kernel, shift = kernel.detach(), self.tensor(shift.detach(), "shift")
         if conv.kernel_size == 1:
-            out = self.op("Add", [self.op("MatMul", [x, self.tensor(kernel[0], "w")]), self.tensor(shift, "shift")])
-            out_level = level
+            out, out_level = self.op("Add", [self.op("MatMul", [x, self.tensor(kernel[0], "w")]), shift]), level
         elif conv.stride == 1:
             if conv.kernel_size != 3 or conv.dilation != 1:
                 raise ValueError(f"ONNX export supports 3x3x3 submanifold convs only, got kernel {conv.kernel_size} dilation {conv.dilation}")
-            ins, outs = self.pairs("subm", level, SUBM_VOLUME)
             centre = SUBM_VOLUME // 2
-            acc = self.op("Add", [self.op("MatMul", [x, self.tensor(kernel[centre], "w")]), self.tensor(shift, "shift")])
-            out, out_level = self.scatter_offsets(acc, x, kernel, ins, outs, skip=centre), level
+            products = self.products(x, kernel, self.pairs(f"subm{level}_in", SUBM_VOLUME), skip=centre)
+            sums = self.bucket_sums(products, f"subm{level}_sum", SUBM_WIDTHS)  # already in row order
+            own = self.op("Add", [self.op("MatMul", [x, self.tensor(kernel[centre], "w")]), shift])
+            out, out_level = self.op("Add", [own, sums]), level
         elif not conv.transposed:
-            ins, outs = self.pairs("down", level, 8)
-            rows = self.op("Slice", ["level_sizes", self.ints(level + 1), self.ints(level + 2)])
-            shape = self.op("Concat", [rows, self.ints(kernel.shape[2])], axis=0)
-            zeros = self.op("ConstantOfShape", [shape], value=self.helper.make_tensor("zero", 1, [1], [0.0]))
-            acc = self.op("Add", [zeros, self.tensor(shift, "shift")])
-            out, out_level = self.scatter_offsets(acc, x, kernel, ins, outs, skip=None), level + 1
+            products = self.products(x, kernel, self.pairs(f"down{level}_in", 8))
+            sums = self.bucket_sums(products, f"down{level}_sum", DOWN_WIDTHS)  # parents in bucket order
+            out = self.op("Add", [self.op("Gather", [sums, f"down{level}_parents"], axis=0), shift])
+            out_level = level + 1
         else:
-            out_level = level - 1
-            ins, outs = self.pairs("down", out_level, 8)  # fine rows ins[k], their parents outs[k]
-            parts = []
-            for k in range(8):
-                parents = self.op("Squeeze", [outs[k], self.ints(1)])
-                parts.append(self.op("MatMul", [self.op("Gather", [x, parents], axis=0), self.tensor(kernel[k], "w")]))
-            stacked = self.op("Concat", parts, axis=0)  # rows in down_in order
-            inverse = self.inverse_permutation(f"down{out_level}_in")
-            out = self.op("Add", [self.op("Gather", [stacked, inverse], axis=0), self.tensor(shift, "shift")])
+            out_level = level - 1  # fine voxel i has one product, at pair down_slot[i]
+            products = self.products(x, kernel, self.pairs(f"down{out_level}_out", 8))
+            out = self.op("Add", [self.op("Gather", [products, f"down{out_level}_slot"], axis=0), shift])
         return (self.op("Relu", [out]) if relu else out), out_level
-
-    def inverse_permutation(self, perm: str) -> str:
-        """inv with inv[perm[i]] = i, via an ascending TopK over the whole permutation (no scatter)."""
-        key = ("inverse", perm)
-        if key not in self._consts:
-            count = self.op("Shape", [perm])
-            outputs = [self.name("sorted"), self.name("inverse")]
-            self._consts[key] = self.multi_op("TopK", [perm, count], outputs, axis=0, largest=0, sorted=1)[1]
-        return self._consts[key]
 
     def block(self, x: str, level: int, block: BasicBlock) -> str:
         out, _ = self.conv_bn(x, level, block.conv1, block.norm1, relu=True)
@@ -205,6 +206,21 @@ class _Graph:
         return x
 
 
+def _index_shape(name: str) -> list:
+    """Symbolic shape of an index input (dims named after what they count)."""
+    head, tail = name.split("_", 1)
+    level = head[-1] if head[-1].isdigit() else "0"
+    if tail == "bounds":
+        return [SUBM_VOLUME + 1 if head.startswith("subm") else 9]
+    if tail.startswith("sum"):
+        return [f"{head}_rows{tail[3:]}", int(tail[3:])]
+    if head.startswith("subm"):
+        return [f"pairs_{head}"]
+    if tail == "parents":
+        return [f"voxels_{int(level) + 1}"]
+    return [f"voxels_{level}"]
+
+
 def build_onnx_model(encoder) -> "onnx.ModelProto":
     """The encoder (eval mode, BN folded) as an ONNX model; see the module docstring for the I/O."""
     from onnx import TensorProto, helper
@@ -213,7 +229,8 @@ def build_onnx_model(encoder) -> "onnx.ModelProto":
     if not isinstance(backbone, MinkUNet):
         raise ValueError(f"ONNX export supports MinkUNet backbones, got {type(backbone).__name__}")
     g = _Graph()
-    backbone_out = g.minkunet("feats", backbone)
+    rows = g.op("Gather", ["feats", "voxel_order"], "rows", axis=0)  # into the graph's row order
+    backbone_out = g.op("Gather", [g.minkunet(rows, backbone), "voxel_rank"], "backbone", axis=0)
     # The head runs only when asked for: onnxruntime executes every node of a graph whatever outputs
     # are requested, so a second output would cost ~5% of every backbone-only run.
     head, h = encoder.head.proj, _Graph(prefix="head/")
@@ -229,15 +246,9 @@ def build_onnx_model(encoder) -> "onnx.ModelProto":
 
     c_in = encoder.config.in_channels
     inputs = [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["voxels", c_in]),
-              helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, []),
-              helper.make_tensor_value_info("level_sizes", TensorProto.INT64, [NUM_LEVELS])]
-    for name in input_names()[3:]:
-        if name.endswith("_bounds"):
-            shape = [SUBM_VOLUME + 1 if name.startswith("subm") else 9]
-        else:
-            level = name.split("_")[0]
-            shape = [f"pairs_{level}"] if name.startswith("subm") else [f"voxels_{level}"]
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, shape))
+              helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, [])]
+    for name in input_names()[2:]:
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, _index_shape(name)))
     outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["voxels", "channels"])]
     graph = helper.make_graph(g.nodes, "lima_encoder", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lima-zoo")

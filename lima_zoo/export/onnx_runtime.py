@@ -1,9 +1,9 @@
 """Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
 
-The documented pre-processing step of this runtime is :func:`graph_inputs`: voxelize (as the
-PyTorch path does) and build the kernel maps of the five levels with the engine's own map builder
-(``lima_zoo.sparse``, a few ms per scan on CPU). Those index arrays, not raw coordinates, are what
-the graph takes (see ``onnx_graph.py`` for why). Everything after that — every convolution, the
+The documented pre-processing step of this runtime is :func:`~lima_zoo.export.onnx_inputs.graph_inputs`:
+voxelize (as the PyTorch path does), build the kernel maps of the five levels with the engine's own
+map builder (``lima_zoo.sparse``) and lay them out as the graph's index inputs. Those index arrays,
+not raw coordinates, are what the graph takes (see ``onnx_graph.py`` for why). Everything after that — every convolution, the
 skip connections and the head — runs inside onnxruntime.
 
 Providers: CUDA when onnxruntime-gpu is installed and ``device`` asks for cuda, else CPU.
@@ -19,27 +19,11 @@ import numpy as np
 import torch
 
 from ..encoder import FeatureExtractor, read_config
-from ..sparse import SparseTensor
 from ..voxelize import Voxels
-from .onnx_graph import NUM_LEVELS, input_names
+from .onnx_graph import input_names
+from .onnx_inputs import graph_inputs
 
-__all__ = ["OnnxEncoder", "graph_inputs"]
-
-
-def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndarray]:
-    """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
-    [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
-    cache = SparseTensor(feats.cpu(), coords.cpu()).cache
-    arrays: dict[str, np.ndarray] = {"feats": feats.detach().cpu().float().numpy(), "teacher_space": np.array(False)}
-    for level, (subm, down) in enumerate(cache.build_unet_maps(NUM_LEVELS)):
-        for kind, kmap in (("subm", subm), ("down", down)):
-            if kmap is None:
-                continue
-            arrays[f"{kind}{level}_in"] = kmap.in_idx.numpy()
-            arrays[f"{kind}{level}_out"] = kmap.out_idx.numpy()
-            arrays[f"{kind}{level}_bounds"] = np.asarray(kmap.bounds, dtype=np.int64)
-    arrays["level_sizes"] = np.asarray([len(cache.coords[2**level]) for level in range(NUM_LEVELS)], dtype=np.int64)
-    return {name: arrays[name] for name in input_names()}
+__all__ = ["OnnxEncoder"]
 
 
 class OnnxEncoder(FeatureExtractor):

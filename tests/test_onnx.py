@@ -105,6 +105,15 @@ def test_runner_errors_name_the_file(tmp_path):
         LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
     with pytest.raises(ValueError, match="runtime must be"):
         LiMAEncoder.from_pretrained(tmp_path, runtime="tensorrt")
+    # a loadable ONNX model that is not our graph (e.g. an export from an older layout)
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("feats", "features")]
+    graph = helper.make_graph([helper.make_node("Identity", ["feats"], ["features"])], "other", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(tmp_path / "model.onnx"))
+    with pytest.raises(ValueError, match="model.onnx: its inputs .* re-export it with `lima-zoo export`"):
+        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
 
 
 def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
@@ -129,3 +138,23 @@ def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
     a, b = np.load(tmp_path / "torch" / "scan.npy"), np.load(tmp_path / "onnx" / "scan.npy")
     # this untrained net's features reach ~40, so compare relative to their scale
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+def test_sum_tables_pick_every_pair_once_and_pad_with_the_zero_row():
+    from lima_zoo.export.onnx_inputs import sum_tables
+
+    out_idx = np.array([2, 0, 2, 2, 3, 0])  # row 0: 2 pairs, row 1: none, row 2: 3, row 3: 1
+    tables, order = sum_tables(out_idx, 4, widths=(1, 2, 4))
+    assert order.tolist() == [1, 3, 0, 2]  # ascending bucket width, stable within a bucket
+    assert tables[1].tolist() == [[6], [4]]  # row 1 reads only the zero row (index P = 6)
+    assert tables[2].tolist() == [[1, 5]]
+    assert tables[4].tolist() == [[0, 2, 3, 6]]
+    # summing products through the tables == a scatter-add, in bucket row order
+    products = np.random.default_rng(0).standard_normal((6, 3))
+    padded = np.concatenate([products, np.zeros((1, 3))])
+    sums = np.concatenate([padded[t].sum(axis=1) for t in tables.values()])
+    expected = np.zeros((4, 3))
+    np.add.at(expected, out_idx, products)
+    np.testing.assert_allclose(sums, expected[order])
+    with pytest.raises(ValueError, match="widest sum bucket is 2"):
+        sum_tables(out_idx, 4, widths=(1, 2))

@@ -3,10 +3,10 @@
 What is inside the graph and what is not (measured, see docs/sparse-engine.md and
 benchmarks/bench_onnx.py): kernel maps are *inputs*. Building them in the graph is possible (a
 sort/TopK + cumsum formulation exports, ``searchsorted`` does not) but onnxruntime needs ~125 ms
-for the level-0 map alone, while our runtime builds all maps in a few ms
-(:func:`lima_zoo.export.onnx_runtime.graph_inputs`). The inputs are the torch engine's own
-:class:`~lima_zoo.sparse.kmap.KernelMap` fields, so the graph and the PyTorch engine consume the
-very same pairs.
+for the level-0 map alone, while our runtime builds and lays out all maps in ~20 ms
+(:func:`lima_zoo.export.onnx_inputs.graph_inputs`). The inputs are the torch engine's own
+:class:`~lima_zoo.sparse.kmap.KernelMap` pairs (rows renumbered), so the graph and the PyTorch
+engine consume the very same pairs.
 
 Inputs (N_l = voxels at level l = stride 2**l, l = 0..4; P = pairs; all built by
 :func:`lima_zoo.export.onnx_inputs.graph_inputs`, which documents the layout):
@@ -56,11 +56,12 @@ if TYPE_CHECKING:
 
 __all__ = ["build_onnx_model", "export_onnx", "OPSET", "NUM_LEVELS", "input_names"]
 
-OPSET = 18  # the issue asks >= 17; 18 is what onnxruntime >= 1.14 fully covers
+OPSET = 18  # every op used exists since opset 13; 18 is what onnxruntime >= 1.14 fully covers
 NUM_LEVELS = 5  # MinkUNet strides 1, 2, 4, 8, 16
 SUBM_VOLUME = 27
-# Sum-bucket widths (pairs per output row, padded up to the next width). Exact where most rows
-# are (2-9 neighbours); a row is padded by at most 25% above that. The last width is the maximum.
+# Sum-bucket widths: an output row with n pairs is summed in the bucket of the smallest width >= n
+# (missing pairs read a zero row). Exact up to 8, where nearly all rows are; the few rows above are
+# padded by at most 30%. The last width is the most pairs a row can have (26 neighbours, 8 children).
 SUBM_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 19, 26)
 DOWN_WIDTHS = (1, 2, 3, 4, 6, 8)
 
@@ -209,16 +210,14 @@ class _Graph:
 def _index_shape(name: str) -> list:
     """Symbolic shape of an index input (dims named after what they count)."""
     head, tail = name.split("_", 1)
-    level = head[-1] if head[-1].isdigit() else "0"
     if tail == "bounds":
         return [SUBM_VOLUME + 1 if head.startswith("subm") else 9]
     if tail.startswith("sum"):
         return [f"{head}_rows{tail[3:]}", int(tail[3:])]
     if head.startswith("subm"):
         return [f"pairs_{head}"]
-    if tail == "parents":
-        return [f"voxels_{int(level) + 1}"]
-    return [f"voxels_{level}"]
+    level = int(head[-1]) if head[-1].isdigit() else 0  # voxel_order / voxel_rank: level 0
+    return [f"voxels_{level + 1 if tail == 'parents' else level}"]
 
 
 def build_onnx_model(encoder) -> "onnx.ModelProto":
@@ -245,11 +244,11 @@ def build_onnx_model(encoder) -> "onnx.ModelProto":
     g.op("If", ["teacher_space"], output="features", then_branch=teacher_branch, else_branch=backbone_branch)
 
     c_in = encoder.config.in_channels
-    inputs = [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["voxels", c_in]),
+    inputs = [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["voxels_0", c_in]),
               helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, [])]
     for name in input_names()[2:]:
         inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, _index_shape(name)))
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["voxels", "channels"])]
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["voxels_0", "channels"])]
     graph = helper.make_graph(g.nodes, "lima_encoder", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lima-zoo")
     model.ir_version = 8  # readable by onnxruntime >= 1.14

@@ -45,15 +45,16 @@ class OnnxEncoder(FeatureExtractor):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT warns about unused initializers etc. at level 2
-        # Worker threads keep onnxruntime's default spinning between ops: turning it off made the
-        # forward 1.6x PyTorch instead of 1.4x, more than the pre-processing it slows (bench_onnx.py).
+        # Worker threads keep onnxruntime's default spinning between its ~5k small ops: turning it
+        # off made a nuScenes-size forward ~30% slower, far more than the pre-processing it slows.
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ValueError(f"{self.path}: onnxruntime cannot load this model ({type(e).__name__}: {e})") from None
         got = [i.name for i in self.session.get_inputs()]
         if got != input_names():
-            raise ValueError(f"{self.path}: not a lima-zoo encoder graph (inputs {got[:4]}...; expected {input_names()[:4]}...)")
+            raise ValueError(f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's encoder graph layout "
+                             f"({input_names()[:4]}...); re-export it with `lima-zoo export`")
 
     @classmethod
     def from_files(cls, files: dict[str, Path], device: str | torch.device | None = None) -> "OnnxEncoder":

@@ -65,6 +65,9 @@ def test_parity_on_a_nuscenes_size_scan_in_both_feature_spaces(minkunet34_export
     other = street_scan(seed=4)[:20000, :4]
     for a, b in zip(enc.embed([scan, other]), runner.embed([scan, other])):
         assert np.abs(a - b).max() <= 1e-4
+    # a single point: one voxel per level, no pair anywhere (every sum reads only the zero row)
+    point = np.array([[4.0, 1.0, -0.5, 0.3]], np.float32)
+    assert np.abs(enc.embed(point) - runner.embed(point)).max() <= 1e-4
 
 
 def test_onnx_runtime_is_deterministic_across_thread_counts(minkunet34_export):

@@ -1,10 +1,11 @@
 """Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
 
-The documented pre-processing step of this runtime is :func:`~lima_zoo.export.onnx_inputs.graph_inputs`:
-voxelize (as the PyTorch path does), build the kernel maps of the five levels with the engine's own
-map builder (``lima_zoo.sparse``) and lay them out as the graph's index inputs. Those index arrays,
-not raw coordinates, are what the graph takes (see ``onnx_graph.py`` for why). Everything after that — every convolution, the
-skip connections and the head — runs inside onnxruntime.
+The documented pre-processing step of this runtime is
+:func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
+kernel maps of the five levels with the engine's own map builder (``lima_zoo.sparse``) and lay them
+out as the graph's index inputs. Those index arrays, not raw coordinates, are what the graph takes
+(see ``onnx_graph.py`` for why). Everything after that — every convolution, the skip connections
+and the head — runs inside onnxruntime.
 
 Providers: CUDA when onnxruntime-gpu is installed and ``device`` asks for cuda, else CPU.
 """

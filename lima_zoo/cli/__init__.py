@@ -141,7 +141,7 @@ def train_cmd(recipe, data_path, out_dir, overrides, resume):
     try:
         cfg = load_recipe(recipe, sets)
         train(cfg, out_dir, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # FileNotFoundError, FileExistsError are OSErrors
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         sys.exit(130)
@@ -166,7 +166,7 @@ def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resum
         from ..training.downstream import run_downstream
 
         report = run_downstream(cfg, model_name, data_path, out_dir, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # FileNotFoundError, FileExistsError are OSErrors
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         sys.exit(130)
@@ -248,7 +248,6 @@ def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, inten
 def push_cmd(model_dir, repo_id, private, revision, dry_run, card_data, evals, message):
     """Upload MODEL_DIR (config.json, model.safetensors, model.onnx if present) and a rendered
     model card as README.md to the Hugging Face Hub, in one commit."""
-    from ..hub import OfflineError
     from ..export.push import plan_upload, push
 
     try:
@@ -258,9 +257,7 @@ def push_cmd(model_dir, repo_id, private, revision, dry_run, card_data, evals, m
             click.echo("\n" + plan.card)
             return
         url = push(plan, private=private, revision=revision, message=message)
-    except ImportError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError, OfflineError, PermissionError) as exc:
+    except (ImportError, ValueError, OSError) as exc:  # OfflineError and PermissionError are OSErrors
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Hub HTTP errors: say what failed, never a traceback or the token
         raise click.ClickException(f"push to {repo_id} failed ({type(exc).__name__}): {exc}") from None

@@ -16,6 +16,7 @@ head is converted only when asked (``head="none"``) and then has no teacher-spac
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +91,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _own_backbone_keys(backbone: str) -> set[str]:
+@functools.cache  # asked for per prefix and depth while detecting, then once more
+def _own_backbone_keys(backbone: str) -> frozenset[str]:
     with torch.device("meta"):  # names only: no memory, no initialisation
-        return set(MinkUNet(backbone).state_dict())
+        return frozenset(MinkUNet(backbone).state_dict())
 
 
 def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:

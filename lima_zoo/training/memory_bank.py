@@ -37,7 +37,7 @@ class MemoryBank:
         if streams < 1 or capacity < 0:
             raise ValueError(f"need streams >= 1 and capacity >= 0, got {streams}, {capacity}")
         self.capacity, self.dtype = capacity, dtype
-        self._fifo: list[deque[MemoryEntry]] = [deque(maxlen=capacity) if capacity else deque(maxlen=0) for _ in range(streams)]
+        self._fifo: list[deque[MemoryEntry]] = [deque(maxlen=capacity) for _ in range(streams)]
 
     def reset(self, stream: int) -> None:
         self._fifo[stream].clear()

@@ -57,13 +57,12 @@ def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: s
         uniq, mean = _frame_cells(entry, cell)
         pos = torch.searchsorted(uniq, keys).clamp_max(len(uniq) - 1)
         found = uniq[pos] == keys
-        vals = torch.where(found[:, None], mean[pos], torch.zeros((), device=mean.device))
+        # A cell this frame did not see adds nothing: 0 to a sum, -inf to a max.
+        vals = torch.where(found[:, None], mean[pos], torch.tensor(0.0 if pool == "mean" else -torch.inf, device=mean.device))
         if acc is None:
-            acc = vals if pool == "mean" else torch.where(found[:, None], vals, torch.full_like(vals, -torch.inf))
-        elif pool == "mean":
-            acc = acc + vals
+            acc = vals
         else:
-            acc = torch.maximum(acc, torch.where(found[:, None], vals, torch.full_like(vals, -torch.inf)))
+            acc = acc + vals if pool == "mean" else torch.maximum(acc, vals)
         hits += found.to(hits)
     if acc is None:
         return None, has

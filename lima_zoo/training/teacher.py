@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoder import load_state_strict
+from ..export.convert import read_state_dict  # .safetensors, or .pth with weights_only
 from ..hub import OfflineError, hub_reachable
 from .config import TeacherConfig
 
@@ -76,15 +77,6 @@ def images_to_input(images: Sequence[np.ndarray], size: tuple[int, int], mean: t
     return (torch.cat(batch) - mean) / std
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
-
-
 def _synthetic(folder: Path, image_size: tuple[int, int]) -> FrozenTeacher:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -92,7 +84,7 @@ def _synthetic(folder: Path, image_size: tuple[int, int]) -> FrozenTeacher:
     if tuple(meta["vit"]["img_size"]) != tuple(image_size):
         raise ValueError(f"{folder}: teacher was made for images {meta['vit']['img_size']}; set teacher.image_size to it")
     vit = VisionTransformer(**meta["vit"])
-    load_state_strict(vit, _load_state(folder / "model.safetensors"), folder / "model.safetensors")
+    load_state_strict(vit, read_state_dict(folder / "model.safetensors"), folder / "model.safetensors")
     return FrozenTeacher(vit, image_size, meta["mean"], meta["std"], description=meta.get("description", ""))
 
 
@@ -115,7 +107,7 @@ def build_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu") -> Fro
     if weights is None:
         weights = _cached_pretrained(cfg.name)
     if weights is not None:
-        state = _load_state(weights if weights.is_file() else weights / "model.safetensors")
+        state = read_state_dict(weights if weights.is_file() else weights / "model.safetensors")
         load_state_strict(vit, checkpoint_filter_fn(state, vit), weights)  # resamples position embeddings to our size
         how = f"weights {weights}"
     else:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .pairing import CameraView, chain
 
-__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "check_percent", "read_scan", "image_loader", "read_number_table", "require"]
+__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "group_by_sequence", "check_percent", "read_scan", "image_loader", "read_number_table", "require"]
 
 
 @dataclass
@@ -120,6 +120,15 @@ def check_percent(percent: float) -> int:
 def every_nth(items: Sequence, percent: float) -> list:
     """Every (100 / percent)-th item, starting with the first."""
     return list(items)[:: check_percent(percent)]
+
+
+def group_by_sequence(frames: Sequence[tuple[str, Any]]) -> list[tuple[str, list]]:
+    """[(sequence name, frame ref), ...] in time order -> [(name, [ref, ...]), ...], sequences in
+    the order they first appear (the layout of ``FrameDataset.sequences``)."""
+    groups: dict[str, list] = {}
+    for name, ref in frames:
+        groups.setdefault(name, []).append(ref)
+    return list(groups.items())
 
 
 def read_scan(path: Path, what: str, load_dim: int | None = None, intensity_range: float = 255.0) -> np.ndarray:

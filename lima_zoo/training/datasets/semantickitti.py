@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import KITTI_EVAL_CLASSES, kitti_learning_map
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, image_loader, read_number_table, read_scan, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, group_by_sequence, image_loader, read_number_table, read_scan, require
 
 __all__ = ["SemanticKittiDataset", "read_calib", "read_poses"]
 
@@ -86,8 +86,7 @@ class SemanticKittiDataset(FrameDataset):
             scans += [(name, i) for i in ids]
         if split == "train":
             scans = every_nth(scans, percent)
-        for name in dict.fromkeys(n for n, _ in scans):
-            self.sequences.append((name, [i for n, i in scans if n == name]))
+        self.sequences.extend(group_by_sequence(scans))
 
     def load(self, ref: str, sequence: str, index: int) -> Frame:
         folder = self.root / "sequences" / sequence

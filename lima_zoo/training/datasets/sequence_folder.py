@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ...io import POINT_SUFFIXES, point_suffix
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, image_loader, read_number_table, read_scan, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, group_by_sequence, image_loader, read_number_table, read_scan, require
 from .pairing import pose_matrix
 
 __all__ = ["SequenceFolderDataset", "interpolate_pose"]
@@ -121,8 +121,7 @@ class SequenceFolderDataset(FrameDataset):
             self._images[drive.name] = images
             frames += [(drive.name, (t, p)) for t, p in scans]
         frames = every_nth(frames, percent)
-        for name in dict.fromkeys(n for n, _ in frames):
-            self.sequences.append((name, [r for n, r in frames if n == name]))
+        self.sequences.extend(group_by_sequence(frames))
 
     def load(self, ref: tuple[int, Path], sequence: str, index: int) -> Frame:
         t, path = ref

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import WAYMO_CLASSES
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, require
+from .frame import CameraFrame, Frame, FrameDataset, every_nth, group_by_sequence, require
 
 __all__ = ["WaymoDataset", "range_image_to_points"]
 
@@ -80,8 +80,7 @@ class WaymoDataset(FrameDataset):
             frames += [(seg, t) for t in ts]
         if split == "train":
             frames = every_nth(frames, percent)
-        for seg in dict.fromkeys(s for s, _ in frames):
-            self.sequences.append((seg, [t for s, t in frames if s == seg]))
+        self.sequences.extend(group_by_sequence(frames))
         self._calib: dict[str, tuple] = {}
 
     def _path(self, component: str, segment: str) -> Path:

@@ -78,7 +78,7 @@ def input_names() -> list[str]:
 
 
 class _Graph:
-    """Accumulates nodes and initializers; every ``op`` returns the name of its (first) output."""
+    """Accumulates nodes and initializers; every ``op`` returns the name of its output."""
 
     def __init__(self, prefix: str = ""):
         from onnx import helper
@@ -97,11 +97,9 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, output: str | None = None, **attrs) -> str:
         """Append a node; its output is ``output`` or a fresh name from ``hint``."""
-        return self.multi_op(op_type, inputs, [output or self.name(hint or op_type.lower())], **attrs)[0]
-
-    def multi_op(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
-        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, **attrs))
-        return outputs
+        out = output or self.name(hint or op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], **attrs))
+        return out
 
     def tensor(self, value: torch.Tensor | np.ndarray, hint: str) -> str:
         from onnx import numpy_helper

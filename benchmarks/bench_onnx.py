@@ -8,8 +8,11 @@ is exported with `export_onnx`; then for --scans ray-cast 32-beam street scans (
   (the same maps: the graph takes them as inputs) — the ratio the issue's target is about;
 * end to end ``embed(points)`` for both runtimes (voxelize + maps + forward + per-point gather);
 * the pre-processing the ONNX runtime needs (``graph_inputs``: voxel maps as numpy arrays);
-* achieved GFLOP/s of each next to this machine's dense torch.mm rate on the network's pair work;
-* onnxruntime's per-op-type time (its profiler), to show where the time goes;
+* achieved GFLOP/s of each next to this machine's dense GEMM rate on the network's pair work, for
+  torch.mm and for onnxruntime's MatMul: the two GEMM libraries differ by CPU (MKL vs MLAS), and
+  that alone moves the ratio;
+* time in GEMMs vs everything else for each runtime (their profilers), and onnxruntime's per-op-type
+  time, to show where the time goes;
 * parity: max |diff| of the features.
 
     python benchmarks/bench_onnx.py [--scans 3] [--repeats 5] [--threads 2]
@@ -27,13 +30,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sparse import dense_gemm_seconds, layer_shapes  # noqa: E402
+from bench_sparse import dense_gemm_seconds, layer_shapes, machine_summary  # noqa: E402
 
 from lima_zoo import LiMAEncoder  # noqa: E402
 from lima_zoo.export import OnnxEncoder, export_onnx, graph_inputs  # noqa: E402
+from lima_zoo.export.onnx_graph import OPSET  # noqa: E402
 from lima_zoo.sparse import SparseTensor  # noqa: E402
 from lima_zoo.synth.scan import street_scan  # noqa: E402
 
@@ -55,10 +61,45 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def ort_dense_gemm_seconds(shapes, repeats: int, threads: int) -> float:
+    """``dense_gemm_seconds(per_offset=False)`` for onnxruntime: one MatMul per layer, each layer's
+    pairs as one dense (pairs, C_in) x (C_in, C_out) GEMM with a constant (pre-packed) weight."""
+    sizes = [(sum(ps), ci, co) for ps, ci, co in shapes if sum(ps)]
+    nodes, inits, inputs, outputs, feeds = [], [], [], [], {}
+    rng = np.random.default_rng(0)
+    for i, (p, ci, co) in enumerate(sizes):
+        inits.append(numpy_helper.from_array(rng.standard_normal((ci, co), dtype=np.float32), f"w{i}"))
+        inputs.append(helper.make_tensor_value_info(f"a{i}", TensorProto.FLOAT, [p, ci]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [p, co]))
+        nodes.append(helper.make_node("MatMul", [f"a{i}", f"w{i}"], [f"y{i}"]))
+        feeds[f"a{i}"] = rng.standard_normal((p, ci), dtype=np.float32)
+    model = helper.make_model(helper.make_graph(nodes, "gemms", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in outputs]
+    session.run(names, feeds)  # warm-up
+    return statistics.median(timed(lambda: session.run(names, feeds))[0] for _ in range(repeats))
+
+
+def torch_gemm_split(enc: LiMAEncoder, vox) -> tuple[float, float]:
+    """(ms in GEMMs, ms elsewhere) of one PyTorch forward on prebuilt maps, from torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = SparseTensor(vox.feats, vox.coords)
+    x.cache.build_unet_maps(levels=5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        enc.backbone(x)
+    ops = {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
+    gemm = sum(ms for op, ms in ops.items() if op in ("aten::mm", "aten::addmm"))
+    return gemm, sum(ops.values()) - gemm
+
+
 def op_profile(model: Path, feeds: dict, threads: int) -> dict[str, float]:
     """onnxruntime's own per-op-type milliseconds for one run."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
@@ -118,7 +159,9 @@ def main() -> None:
             rows.append((len(scan), len(vox.coords), med, diff, flops))
 
         dense = dense_gemm_seconds(shapes, args.repeats, per_offset=False)
-        print(f"\nthreads {args.threads}, repeats {args.repeats} (median); forward = backbone on prebuilt maps\n")
+        dense_ort = ort_dense_gemm_seconds(shapes, args.repeats, args.threads)
+        print(f"\n{machine_summary()}; onnxruntime {ort.__version__}")
+        print(f"threads {args.threads}, repeats {args.repeats} (median); forward = backbone on prebuilt maps\n")
         print("| points | voxels | forward torch / onnx | ratio onnx/torch | embed torch / onnx | ratio | onnx inputs | max abs diff |")
         print("|---|---|---|---|---|---|---|---|")
         for n, m, med, diff, _ in rows:
@@ -127,12 +170,17 @@ def main() -> None:
                   f"| {med['onnx embed'] / med['torch embed']:.2f}x | {med['onnx inputs'] * 1e3:.0f} ms | {diff:.1e} |")
         per_scan = flops_total / args.scans
         rate = {k: per_scan / statistics.mean(v) / 1e9 for k, v in fwd.items()}
-        dense_rate = rows[-1][4] / dense / 1e9
+        dense_rate, dense_ort_rate = rows[-1][4] / dense / 1e9, rows[-1][4] / dense_ort / 1e9
         print(f"\nGFLOP/s on the pair work: torch {rate['torch']:.0f}, onnxruntime {rate['onnx']:.0f}; "
-              f"dense torch.mm on the same (pairs, C_in) x (C_in, C_out) shapes: {dense_rate:.0f} "
-              f"(torch {rate['torch'] / dense_rate:.0%}, onnxruntime {rate['onnx'] / dense_rate:.0%} of it)")
+              f"dense GEMMs on the same (pairs, C_in) x (C_in, C_out) shapes: torch.mm {dense_rate:.0f}, "
+              f"onnxruntime MatMul {dense_ort_rate:.0f} (torch at {rate['torch'] / dense_rate:.0%} of its "
+              f"library's dense rate, onnxruntime at {rate['onnx'] / dense_ort_rate:.0%} of its own)")
         profile = op_profile(model, feeds, args.threads)
         total = sum(profile.values())
+        ort_gemm = profile.get("MatMul", 0.0) + profile.get("Gemm", 0.0)
+        torch_gemm, torch_other = torch_gemm_split(enc, vox)
+        print(f"time in GEMMs / elsewhere (profilers, last scan): torch {torch_gemm:.0f} / {torch_other:.0f} ms, "
+              f"onnxruntime {ort_gemm:.0f} / {total - ort_gemm:.0f} ms")
         print("onnxruntime time by op (profiler, last scan): "
               + ", ".join(f"{op} {ms:.0f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:6]))
 

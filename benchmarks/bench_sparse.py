@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -86,6 +89,16 @@ def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
             torch.mm(a, b)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def machine_summary() -> str:
+    """One line naming what the timings depend on: CPU model, cores, widest vector ISA, torch's BLAS."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = next((name for name in ("avx512f", "avx2", "avx") if name in flags), "no AVX")
+    blas = "MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS"
+    return f"{model}, {os.cpu_count()} cores, {isa}; torch {torch.__version__} ({blas})"
 
 
 def spconv_map_seconds(vox) -> float:
@@ -179,7 +192,7 @@ def main() -> None:
             "mem_torch": probe(kind, "torch", args.threads), "mem_spconv": probe(kind, "spconv", args.threads),
         })
     set_backend(net, "torch")
-    print(f"MinkUNet-34 forward, {args.threads} threads, median of {args.repeats} (interleaved); torch {torch.__version__}\n")
+    print(f"MinkUNet-34 forward, {args.threads} threads, median of {args.repeats} (interleaved)\n{machine_summary()}\n")
     print("| voxels | points -> voxels | GFLOP | map build ours / spconv | forward torch / spconv | ratio | GFLOP/s torch / spconv | dense mm GFLOP/s per layer / per offset | torch vs dense per layer / per offset | peak MB torch / spconv | spconv max err |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -143,6 +143,19 @@ def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_cli_export_onnx_without_its_packages_says_how_to_install_once(tmp_path, monkeypatch, missing):
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    src = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).save_pretrained(tmp_path / "src")
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import now raises ImportError
+    res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "out"), "--format", "onnx"])
+    assert res.exit_code != 0 and res.output.count("pip install 'lima-zoo[onnx]'") == 1, res.output
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_sum_tables_pick_every_pair_once_and_pad_with_the_zero_row():
     from lima_zoo.export.onnx_inputs import sum_tables
 

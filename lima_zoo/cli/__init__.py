@@ -203,8 +203,9 @@ def export_cmd(source, out_dir, formats):
                 written.append("config.json")
             export_onnx(encoder, out_dir)
             written.append("model.onnx")
-    except ImportError as exc:
-        raise click.ClickException(f"{exc} (ONNX export needs: pip install 'lima-zoo[onnx]')") from None
+    except ImportError as exc:  # onnx or onnxruntime missing; the runner's own message already says how
+        hint = "" if "lima-zoo[onnx]" in str(exc) else " (ONNX export needs: pip install 'lima-zoo[onnx]')"
+        raise click.ClickException(f"{exc}{hint}") from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {source} -> {out_dir} ({', '.join(written)}; verified)")

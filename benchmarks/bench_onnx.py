@@ -85,34 +85,44 @@ def ort_dense_gemm_seconds(shapes, repeats: int, threads: int) -> float:
     return statistics.median(timed(lambda: session.run(names, feeds))[0] for _ in range(repeats))
 
 
-def torch_gemm_split(enc: LiMAEncoder, vox) -> tuple[float, float]:
-    """(ms in GEMMs, ms elsewhere) of one PyTorch forward on prebuilt maps, from torch's profiler."""
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Of several profiled runs ({op: ms} each), the one with the median total: on a machine with
+    noisy neighbours a single profiled run can land in a slow phase."""
+    return sorted(runs, key=lambda r: sum(r.values()))[len(runs) // 2]
+
+
+def torch_op_profile(enc: LiMAEncoder, vox, runs: int = 3) -> dict[str, float]:
+    """torch's profiler: self milliseconds per aten op of one backbone forward on prebuilt maps."""
     from torch.profiler import ProfilerActivity, profile
 
     x = SparseTensor(vox.feats, vox.coords)
     x.cache.build_unet_maps(levels=5)
-    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
-        enc.backbone(x)
-    ops = {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
-    gemm = sum(ms for op, ms in ops.items() if op in ("aten::mm", "aten::addmm"))
-    return gemm, sum(ops.values()) - gemm
+    per_run = []
+    for _ in range(runs):
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+            enc.backbone(x)
+        per_run.append({e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()})
+    return median_run(per_run)
 
 
-def op_profile(model: Path, feeds: dict, threads: int) -> dict[str, float]:
-    """onnxruntime's own per-op-type milliseconds for one run."""
+def op_profile(model: Path, feeds: dict, threads: int, runs: int = 3) -> dict[str, float]:
+    """onnxruntime's profiler: milliseconds per op type of one session run (after a warm-up run)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
     opts.profile_file_prefix = str(model.parent / "ort_profile")  # inside the temp dir, not the cwd
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    session.run(["features"], {**feeds, "teacher_space": np.array(False)})
+    for _ in range(runs + 1):
+        session.run(["features"], {**feeds, "teacher_space": np.array(False)})
     events = json.loads(Path(session.end_profiling()).read_text())
-    per_op = collections.Counter()
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[1:]
+    per_run = [collections.Counter() for _ in starts]
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"] / 1000
-    return dict(per_op.most_common())
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[0]:
+            run = max(i for i, t in enumerate(starts) if t <= e["ts"])
+            per_run[run][e["args"]["op_name"]] += e["dur"] / 1000
+    return dict(collections.Counter(median_run(per_run)).most_common())
 
 
 def main() -> None:
@@ -175,14 +185,14 @@ def main() -> None:
               f"dense GEMMs on the same (pairs, C_in) x (C_in, C_out) shapes: torch.mm {dense_rate:.0f}, "
               f"onnxruntime MatMul {dense_ort_rate:.0f} (torch at {rate['torch'] / dense_rate:.0%} of its "
               f"library's dense rate, onnxruntime at {rate['onnx'] / dense_ort_rate:.0%} of its own)")
-        profile = op_profile(model, feeds, args.threads)
+        profiles = {"torch": torch_op_profile(enc, vox), "onnxruntime": op_profile(model, feeds, args.threads)}
+        gemm_ops = ("aten::mm", "aten::addmm", "MatMul", "Gemm")
+        print("time in GEMMs / elsewhere (profilers, last scan, median of 3 runs): " + ", ".join(
+            f"{name} {sum(ms for op, ms in p.items() if op in gemm_ops):.0f} / "
+            f"{sum(ms for op, ms in p.items() if op not in gemm_ops):.0f} ms" for name, p in profiles.items()))
+        profile = profiles["onnxruntime"]
         total = sum(profile.values())
-        ort_gemm = profile.get("MatMul", 0.0) + profile.get("Gemm", 0.0)
-        torch_gemm, torch_other = torch_gemm_split(enc, vox)
-        print(f"time in GEMMs / elsewhere (profilers, last scan): torch {torch_gemm:.0f} / {torch_other:.0f} ms, "
-              f"onnxruntime {ort_gemm:.0f} / {total - ort_gemm:.0f} ms")
-        print("onnxruntime time by op (profiler, last scan): "
-              + ", ".join(f"{op} {ms:.0f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:6]))
+        print("onnxruntime time by op: " + ", ".join(f"{op} {ms:.0f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:6]))
 
 
 if __name__ == "__main__":

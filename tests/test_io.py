@@ -138,6 +138,23 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    """Not mkstemp's owner-only 0600: a feature file or export must be as readable as any file
+    the user writes (and no more)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        save_features(tmp_path / "f.npy", np.zeros((3, 4), np.float32), np.zeros((3, 3), np.float32))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "f.npy").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+
+
 @pytest.mark.parametrize(
     "name,content,message",
     [

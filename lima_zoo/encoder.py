@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -203,6 +204,27 @@ def read_config(path: str | os.PathLike) -> EncoderConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable config ({exc})") from None
     return config_from_dict(EncoderConfig, data, where=str(path))
+
+
+def load_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
+    unpickling. Errors name the file and say which of the two things went wrong: the file holds
+    pickled objects (refused, with how to re-save it) or it is not a readable checkpoint."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types; each gets one clear message
+        text = str(e)
+        # torch's message is a page long; what follows "WeightsUnpickler error:" is what matters
+        tail = text.split("WeightsUnpickler error:", 1)[-1]
+        why = next((line.strip() for line in tail.splitlines() if line.strip()), "").split(". ")[0]
+        if "Unsupported global" in text:
+            found = re.search(r"GLOBAL (\S+)", text)
+            raise ValueError(
+                f"{path}: the checkpoint holds pickled Python objects besides tensors ({found.group(1) if found else why}), "
+                "and lima-zoo never unpickles untrusted files. On a machine where you trust it, re-save the weights only: "
+                "torch.save(torch.load(p, weights_only=False)['state_dict'], 'weights.pth')"
+            ) from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {why})") from None
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike = "state dict") -> None:

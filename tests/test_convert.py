@@ -70,8 +70,15 @@ def test_incomplete_or_foreign_checkpoints_are_refused_clearly(tmp_path):
 
     # a pickled Python object (as mmengine stores its config): weights_only refuses it, and so do we
     torch.save({"state_dict": state, "cfg": argparse.Namespace(lr=0.1)}, tmp_path / "pickled.pth")
-    with pytest.raises(ValueError, match="never unpickles"):
+    with pytest.raises(ValueError, match=r"pickled.pth: .*\(argparse.Namespace\).*never unpickles"):
         read_state_dict(tmp_path / "pickled.pth")
+    # not a pickle at all, or a truncated one: unreadable, not "holds pickled objects"
+    (tmp_path / "junk.pth").write_bytes(b"garbage")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "pickled.pth").read_bytes()[:100])
+    for name in ("junk.pth", "cut.pth"):
+        with pytest.raises(ValueError, match=f"{name}: not a readable PyTorch checkpoint") as err:
+            read_state_dict(tmp_path / name)
+        assert "unpickles" not in str(err.value) and len(str(err.value)) < 400
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.safetensors: not a readable safetensors"):
         read_state_dict(tmp_path / "junk.safetensors")

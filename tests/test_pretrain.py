@@ -91,6 +91,19 @@ def test_single_frame_and_no_bank_variants(tiny_world, tiny_teacher, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in nobank], [r["loss"] for r in bank], rtol=2e-3)
 
 
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    import torch
+
+    from lima_zoo.training.runlog import load_checkpoint
+
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="cut.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt", {}, torch.device("cpu"))
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a lima-zoo training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt", {}, torch.device("cpu"))
+
+
 def test_config_errors_are_clear(tiny_world, tiny_teacher, tmp_path):
     with pytest.raises(ValueError, match=r"unknown keys \['lrr'\]; valid keys: .*'lr'"):
         load_recipe("synthetic-tiny", ["optim.lrr=0.1"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import EncoderConfig, PreprocessConfig
-from ..encoder import LiMAEncoder, load_state_strict
+from ..encoder import LiMAEncoder, load_state_strict, load_weights_only
 from ..models.minkunet import LAYERS, MinkUNet, convert_torchsparse_state_dict
 
 __all__ = ["convert_checkpoint", "read_state_dict", "ConversionReport", "BACKBONE_PREFIXES", "HEAD_PREFIXES"]
@@ -71,16 +71,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - one clear message for any unreadable file
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise ValueError(
-                f"{path}: the checkpoint holds pickled Python objects besides tensors, and lima-zoo never unpickles "
-                "untrusted files. On a machine where you trust it, re-save the weights only: "
-                "torch.save(torch.load(p, weights_only=False)['state_dict'], 'weights.pth')"
-            ) from None
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    obj = load_weights_only(path)
     for key in ("state_dict", "model", "module", "encoder"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not isinstance(obj.get(key), torch.Tensor):
             obj = obj[key]

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import EncoderConfig, config_from_dict
-from ..encoder import LiMAEncoder, load_state_strict
+from ..encoder import LiMAEncoder, load_state_strict, load_weights_only
 
 __all__ = ["load_encoder_source", "export_safetensors"]
 
@@ -26,10 +25,7 @@ def load_encoder_source(path: str | Path) -> LiMAEncoder:
         return LiMAEncoder.from_pretrained(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint or encoder folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one clear message
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    state = load_weights_only(path)
     if not (isinstance(state, dict) and "encoder" in state and isinstance(state.get("config"), dict) and "encoder" in state["config"]):
         raise ValueError(f"{path}: not a lima-zoo training checkpoint (expected 'encoder' weights and 'config.encoder'); "
                          "pass an encoder folder or <run>/checkpoints/last.pt")  # fmt: skip

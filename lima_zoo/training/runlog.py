@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
+from ..encoder import load_weights_only
 
 __all__ = ["save_checkpoint", "load_checkpoint", "RunLog", "loss_curve"]
 
@@ -33,7 +34,9 @@ def load_checkpoint(path: Path, config: dict, device: torch.device, free: tuple[
     from ``config`` outside the ``free`` key prefixes (naming the keys that differ)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: nothing to resume from")
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_weights_only(path, map_location=device)
+    if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
+        raise ValueError(f"{path}: not a lima-zoo training checkpoint (no 'config' in it)")
     mine, theirs = _flat(config), _flat(state["config"])
     differ = sorted(k for k in set(mine) | set(theirs) if not k.startswith(free) and mine.get(k) != theirs.get(k))
     if differ:

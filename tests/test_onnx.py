@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -150,7 +152,7 @@ def test_cli_export_onnx_without_its_packages_says_how_to_install_once(tmp_path,
     from lima_zoo.cli import main
 
     src = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).save_pretrained(tmp_path / "src")
-    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, missing, None)  # import now raises ImportError
     res = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "out"), "--format", "onnx"])
     assert res.exit_code != 0 and res.output.count("pip install 'lima-zoo[onnx]'") == 1, res.output
     assert not (tmp_path / "out" / "model.onnx").exists()

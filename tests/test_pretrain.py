@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("timm")
 
@@ -92,8 +93,6 @@ def test_single_frame_and_no_bank_variants(tiny_world, tiny_teacher, tmp_path):
 
 
 def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
-    import torch
-
     from lima_zoo.training.runlog import load_checkpoint
 
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")

@@ -129,8 +129,6 @@ def test_ddp_two_cpu_processes(tiny_world, tiny_teacher, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "2 process(es)" in res.stdout
     assert len(_losses(out)) == 2 and (out / "encoder" / "model.safetensors").exists()
-    import torch
-
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 2
 

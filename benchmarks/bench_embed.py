@@ -28,6 +28,9 @@ from lima_zoo.io import load_points, save_features
 from lima_zoo.sparse import SparseTensor
 from lima_zoo.synth.scan import street_scan
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_sparse import machine_summary  # noqa: E402
+
 
 def write_scans(folder: Path, n: int) -> list[Path]:
     paths = []
@@ -96,7 +99,7 @@ def main() -> None:
     points = t.pop("points")
     total = sum(t.values())
     print(f"lima-zoo embed, MinkUNet-34 (random weights), {args.scans} nuScenes-size scans "
-          f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n")
+          f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n{machine_summary()}\n")
     print(f"CLI end to end (process start, model load, {args.scans} scans): {cli_seconds:.1f} s, "
           f"{points / cli_seconds:,.0f} points/s")
     print(f"in-process per scan: {total / args.scans * 1e3:.0f} ms, {points / total:,.0f} points/s\n")

@@ -92,7 +92,8 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def torch_op_profile(enc: LiMAEncoder, vox, runs: int = 3) -> dict[str, float]:
-    """torch's profiler: self milliseconds per aten op of one backbone forward on prebuilt maps."""
+    """torch's profiler: self milliseconds per aten op of one backbone forward on prebuilt maps (the
+    median of ``runs`` profiled forwards)."""
     from torch.profiler import ProfilerActivity, profile
 
     x = SparseTensor(vox.feats, vox.coords)
@@ -106,7 +107,8 @@ def torch_op_profile(enc: LiMAEncoder, vox, runs: int = 3) -> dict[str, float]:
 
 
 def op_profile(model: Path, feeds: dict, threads: int, runs: int = 3) -> dict[str, float]:
-    """onnxruntime's profiler: milliseconds per op type of one session run (after a warm-up run)."""
+    """onnxruntime's profiler: milliseconds per op type of one session run (the median of ``runs``
+    profiled runs after a warm-up run)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True

@@ -1,7 +1,7 @@
 """The paper's efficiency table, measured here: pretraining step time, peak memory and teacher work
 for frames = 1..8, with and without the memory bank (CPU, tiny student and teacher, same data).
 
-    python benchmarks/bench_pretrain.py            # ~10 min on 2 cores
+    python benchmarks/bench_pretrain.py            # 25-30 min on 2 cores
 
 The teacher/student cost ratio is chosen to resemble the real pair: the script first measures
 DINOv2 ViT-B/14 on six 224x448 images against MinkUNet-34 forward+backward on one nuScenes-like scan

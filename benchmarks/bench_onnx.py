@@ -35,7 +35,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sparse import dense_gemm_seconds, layer_shapes, machine_summary  # noqa: E402
+from bench_sparse import dense_gemm_seconds, gemm_sizes, layer_shapes, machine_summary  # noqa: E402
 
 from lima_zoo import LiMAEncoder  # noqa: E402
 from lima_zoo.export import OnnxEncoder, export_onnx, graph_inputs  # noqa: E402
@@ -64,7 +64,7 @@ def timed(fn) -> tuple[float, object]:
 def ort_dense_gemm_seconds(shapes, repeats: int, threads: int) -> float:
     """``dense_gemm_seconds(per_offset=False)`` for onnxruntime: one MatMul per layer, each layer's
     pairs as one dense (pairs, C_in) x (C_in, C_out) GEMM with a constant (pre-packed) weight."""
-    sizes = [(sum(ps), ci, co) for ps, ci, co in shapes if sum(ps)]
+    sizes = gemm_sizes(shapes, per_offset=False)
     nodes, inits, inputs, outputs, feeds = [], [], [], [], {}
     rng = np.random.default_rng(0)
     for i, (p, ci, co) in enumerate(sizes):

@@ -76,11 +76,16 @@ def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
     return shapes
 
 
-def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
-    """Time of dense torch.mm doing the network's pair work, summed (median): each layer as one
+def gemm_sizes(shapes, per_offset: bool) -> list[tuple[int, int, int]]:
+    """(rows, C_in, C_out) of the network's pair work as dense GEMMs: each layer as one
     (pairs, C_in) x (C_in, C_out) GEMM, or ``per_offset`` one GEMM per kernel offset (the very
     shapes the engine multiplies, without its gathers and scatters)."""
-    sizes = [(p, ci, co) for ps, ci, co in shapes for p in (ps if per_offset else [sum(ps)]) if p]
+    return [(p, ci, co) for ps, ci, co in shapes for p in (ps if per_offset else [sum(ps)]) if p]
+
+
+def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
+    """Time of dense torch.mm doing ``gemm_sizes(shapes, per_offset)``, summed (median)."""
+    sizes = gemm_sizes(shapes, per_offset)
     mats = [(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in sizes]
     times = []
     for _ in range(repeats):
@@ -93,9 +98,13 @@ def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
 
 def machine_summary() -> str:
     """One line naming what the timings depend on: CPU model, cores, widest vector ISA, torch's BLAS."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    cpuinfo = Path("/proc/cpuinfo")
+    fields = {}  # first value of each "key : value" line (the first core's)
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name", platform.processor())
+    flags = set(fields.get("flags", "").split())
     isa = next((name for name in ("avx512f", "avx2", "avx") if name in flags), "no AVX")
     blas = "MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS"
     return f"{model}, {os.cpu_count()} cores, {isa}; torch {torch.__version__} ({blas})"

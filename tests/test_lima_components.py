@@ -16,7 +16,7 @@ from lima_zoo.training.cross_view import aggregate_views, sample_pixel_features
 from lima_zoo.training.datasets.frame import Frame
 from lima_zoo.training.datasets.pairing import PixelPairs
 from lima_zoo.training.losses import distillation_loss
-from lima_zoo.training.memory_bank import MemoryBank
+from lima_zoo.training.memory_bank import MemoryBank, point_entry
 from lima_zoo.training.mixing import lasermix, polarmix
 from lima_zoo.training.propagation import fuse, propagate
 from lima_zoo.training.streams import StreamSampler
@@ -55,12 +55,12 @@ def test_memory_bank_fifo_reset_and_bound():
     xyz, feats = torch.zeros(10, 3), torch.ones(10, 8)
     valid = torch.arange(10) % 2 == 0
     for k in range(5):
-        bank.push(0, xyz, feats * k, valid, (0, k))
+        bank.push(0, point_entry(xyz, feats * k, valid, (0, k)))
     assert [e.frame for e in bank.entries(0)] == [(0, 2), (0, 3), (0, 4)]  # oldest evicted first
     assert all(len(e.xyz) == 5 and e.feats.dtype == torch.float16 for e in bank.entries(0))  # only valid rows kept
     per_entry = bank.entries(0)[0].nbytes
     for k in range(50):
-        bank.push(1, xyz, feats, valid, (1, k))
+        bank.push(1, point_entry(xyz, feats, valid, (1, k)))
     assert bank.nbytes() == 6 * per_entry  # bounded by capacity, whatever was pushed
     bank.reset(0)
     assert bank.entries(0) == [] and len(bank.entries(1)) == 3
@@ -90,14 +90,14 @@ def test_static_point_gets_remembered_feature_after_ego_moves_and_turns():
     bank = MemoryBank(1, capacity=5)
     # Three frames ago the ego was elsewhere, facing another way; both points had camera targets then.
     past = _frame(np.vstack([static, moving_then]), _pose(-15.0, 2.0, 0.6), lidar_to_ego)
-    bank.push(0, global_xyz(past), torch.cat([feat_static, feat_moving]), torch.tensor([True, True]), (0, 0))
+    bank.push(0, point_entry(global_xyz(past), torch.cat([feat_static, feat_moving]), torch.tensor([True, True]), (0, 0)))
     for k in (1, 2):  # two frames that saw neither point
-        bank.push(0, torch.tensor([[500.0, 500.0, 0.0]]), feat_static, torch.tensor([True]), (0, k))
+        bank.push(0, point_entry(torch.tensor([[500.0, 500.0, 0.0]]), feat_static, torch.tensor([True]), (0, k)))
     now = _frame(np.vstack([static, moving_now]), _pose(8.0, -1.0, -0.9), lidar_to_ego)
     xyz_now = global_xyz(now)
     np.testing.assert_allclose(xyz_now.numpy(), np.vstack([static, moving_now]), atol=1e-4)  # the pose chain undid the motion
-    pooled, has = propagate(xyz_now, bank.entries(0), cell=0.3)
-    assert has.tolist() == [True, False]  # the moving object does not pull its old feature
+    pooled, has, frames = propagate(xyz_now, bank.entries(0), cell=0.3)
+    assert has.tolist() == [True, False] and frames.tolist() == [1, 0]  # the moving object does not pull its old feature
     torch.testing.assert_close(pooled[0], feat_static[0].half().float())
     # No current camera sees either point: the static one still gets a target, from memory alone.
     target, mask = fuse(torch.zeros(2, 16), torch.tensor([False, False]), pooled, has, alpha=0.5)

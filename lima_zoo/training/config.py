@@ -34,6 +34,7 @@ class DataConfig:
     synthetic_frames: int = 10
     synthetic_seed: int = 0
     synthetic_image_scale: float = 0.15
+    cameras: tuple[str, ...] = ()  # use only these cameras (e.g. [CAM_FRONT]); empty = every camera
 
 
 @dataclass(frozen=True)
@@ -49,23 +50,43 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class LimaConfig:
-    frames: int = 6  # 1 = ScaLR-style single-frame distillation
+    """LiMA's choices (../shared/docs/lima-method.md); the benchmark rows are settings of these."""
+
+    frames: int = 6  # 1 = single-frame distillation
     memory_bank: bool = True  # False: re-run the teacher on every past frame (what the bank saves)
-    cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones
+    align: str = "cell"  # cell: 3-D cells of past LiDAR points | reproject: current points into past cameras' 2-D maps
+    cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones (align=cell)
+    check: str = "agreement"  # align=reproject: none | occlusion | agreement (occlusion + free-space moving-object guard)
+    depth_cells: int = 64  # z-buffer cells across an image's width (align=reproject)
+    depth_tolerance: tuple[float, float] = (0.5, 0.1)  # m + fraction of depth a sample may differ from the past LiDAR
     pool: str = "mean"  # mean | max over the frames that matched
+    recency: float = 1.0  # mean pooling: a frame k steps back weighs recency**(k-1)
+    view_range: float = 0.0  # m; > 0: a remembered view seen at depth d weighs exp(-d / view_range)
     alpha: float = 0.5  # temporal fusion weight of the current unified feature
     cva: str = "mean"  # mean | center (weights by closeness to the image centre)
+    cameras_per_frame: int = 0  # > 0: distil only this many randomly drawn cameras per scan (ScaLR: 1); 0 = all
+    loss_average: str = "joint"  # joint: one mean over every target | separate: L_cur + memory_weight * L_mem
+    memory_weight: float = 1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem)
     mixing: str = "lasermix"  # lasermix | polarmix | none
+    scans_per_stream: int = 2  # student scans per stream and step: 2 = current + mixed (no mixing: a second augmentation)
     mix_weight: float = 1.0
+    consistency_weight: float = 0.0  # > 0 (needs mixing, 2 scans): pull a mixed point's feature to its unmixed one
     bank_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         checks = {"frames": self.frames >= 1, "cell": self.cell > 0, "alpha": 0.0 <= self.alpha <= 1.0,
-                  "pool": self.pool in ("mean", "max"), "cva": self.cva in ("mean", "center"),
-                  "mixing": self.mixing in ("lasermix", "polarmix", "none"), "bank_dtype": self.bank_dtype in ("float16", "float32")}  # fmt: skip
+                  "align": self.align in ("cell", "reproject"), "check": self.check in ("none", "occlusion", "agreement"),
+                  "depth_cells": self.depth_cells >= 1, "depth_tolerance": len(self.depth_tolerance) == 2 and min(self.depth_tolerance) >= 0,
+                  "pool": self.pool in ("mean", "max"), "recency": 0 < self.recency <= 1, "view_range": self.view_range >= 0,
+                  "cva": self.cva in ("mean", "center"), "cameras_per_frame": self.cameras_per_frame >= 0,
+                  "loss_average": self.loss_average in ("joint", "separate"), "memory_weight": self.memory_weight >= 0,
+                  "mixing": self.mixing in ("lasermix", "polarmix", "none"), "scans_per_stream": self.scans_per_stream in (1, 2),
+                  "consistency_weight": self.consistency_weight >= 0, "bank_dtype": self.bank_dtype in ("float16", "float32")}  # fmt: skip
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"lima: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        if self.consistency_weight > 0 and (self.mixing == "none" or self.scans_per_stream != 2):
+            raise ValueError("lima.consistency_weight > 0 compares mixed and unmixed scenes: it needs mixing and scans_per_stream=2")
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,13 @@ def _frame_cells(entry: MemoryEntry, cell: float) -> tuple[torch.Tensor, torch.T
     return uniq, summed / count[:, None]
 
 
-def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: str = "mean") -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Current global xyz (N, 3) -> pooled remembered features (N, D) (None without memory) and
-    has (N,) bool: some past frame had a point in the same cell."""
+def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: str = "mean") -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Current global xyz (N, 3) -> pooled remembered features (N, D) (None without memory),
+    has (N,) bool: some past frame had a point in the same cell, and frames (N,) int64: how many."""
     n = len(xyz)
     has = torch.zeros(n, dtype=torch.bool, device=xyz.device)
     if not memory:
-        return None, has
+        return None, has, torch.zeros(n, dtype=torch.int64)
     keys = cell_keys(xyz, cell)
     acc, hits = None, torch.zeros(n, device=xyz.device)
     for entry in memory:
@@ -65,10 +65,10 @@ def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: s
             acc = acc + vals if pool == "mean" else torch.maximum(acc, vals)
         hits += found.to(hits)
     if acc is None:
-        return None, has
+        return None, has, hits.long()
     has = hits > 0
     pooled = acc / hits.clamp_min(1)[:, None] if pool == "mean" else torch.where(has[:, None], acc, torch.zeros_like(acc))
-    return pooled, has
+    return pooled, has, hits.long()
 
 
 def fuse(unified: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor | None, has: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

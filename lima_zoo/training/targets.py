@@ -6,6 +6,7 @@ Kept apart from the loop so the trainer, the memory-bank replay on resume and th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,10 +14,10 @@ import torch
 
 from .cross_view import aggregate_views, centre_weights, sample_pixel_features
 from .datasets.frame import Frame
-from .datasets.pairing import project_points
+from .datasets.pairing import PixelPairs, project_points
 from .teacher import FrozenTeacher
 
-__all__ = ["FrameTargets", "frame_targets", "global_xyz"]
+__all__ = ["FrameTargets", "frame_targets", "global_xyz", "select_cameras", "sample_cameras"]
 
 TEACHER_CHUNK = 12  # images per teacher forward (two nuScenes frames)
 
@@ -24,17 +25,42 @@ TEACHER_CHUNK = 12  # images per teacher forward (two nuScenes frames)
 @dataclass
 class FrameTargets:
     """unified (N, D) unit features of the current cameras, valid (N,) bool, xyz (N, 3) float32
-    global coordinates of the un-augmented points."""
+    global coordinates of the un-augmented points; maps (C, D, h, w) the teacher's token maps of the
+    frame's cameras and pairs its point-pixel pairs (what a re-projection memory keeps)."""
 
     unified: torch.Tensor
     valid: torch.Tensor
     xyz: torch.Tensor
+    maps: torch.Tensor | None = None
+    pairs: PixelPairs | None = None
 
 
 def global_xyz(frame: Frame) -> torch.Tensor:
     """(N, 3) float32 global coordinates of a frame's points (computed in float64)."""
     m = frame.lidar_to_global
     return torch.from_numpy(frame.points[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).float()
+
+
+def select_cameras(frame: Frame, names: list[str] | tuple[str, ...], where: str = "data.cameras") -> Frame:
+    """``frame`` with only the cameras ``names`` (in the frame's order); an unknown name is an error
+    that lists the frame's cameras. Empty ``names`` keeps every camera."""
+    if not names:
+        return frame
+    have = [c.name for c in frame.cameras]
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"{where}: no camera {', '.join(map(repr, missing))} in {frame.sequence} (it has {', '.join(have) or 'none'})")
+    return dataclasses.replace(frame, cameras=[c for c in frame.cameras if c.name in names])
+
+
+def sample_cameras(frame: Frame, k: int, seed: int) -> Frame:
+    """``frame`` with ``k`` of its cameras drawn at random (ScaLR distils one random camera per scan);
+    k <= 0 or k >= the camera count keeps them all. The draw is a function of ``seed`` only, so a
+    resumed run and the bank replay draw the same cameras."""
+    if k <= 0 or k >= len(frame.cameras):
+        return frame
+    chosen = torch.randperm(len(frame.cameras), generator=torch.Generator().manual_seed(seed))[:k].sort().values.tolist()
+    return dataclasses.replace(frame, cameras=[frame.cameras[i] for i in chosen])
 
 
 @torch.no_grad()
@@ -56,6 +82,6 @@ def frame_targets(teacher: FrozenTeacher, frames: list[Frame], cva: str = "mean"
         feats = sample_pixel_features(fmap[at : at + len(f.cameras)], pairs, sizes).cpu()
         weights = centre_weights(pairs, sizes) if cva == "center" else None
         unified, valid = aggregate_views(n, pairs, feats, weights)
-        out.append(FrameTargets(unified, valid, xyz))
+        out.append(FrameTargets(unified, valid, xyz, fmap[at : at + len(f.cameras)], pairs))
         at += len(f.cameras)
     return out, len(images)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path
@@ -29,14 +30,15 @@ from ..sparse import SparseTensor
 from .augment import augment_points
 from .config import TrainConfig
 from .datasets import open_dataset
-from .losses import distillation_loss
-from .memory_bank import MemoryBank, MemoryEntry
+from .datasets.frame import Frame
+from .long_horizon import CURRENT, MEMORY_ONLY, StreamTargets, recall, remember
+from .losses import averaged_loss, point_distances
+from .memory_bank import MemoryBank
 from .mixing import mix
-from .propagation import fuse, propagate
 from .schedule import one_cycle
 from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
-from .targets import frame_targets
+from .targets import frame_targets, sample_cameras, select_cameras
 from .teacher import build_teacher
 
 __all__ = ["train", "Distiller"]
@@ -112,8 +114,7 @@ class _Run:
         self.total_steps = o.max_steps if o.max_steps > 0 else o.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = one_cycle(self.optimizer, o.lr, self.total_steps, o.warmup)
-        dtype = torch.float16 if cfg.lima.bank_dtype == "float16" else torch.float32
-        self.bank = MemoryBank(o.streams, cfg.lima.frames - 1 if cfg.lima.memory_bank else 0, dtype)
+        self.bank = MemoryBank(o.streams, cfg.lima.frames - 1 if cfg.lima.memory_bank else 0)
         self.stream_start = [0] * o.streams  # position where each stream entered its sequence
         self.step_no = 0
         self.teacher_images = 0
@@ -123,32 +124,45 @@ class _Run:
 
     def items(self, micro: int) -> list[StreamItem]:
         """The B stream items of micro-step ``micro`` (one frame per stream)."""
-        spe = self.steps_per_epoch * self.cfg.optim.grad_accum
-        epoch = micro // spe
+        epoch = micro // self.micro_per_epoch
         if epoch not in self._epochs:
             self._epochs = {epoch: self.sampler.epoch(epoch)}
-        return self._epochs[epoch][micro % spe]
+        return self._epochs[epoch][micro % self.micro_per_epoch]
 
-    def _past(self, b: int, item: StreamItem) -> list[MemoryEntry]:
+    @property
+    def micro_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.cfg.optim.grad_accum
+
+    def frame(self, sequence: int, position: int, epoch: int) -> Frame:
+        """A frame with the cameras this run distils: ``data.cameras``, then ``lima.cameras_per_frame``
+        drawn from them (a function of seed, epoch and frame, so replays draw the same ones)."""
+        f = select_cameras(self.dataset.frame(sequence, position), self.cfg.data.cameras)
+        draw = ((self.cfg.run.seed * 1_000_003 + epoch) * 100_003 + sequence) * 10_007 + position
+        return sample_cameras(f, self.cfg.lima.cameras_per_frame, draw)
+
+    def _remembered(self, frames: list[Frame], keys: list[tuple[int, int]]) -> list:
+        """Bank entries of past frames, the teacher run on them now (no-bank baseline, resume replay)."""
+        targets, images = frame_targets(self.teacher, frames, self.cfg.lima.cva)
+        self.teacher_images += images
+        return [remember(f, t, k, self.cfg.lima) for f, t, k in zip(frames, targets, keys)]
+
+    def _past(self, b: int, item: StreamItem, epoch: int) -> list:
         """The memory of stream b for ``item``: the bank, or (no bank) the teacher re-run on past frames."""
         lima = self.cfg.lima
         if lima.frames == 1:
             return []
         if lima.memory_bank:
             return self.bank.entries(b)
-        first = max(self.stream_start[b], item.position - (lima.frames - 1))
-        frames = [self.dataset.frame(item.sequence, p) for p in range(first, item.position)]
-        targets, images = frame_targets(self.teacher, frames, lima.cva)
-        self.teacher_images += images
-        return [MemoryEntry(t.xyz[t.valid], t.unified[t.valid], (item.sequence, p)) for t, p in zip(targets, range(first, item.position))]
+        keys = [(item.sequence, p) for p in range(max(self.stream_start[b], item.position - (lima.frames - 1)), item.position)]
+        return self._remembered([self.frame(*k, epoch) for k in keys], keys)
 
     def replay_bank(self, micro: int) -> None:
         """Rebuild each stream's bank (and sequence entry point) as they stood before ``micro``."""
-        spe = self.steps_per_epoch * self.cfg.optim.grad_accum
         self.items(micro)  # loads that epoch's schedule
-        lanes = self._epochs[micro // spe]
+        epoch = micro // self.micro_per_epoch
+        lanes = self._epochs[epoch]
         for b in range(self.cfg.optim.streams):
-            t = micro % spe
+            t = micro % self.micro_per_epoch
             history: list[StreamItem] = []  # this stream's earlier frames of the current sequence, newest first
             while not lanes[t][b].starts_sequence:
                 t -= 1
@@ -156,63 +170,76 @@ class _Run:
             self.stream_start[b] = lanes[t][b].position
             if not (self.cfg.lima.memory_bank and self.cfg.lima.frames > 1):
                 continue
-            keep = list(reversed(history[: self.cfg.lima.frames - 1]))
-            targets, _ = frame_targets(self.teacher, [self.dataset.frame(i.sequence, i.position) for i in keep], self.cfg.lima.cva)
-            for i, tg in zip(keep, targets):
-                self.bank.push(b, tg.xyz, tg.unified, tg.valid, (i.sequence, i.position))
+            keys = [(i.sequence, i.position) for i in reversed(history[: self.cfg.lima.frames - 1])]
+            for entry in self._remembered([self.frame(*k, epoch) for k in keys], keys):
+                self.bank.push(b, entry)
 
     # ------------------------------------------------------------------------------ one step
 
     def micro_step(self, micro: int, gen: torch.Generator) -> dict[str, float]:
         cfg, lima = self.cfg, self.cfg.lima
-        items = self.items(micro)
-        frames = [self.dataset.frame(i.sequence, i.position) for i in items]
+        items, epoch = self.items(micro), micro // self.micro_per_epoch
+        frames = [self.frame(i.sequence, i.position, epoch) for i in items]
         for b, i in enumerate(items):
             if i.starts_sequence:
                 self.bank.reset(b)
                 self.stream_start[b] = i.position
         current, images = frame_targets(self.teacher, frames, lima.cva)
         self.teacher_images += images
-        points, targets, masks = [], [], []
-        from_memory_only = 0
+        points, targets = [], []
+        depth = 0
         for b, (item, f, cur) in enumerate(zip(items, frames, current)):
-            pooled, has = propagate(cur.xyz, self._past(b, item), lima.cell, lima.pool)
-            target, mask = fuse(cur.unified, cur.valid, pooled, has, lima.alpha)
-            from_memory_only += int((mask & ~cur.valid).sum())
+            depth += self.bank.depth(b) if lima.memory_bank else min(lima.frames - 1, item.position - self.stream_start[b])
+            targets.append(recall(cur, self._past(b, item, epoch), lima))
             if lima.memory_bank and lima.frames > 1:
-                self.bank.push(b, cur.xyz, cur.unified, cur.valid, (item.sequence, item.position))
+                self.bank.push(b, remember(f, cur, (item.sequence, item.position), lima))
             points.append(torch.from_numpy(f.points))
-            targets.append(target)
-            masks.append(mask)
-        scans = [augment_points(p, cfg.augment, gen) for p in points]
-        scan_targets, scan_masks = list(targets), list(masks)
         B = len(items)
+        # Student scans: (points, targets, rows of the plain scans they came from). Every method sees
+        # scans_per_stream scans per stream: the current scan, and a mixed scene (or, without mixing,
+        # a second augmentation); with one scan per stream and mixing, the mixed scene alone.
+        plain = [(points[b], targets[b], None) for b in range(B)]
+        offsets = [0]
+        for p in points:
+            offsets.append(offsets[-1] + len(p))
+        second = plain
         if lima.mixing != "none" and B >= 2:
+            second = []
             for b in range(B):
                 c = (b + 1) % B
                 keep_a, keep_b = mix(lima.mixing, points[b], points[c], gen)
-                scans.append(augment_points(torch.cat([points[b][keep_a], points[c][keep_b]]), cfg.augment, gen))
-                scan_targets.append(torch.cat([targets[b][keep_a], targets[c][keep_b]]))
-                scan_masks.append(torch.cat([masks[b][keep_a], masks[c][keep_b]]))
+                rows = torch.cat([offsets[b] + keep_a.nonzero().squeeze(1), offsets[c] + keep_b.nonzero().squeeze(1)])
+                tg = StreamTargets(*(torch.cat([getattr(targets[b], k)[keep_a], getattr(targets[c], k)[keep_b]]) for k in ("target", "kind", "frames")))
+                second.append((torch.cat([points[b][keep_a], points[c][keep_b]]), tg, rows))
+        groups = [plain, second] if lima.scans_per_stream == 2 else [second]
+        scans = [augment_points(p, cfg.augment, gen) for group in groups for p, _, _ in group]
         vox = self.encoder.voxelize_points(scans, intensity_range=255.0)  # frames carry 0-255 intensity
         amp = self.device.type == "cuda" and cfg.run.amp
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             per_voxel = self.model(vox.feats, vox.coords)
         per_point = per_voxel[vox.inverse]
-        sizes = [len(s) for s in scans]
-        n_cur = sum(sizes[:B])
-        tgt = torch.cat(scan_targets).to(self.device)
-        msk = torch.cat(scan_masks).to(self.device)
-        loss_cur = distillation_loss(per_point[:n_cur], tgt[:n_cur], msk[:n_cur])
-        loss = loss_cur
-        loss_mix = torch.zeros(())
-        if len(scans) > B:
-            loss_mix = distillation_loss(per_point[n_cur:], tgt[n_cur:], msk[n_cur:])
-            loss = loss + lima.mix_weight * loss_mix
+        losses, at = [], 0
+        for group in groups:
+            n = sum(len(p) for p, _, _ in group)
+            tgt = torch.cat([t.target for _, t, _ in group]).to(self.device)
+            kind = torch.cat([t.kind for _, t, _ in group]).to(self.device)
+            dist = point_distances(per_point[at : at + n], tgt)
+            losses.append(averaged_loss(dist, kind == CURRENT, kind == MEMORY_ONLY, lima.loss_average, lima.memory_weight))
+            at += n
+        weights = [1.0, lima.mix_weight][: len(groups)] if len(groups) == 2 else [1.0]
+        loss = sum(w * l for w, l in zip(weights, losses))
+        loss_cons = torch.zeros(())
+        if lima.consistency_weight > 0:
+            n_plain = offsets[-1]
+            rows = torch.cat([r for _, _, r in second]).to(self.device)
+            loss_cons = point_distances(per_point[n_plain:], F.normalize(per_point[:n_plain][rows].float(), dim=1).detach()).mean()
+            loss = loss + lima.consistency_weight * loss_cons
         (loss / cfg.optim.grad_accum).backward()
-        n_points = sum(len(p) for p in points)
-        return {"loss": float(loss.detach()), "loss_current": float(loss_cur.detach()), "loss_mixed": float(loss_mix.detach()),
-                "target_fraction": float(sum(int(m.sum()) for m in masks)) / n_points, "memory_only_fraction": from_memory_only / n_points}  # fmt: skip
+        n_points = offsets[-1]
+        kinds = torch.cat([t.kind for t in targets])
+        return {"loss": float(loss.detach()), "loss_current": float(losses[0].detach()), "loss_mixed": float(losses[-1].detach()) if len(groups) == 2 else 0.0,
+                "loss_consistency": float(loss_cons.detach()), "target_fraction": float((kinds != 0).sum()) / n_points,
+                "memory_only_fraction": float((kinds == MEMORY_ONLY).sum()) / n_points, "bank_depth": depth / B}  # fmt: skip
 
     def step(self) -> dict[str, float]:
         o = self.cfg.optim
@@ -274,7 +301,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Call
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
         print(f"pretraining {cfg.encoder.backbone} from {run.teacher.description} on {cfg.data.path} ({len(run.dataset)} frames, "
               f"{len(run.dataset.sequences)} sequences); {run.total_steps} steps of {cfg.optim.streams} streams x {world} process(es)", flush=True)  # fmt: skip
-    log = RunLog(out, run.total_steps, run.step_no, ("loss", "lr", "loss_current", "loss_mixed", "target_fraction", "memory_only_fraction", "seconds"),
+    log = RunLog(out, run.total_steps, run.step_no, ("loss", "lr", "loss_current", "loss_mixed", "target_fraction", "memory_only_fraction", "bank_depth", "seconds"),
                  enabled=rank == 0, desc="pretrain")  # fmt: skip
     try:
         while run.step_no < run.total_steps:

@@ -1,22 +1,31 @@
-"""The paper's ordering on the synthetic benchmark: Random << 1-frame (ScaLR-style) < LiMA.
+"""Does the long horizon beat one-frame distillation? LiMA vs ScaLR on synthetic worlds, paired by seed.
 
-    python benchmarks/bench_quality.py                 # < 30 min on 2 cores
-    python benchmarks/bench_quality.py --quick         # the CI-size pipeline check (ranking meaningless)
+    python benchmarks/bench_quality.py                       # tables a) and b), 3 seeds
+    python benchmarks/bench_quality.py --tables c            # the frames sweep (1, 2, 4, 6, 8)
+    python benchmarks/bench_quality.py --world-seed 5 --seeds 4 --teacher DIR
+    python benchmarks/bench_quality.py --quick               # the CI-size pipeline check (numbers meaningless)
 
-One fixed synthetic world (nuScenes format; train and validation split by sequence: every fourth
-scene is validation), one synthetic teacher (made on worlds seeded from 1000, never these), and the
-same pretraining budget (steps x streams) for each method:
+Worlds (nuScenes format, generated from ``--world-seed``; every fourth scene is validation):
+  a) six cameras, 8 scenes x 10 keyframes;
+  b) long horizon, 12 scenes x 16 keyframes, the front camera only: a SemanticKITTI-like rig, where the
+     camera sees the least of each scan (~11% of its points), so what was seen before has the most
+     room to help. With one camera, ScaLR-literal and "1 frame" are the same run (printed once).
+The synthetic teacher is made on worlds seeded from 1000 (never these). Rows, each with the same
+student (MinkUNet-14), the same pretraining budget (steps x streams) and the same number of student
+scans per step (``lima.scans_per_stream``):
 
-    random        no pretraining (seeded initialisation)
-    1-frame       lima.frames=1, no mixing (ScaLR-style single-frame distillation)
-    LiMA-nomix    6 frames + memory bank, no cross-sequence mixing
-    LiMA          6 frames + memory bank + LaserMix
+  random            no pretraining
+  ScaLR-literal     1 frame, one randomly drawn camera per scan, no view fusion (ScaLR's nuScenes loader)
+  1 frame           1 frame, every camera of the world, fused (cross-view aggregation)
+  LiMA (cell)       6 frames; past per-point features matched in 0.3 m cells
+  LiMA (reproject)  6 frames; current points re-projected into past frames' 2-D token maps
 
-Each is linear-probed (frozen backbone, BatchNorm + Linear, cached features) and scored by mIoU
-over every validation point; mean +- std over seeds (pretraining and probe seeded together). Then
-fine-tuning on the 1% subset (SLidR's rule: every 100th training scene — the first one) for random
-vs LiMA. The diagnostics columns say where targets came from: the share of points with a target,
-and the share that only the memory bank (long horizon) could give.
+Columns: linear-probe mIoU on every validation point and on the points inside / outside the current
+cameras; the paired per-seed difference to ScaLR-literal (mean +- std over seeds, and its standard
+error); 1% fine-tune mIoU for random, ScaLR-literal and LiMA (reproject); targets during pretraining
+(share of points with a target, share only from memory, mean bank depth) and target accuracy (each
+target classified by the nearest class prototype of current-camera targets; current-camera and
+memory-only points). ``--lima-set`` adds overrides to the LiMA rows (ablations).
 """
 
 from __future__ import annotations
@@ -31,153 +40,222 @@ from pathlib import Path
 
 import torch
 
-METHODS = {
-    "1-frame": ["lima.frames=1", "lima.mixing=none"],
-    "LiMA-nomix": ["lima.frames=6", "lima.mixing=none"],
-    "LiMA": ["lima.frames=6", "lima.mixing=lasermix"],
+WORLDS = {
+    "a": {"title": "a) six-camera world", "scenes": 8, "frames": 10, "cameras": ()},
+    "b": {"title": "b) long-horizon world, front camera only", "scenes": 12, "frames": 16, "cameras": ("CAM_FRONT",)},
 }
+ROWS = {
+    "random": None,
+    "ScaLR-literal": ["lima.frames=1", "lima.cameras_per_frame=1", "lima.mixing=none"],
+    "1 frame": ["lima.frames=1", "lima.mixing=none"],
+    "LiMA (cell)": ["lima.frames=6", "lima.align=cell"],
+    "LiMA (reproject)": ["lima.frames=6", "lima.align=reproject"],
+}
+FINETUNE_ROWS = ("random", "ScaLR-literal", "LiMA (reproject)")
 STUDENT = ["encoder.backbone=minkunet14", "encoder.preprocess.voxel_size=[0.2, 2.0, 0.2]"]
 
 
-def pretrain(method: str, seed: int, data: Path, teacher: Path, steps: int, out: Path) -> tuple[Path, dict]:
+def pretrain(overrides: list[str], seed: int, data: Path, teacher: Path, cameras: tuple[str, ...], steps: int, out: Path) -> tuple[Path, dict]:
     from lima_zoo.training.config import load_recipe
     from lima_zoo.training.trainer import train
 
     cfg = load_recipe("synthetic-tiny", [f"data.path={data}", "data.synthetic=false", f"teacher.weights={teacher}", f"optim.max_steps={steps}",
-                                         f"run.seed={seed}", "run.checkpoint_every=100000", *STUDENT, *METHODS[method]])  # fmt: skip
+                                         f"run.seed={seed}", "run.checkpoint_every=100000", f"data.cameras={list(cameras)}", *STUDENT, *overrides])  # fmt: skip
     enc = train(cfg, out)
     recs = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
-    return enc, {"target_fraction": statistics.mean(r["target_fraction"] for r in recs),
-                 "memory_only_fraction": statistics.mean(r["memory_only_fraction"] for r in recs),
-                 "final_loss": statistics.mean(r["loss_current"] for r in recs[-10:])}  # fmt: skip
+    return enc, {k: statistics.mean(r[k] for r in recs) for k in ("target_fraction", "memory_only_fraction", "bank_depth")}
 
 
 def random_encoder(seed: int, out: Path) -> Path:
-    from lima_zoo.training.config import load_recipe
     from lima_zoo.encoder import LiMAEncoder
+    from lima_zoo.training.config import load_recipe
 
-    cfg = load_recipe("synthetic-tiny", STUDENT)
     torch.manual_seed(seed)
-    return LiMAEncoder(cfg.encoder).save_pretrained(out)
+    return LiMAEncoder(load_recipe("synthetic-tiny", STUDENT).encoder).save_pretrained(out)
 
 
-def evaluate(model: Path, data: Path, protocol: str, seed: int, steps: int, out: Path, percent: float = 100) -> float:
+def evaluate(model: Path, data: Path, cameras: tuple[str, ...], protocol: str, seed: int, steps: int, out: Path, percent: float = 100) -> dict:
     from lima_zoo.training.config import DownstreamConfig
     from lima_zoo.training.downstream import run_downstream
 
     linear = protocol == "linear"
     cfg = DownstreamConfig(protocol=protocol, percent=percent, max_steps=steps, seed=seed, augment=not linear, batch=2,
-                           lr=0.01 if linear else 0.002, checkpoint_every=100000)  # fmt: skip
-    return run_downstream(cfg, str(model), data, out)["miou"]
+                           lr=0.01 if linear else 0.002, checkpoint_every=100000, camera_split=True, cameras=cameras)  # fmt: skip
+    r = run_downstream(cfg, str(model), data, out)
+    return {k: r[f"miou{s}"] for k, s in (("all", ""), ("inside", "_inside"), ("outside", "_outside"))}
 
 
-def target_quality(data: Path, teacher_dir: Path, frames: int = 6, cell: float = 0.3) -> dict:
-    """Are the targets right? Walk every training sequence as LiMA does (teacher on the current
-    cameras, memory bank, propagation, fusion) and classify each target by its nearest class
-    prototype (the mean current-camera teacher feature of each class). Accuracy of current-camera
-    targets says how informative the teacher is; accuracy of memory-only targets says whether the
-    long horizon hands correct supervision to points outside the cameras, or stale features."""
+def target_accuracy(data: Path, teacher_dir: Path, cameras: tuple[str, ...], overrides: list[str], sequences: int = 3) -> dict:
+    """Walk the first ``sequences`` training sequences from their start as a stream does and classify each target by the
+    nearest class prototype (mean current-camera teacher feature per class): is the teacher
+    informative (current-camera targets), are remembered targets right or stale (memory-only)?"""
     import torch.nn.functional as F
 
-    from lima_zoo.training.config import TeacherConfig
+    from lima_zoo.training.config import TeacherConfig, load_recipe
     from lima_zoo.training.datasets import open_dataset
-    from lima_zoo.training.memory_bank import MemoryBank
-    from lima_zoo.training.propagation import fuse, propagate
-    from lima_zoo.training.targets import frame_targets
+    from lima_zoo.training.long_horizon import CURRENT, MEMORY_ONLY, recall, remember
+    from lima_zoo.training.targets import frame_targets, sample_cameras, select_cameras
     from lima_zoo.training.teacher import build_teacher
 
+    lima = load_recipe("synthetic-tiny", overrides).lima
     ds = open_dataset(data, "train", labels=True)
     teacher = build_teacher(TeacherConfig(name="synthetic", weights=str(teacher_dir), image_size=(112, 224)))
-    rows = []  # (target, label, kind) with kind 0 = current camera, 1 = memory only
-    for s, (_, refs) in enumerate(ds.sequences):
-        bank = MemoryBank(1, frames - 1)
+    rows = []  # (target, label, kind, unified)
+    for s, (_, refs) in enumerate(ds.sequences[:sequences]):
+        bank = []
         for k in range(len(refs)):
-            frame = ds.frame(s, k)
-            (cur,), _ = frame_targets(teacher, [frame])
-            pooled, has = propagate(cur.xyz, bank.entries(0), cell)
-            target, mask = fuse(cur.unified, cur.valid, pooled, has, 0.5)
-            bank.push(0, cur.xyz, cur.unified, cur.valid, (s, k))
-            labels = torch.from_numpy(frame.labels)
-            for kind, sel in ((0, cur.valid), (1, mask & ~cur.valid)):
-                rows.append((target[sel], labels[sel], kind, cur.unified[sel]))
-    unified = torch.cat([r[3] for r in rows if r[2] == 0])
-    lab0 = torch.cat([r[1] for r in rows if r[2] == 0])
-    classes = [c for c in range(1, len(ds.class_names) + 1) if bool((lab0 == c).any())]
-    protos = F.normalize(torch.stack([unified[lab0 == c].mean(0) for c in classes]), dim=1)
-    out = {}
-    for kind, name in ((0, "current_camera"), (1, "memory_only")):
-        tgt = torch.cat([r[0] for r in rows if r[2] == kind])
-        lab = torch.cat([r[1] for r in rows if r[2] == kind])
-        keep = lab > 0
-        pred = torch.tensor(classes)[(tgt[keep] @ protos.T).argmax(1)]
-        correct = pred == lab[keep]
-        per = {ds.class_names[c - 1]: float(correct[lab[keep] == c].float().mean()) for c in classes if bool((lab[keep] == c).any())}
-        out[name] = {"points": int(keep.sum()), "accuracy": float(correct.float().mean()), "per_class": per}
-    return out
+            frame = sample_cameras(select_cameras(ds.frame(s, k), cameras), lima.cameras_per_frame, s * 10_007 + k)
+            (cur,), _ = frame_targets(teacher, [frame], lima.cva)
+            out = recall(cur, bank[-(lima.frames - 1):] if lima.frames > 1 else [], lima)
+            bank.append(remember(frame, cur, (s, k), lima))
+            rows.append((out.target, torch.from_numpy(frame.labels), out.kind, cur.unified))
+    kind = torch.cat([r[2] for r in rows])
+    label = torch.cat([r[1] for r in rows])
+    target, unified = torch.cat([r[0] for r in rows]), torch.cat([r[3] for r in rows])
+    cur = (kind == CURRENT) & (label > 0)
+    classes = [c for c in range(1, len(ds.class_names) + 1) if bool((label[cur] == c).any())]
+    protos = F.normalize(torch.stack([unified[cur & (label == c)].mean(0) for c in classes]), dim=1)
+    res = {}
+    for name, k in (("current", CURRENT), ("memory_only", MEMORY_ONLY)):
+        sel = (kind == k) & (label > 0)
+        pred = torch.tensor(classes)[(target[sel] @ protos.T).argmax(1)] if bool(sel.any()) else torch.zeros(0, dtype=torch.long)
+        res[name] = float((pred == label[sel]).float().mean()) if bool(sel.any()) else float("nan")
+    return res
+
+
+def pm(v: list[float], scale: float = 100) -> str:
+    if not v:
+        return "-"
+    return f"{scale * statistics.mean(v):.2f} +- {scale * statistics.stdev(v):.2f}" if len(v) > 1 else f"{scale * v[0]:.2f}"
+
+
+def run_world(key: str, args, tmp: Path, teacher: Path, rows: dict[str, list[str] | None], finetune_rows: tuple[str, ...], tag: str = "") -> dict:
+    from lima_zoo.synth import generate
+
+    w = WORLDS[key]
+    scenes, frames = (4, 4) if args.quick else (w["scenes"], w["frames"])
+    t0 = time.perf_counter()
+    data = tmp / f"world-{key}"
+    if not (data / "lima_splits.json").exists():
+        data = generate(data, "nuscenes", scenes, frames, seed=args.world_seed, image_scale=0.15)
+    print(f"{w['title']}: {scenes} scenes x {frames} keyframes, world seed {args.world_seed} [{time.perf_counter() - t0:.0f} s]", flush=True)
+    if len(w["cameras"]) == 1 and "ScaLR-literal" in rows:  # one camera: "1 frame" is ScaLR-literal
+        rows = {k: v for k, v in rows.items() if k != "1 frame"}
+    res: dict = {name: {"lp": [], "ft": [], "diag": [], "acc": None} for name in rows}
+    for name, ov in rows.items():
+        if ov is not None:
+            res[name]["acc"] = target_accuracy(data, teacher, w["cameras"], ov)
+    for seed in args.seeds_list:
+        for name, ov in rows.items():
+            out = tmp / f"{tag or key}-{name.replace(' ', '_').replace('(', '').replace(')', '')}-{seed}"
+            if ov is None:
+                enc = random_encoder(seed, out)
+            else:
+                enc, d = pretrain(ov, seed, data, teacher, w["cameras"], args.pretrain_steps, out)
+                res[name]["diag"].append(d)
+            res[name]["lp"].append(evaluate(enc, data, w["cameras"], "linear", seed, args.probe_steps, Path(f"{out}-lp")))
+            if name in finetune_rows:
+                res[name]["ft"].append(evaluate(enc, data, w["cameras"], "finetune", seed, args.finetune_steps, Path(f"{out}-ft"), percent=1)["all"])
+            lp = res[name]["lp"][-1]
+            print(f"[{key}] seed {seed} {name:<17} LP mIoU {100 * lp['all']:.2f} (inside {100 * lp['inside']:.2f}, outside {100 * lp['outside']:.2f})"
+                  + (f", 1% FT {100 * res[name]['ft'][-1]:.2f}" if name in finetune_rows else "") + f" [{time.perf_counter() - START:.0f} s]", flush=True)  # fmt: skip
+    return res
+
+
+def paired(rows: list[dict], base: list[dict], key: str) -> str:
+    """Per-seed differences row - base of ``key``: mean +- std (standard error)."""
+    d = [a[key] - b[key] for a, b in zip(rows, base)]
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return f"{pm(d)} ({100 * se:.2f})"
+
+
+def print_table(title: str, res: dict, baseline: str = "ScaLR-literal") -> None:
+    print(f"\n{title}")
+    print(f"| method | LP mIoU | inside cameras | outside cameras | paired diff vs {baseline} (SE) | ... outside cameras | 1% FT mIoU "
+          "| targets | only from memory | bank depth | target acc. current / memory-only |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    base = res.get(baseline)
+    for name, r in res.items():
+        lp = {k: [x[k] for x in r["lp"]] for k in ("all", "inside", "outside")}
+        diff = ["-", "-"]
+        if base is not None and name != baseline and len(r["lp"]) == len(base["lp"]):
+            diff = [paired(r["lp"], base["lp"], "all"), paired(r["lp"], base["lp"], "outside")]
+        dg = r["diag"]
+        diag = ["-", "-", "-"] if not dg else [f"{100 * statistics.mean(x['target_fraction'] for x in dg):.1f}%",
+                                               f"{100 * statistics.mean(x['memory_only_fraction'] for x in dg):.1f}%",
+                                               f"{statistics.mean(x['bank_depth'] for x in dg):.2f}"]  # fmt: skip
+        acc = "-" if r["acc"] is None else " / ".join("-" if v != v else f"{100 * v:.1f}%" for v in (r["acc"]["current"], r["acc"]["memory_only"]))
+        print(f"| {name} | {pm(lp['all'])} | {pm(lp['inside'])} | {pm(lp['outside'])} | {' | '.join(diff)} | {pm(r['ft'])} | {' | '.join(diag)} | {acc} |")
+
+
+START = time.perf_counter()
+SWEEP_BASE = "1 frame (ScaLR-literal)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--tables", default="a,b", help="a, b (method rows per world) and/or c (frames sweep on world b)")
+    ap.add_argument("--rows", default=",".join(ROWS), help="subset of the method rows")
+    ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2", help="pretraining / probe seeds, paired across rows and runs (a count n means 0..n-1)")
     ap.add_argument("--pretrain-steps", type=int, default=60)
     ap.add_argument("--probe-steps", type=int, default=300)
-    ap.add_argument("--finetune-steps", type=int, default=40)
-    ap.add_argument("--scenes", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=10)
-    ap.add_argument("--quick", action="store_true", help="tiny world and budgets: checks the pipeline, not the ranking")
+    ap.add_argument("--finetune-steps", type=int, default=40, help="0 skips fine-tuning")
+    ap.add_argument("--sweep", default="1,2,4,6,8", help="frames of table c)")
+    ap.add_argument("--common", nargs="*", default=[], help="overrides for every pretrained row (e.g. lima.scans_per_stream=1)")
+    ap.add_argument("--lima-set", nargs="*", default=[], help="overrides for the LiMA rows only (ablations)")
+    ap.add_argument("--teacher", type=Path, help="a synthetic teacher folder to reuse (default: make one, ~4 min)")
+    ap.add_argument("--quick", action="store_true", help="tiny worlds and budgets: checks the pipeline, not the ranking")
+    ap.add_argument("--label", default="", help="appended to the LiMA rows' names (to tell ablations apart)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--render", type=Path, nargs="+", help="print the tables of earlier --json files (rows merged, same seeds) and exit")
     args = ap.parse_args()
+    if args.render:
+        merged: dict = {}
+        for f in args.render:
+            for key, res in json.loads(f.read_text())["results"].items():
+                merged.setdefault(key, {}).update(res)
+        for key, res in merged.items():
+            print_table(WORLDS[key]["title"], res) if key in WORLDS else print_table("c) frames sweep on world b (LiMA reproject)", res, baseline=SWEEP_BASE)
+        return
+    args.seeds_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
     if args.quick:
-        args.seeds, args.pretrain_steps, args.probe_steps, args.finetune_steps, args.scenes, args.frames = 1, 3, 5, 2, 4, 3
+        args.seeds_list, args.pretrain_steps, args.probe_steps, args.finetune_steps = [0], 3, 5, 2
     torch.set_num_threads(2)
-    from lima_zoo.synth import generate
     from lima_zoo.training.synthetic_teacher import make_synthetic_teacher
 
-    start = time.perf_counter()
-    results: dict[str, list] = {m: [] for m in ["random", *METHODS]}
-    diag: dict[str, list] = {m: [] for m in METHODS}
-    finetune: dict[str, list] = {"random": [], "LiMA": []}
+    chosen = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in chosen if r not in ROWS]
+    if unknown:
+        sys.exit(f"--rows: unknown {unknown}; rows: {', '.join(ROWS)}")
+    lima_rows = lambda name: name.startswith("LiMA")  # noqa: E731
+    rows = {(f"{r} {args.label}" if args.label and lima_rows(r) else r): None if ROWS[r] is None else [*args.common, *ROWS[r], *(args.lima_set if lima_rows(r) else [])]
+            for r in chosen}  # fmt: skip
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = generate(tmp / "world", "nuscenes", args.scenes, args.frames, seed=0, image_scale=0.15)
-        teacher = tmp / "teacher"
-        meta = make_synthetic_teacher(teacher, steps=20 if args.quick else 300)
-        print(f"world {args.scenes} scenes x {args.frames} frames; teacher held-out patch accuracy {meta['heldout_patch_accuracy']:.3f} "
-              f"[{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
-        quality = target_quality(data, teacher)
-        for seed in range(args.seeds):
-            encoders = {"random": random_encoder(seed, tmp / f"random-{seed}")}
-            for method in METHODS:
-                encoders[method], d = pretrain(method, seed, data, teacher, args.pretrain_steps, tmp / f"{method}-{seed}")
-                diag[method].append(d)
-            for method, enc in encoders.items():
-                results[method].append(evaluate(enc, data, "linear", seed, args.probe_steps, tmp / f"lp-{method}-{seed}"))
-                print(f"seed {seed} {method:<11} linear-probe mIoU {100 * results[method][-1]:.2f} [{time.perf_counter() - start:.0f} s]", flush=True)
-            for method in finetune:
-                finetune[method].append(evaluate(encoders[method], data, "finetune", seed, args.finetune_steps, tmp / f"ft-{method}-{seed}", percent=1))
-                print(f"seed {seed} {method:<11} 1% fine-tune mIoU {100 * finetune[method][-1]:.2f} [{time.perf_counter() - start:.0f} s]", flush=True)
-
-    def pm(v: list[float]) -> str:
-        return f"{100 * statistics.mean(v):.2f} +- {100 * statistics.stdev(v):.2f}" if len(v) > 1 else f"{100 * v[0]:.2f}"
-
-    print(f"\nsynthetic benchmark, {args.seeds} seeds, pretraining {args.pretrain_steps} steps x 2 streams each, "
-          f"linear probe {args.probe_steps} steps, 1% fine-tune {args.finetune_steps} steps; {time.perf_counter() - start:.0f} s total")  # fmt: skip
-    print("| method | linear probe mIoU (%) | 1% fine-tune mIoU (%) | points with a target | ... only from memory | final distillation loss |")
-    print("|---|---|---|---|---|---|")
-    for method, v in results.items():
-        d = diag.get(method)
-        cols = ["-", "-", "-"] if not d else [f"{100 * statistics.mean(x['target_fraction'] for x in d):.1f}%",
-                                              f"{100 * statistics.mean(x['memory_only_fraction'] for x in d):.1f}%",
-                                              f"{statistics.mean(x['final_loss'] for x in d):.3f}"]  # fmt: skip
-        print(f"| {method} | {pm(v)} | {pm(finetune[method]) if method in finetune else '-'} | {' | '.join(cols)} |")
-    print("\nare the 6-frame targets right? nearest class prototype of each target (prototypes: mean current-camera feature per class)")
-    for name, q in quality.items():
-        worst = sorted(q["per_class"].items(), key=lambda kv: kv[1])[:4]
-        print(f"  {name:<15} {q['points']:>9,} points, accuracy {100 * q['accuracy']:.1f}%; lowest: "
-              + ", ".join(f"{c} {100 * a:.0f}%" for c, a in worst))  # fmt: skip
+        teacher = args.teacher
+        if teacher is None:
+            teacher = tmp / "teacher"
+            meta = make_synthetic_teacher(teacher, steps=20 if args.quick else 300)
+            print(f"synthetic teacher: held-out patch accuracy {meta['heldout_patch_accuracy']:.3f} [{time.perf_counter() - START:.0f} s]", flush=True)
+        for key in [t for t in args.tables.split(",") if t in WORLDS]:
+            results[key] = run_world(key, args, tmp, teacher, rows, FINETUNE_ROWS if args.finetune_steps > 0 else ())
+        if "c" in args.tables.split(","):  # world b has one camera: its 1-frame point is ScaLR-literal
+            best = [*args.common, *ROWS["LiMA (reproject)"], *args.lima_set]
+            counts = [int(n) for n in args.sweep.split(",")]
+            sweep = {SWEEP_BASE: [*args.common, *ROWS["ScaLR-literal"]]} if 1 in counts else {}
+            sweep.update({f"{n} frames{' ' + args.label if args.label else ''}": [*best, f"lima.frames={n}"] for n in counts if n > 1})
+            results["c"] = run_world("b", args, tmp, teacher, sweep, (), tag="c")
+    print(f"\n{len(args.seeds_list)} seeds {args.seeds_list}; pretraining {args.pretrain_steps} steps x 2 streams, linear probe {args.probe_steps} steps, "
+          f"1% fine-tune {args.finetune_steps} steps; common {args.common or '-'}; LiMA rows {args.lima_set or '-'}; {time.perf_counter() - START:.0f} s total")  # fmt: skip
+    for key, res in results.items():
+        if key in WORLDS:
+            print_table(WORLDS[key]["title"], res)
+        else:
+            print_table("c) frames sweep on world b (LiMA reproject)", res, baseline=SWEEP_BASE)
     if args.json:
-        args.json.write_text(json.dumps({"linear": results, "finetune": finetune, "diagnostics": diag, "target_quality": quality, "args": vars(args)},
-                                        default=str, indent=1))  # fmt: skip
+        args.json.write_text(json.dumps({"results": results, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
 
 
 if __name__ == "__main__":

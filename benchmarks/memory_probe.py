@@ -35,7 +35,7 @@ def main() -> None:
     from lima_zoo.training.datasets import open_dataset
     from lima_zoo.training.datasets.pairing import CameraView, project_points
     from lima_zoo.training.propagation import cell_keys
-    from lima_zoo.training.reprojection import _checked, view_entry
+    from lima_zoo.training.reprojection import depth_check, view_entry
     from lima_zoo.training.targets import global_xyz, select_cameras
 
     torch.set_num_threads(2)
@@ -82,7 +82,7 @@ def main() -> None:
                         entry = view_entry(pf, torch.zeros(len(pf.cameras), 1, 1, 1), ppairs, cells, (s, 0))
                         cams = [CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h) for c, (w, h) in enumerate(entry.sizes)]
                         q = project_points(xyz, cams)
-                        ok = _checked(q, entry, chk, 0.5, 0.1) & out[q.point]
+                        ok = depth_check(q, entry, chk, 0.5, 0.1) & out[q.point]
                         uv = q.uv[ok].round().long()
                         h, w = ptruth.shape[1:]
                         shown = ptruth[q.camera[ok], uv[:, 1].clamp(0, h - 1), uv[:, 0].clamp(0, w - 1)]

@@ -65,8 +65,9 @@ def test_linear_probe_and_finetune_end_to_end(labelled_world, tmp_path):
     from lima_zoo.training.downstream import run_downstream
 
     enc = _tiny_encoder(tmp_path)
-    probe = run_downstream(DownstreamConfig(protocol="linear", augment=False, max_steps=6, lr=0.01), str(enc), labelled_world, tmp_path / "lp")
+    probe = run_downstream(DownstreamConfig(protocol="linear", augment=False, max_steps=6, lr=0.01, camera_split=True), str(enc), labelled_world, tmp_path / "lp")
     assert 0 <= probe["miou"] <= 1 and probe["val_frames"] == 2
+    assert 0 <= probe["miou_inside"] <= 1 and 0 <= probe["miou_outside"] <= 1  # points inside / outside the current cameras
     saved = json.loads((tmp_path / "lp" / "metrics.json").read_text())
     assert saved["miou"] == probe["miou"] and len(saved["per_class_iou"]) == 16
     assert (tmp_path / "lp" / "iou.png").exists() and (tmp_path / "lp" / "loss.png").exists()
@@ -109,3 +110,17 @@ def test_eval_cli_rejects_unknown_setting(labelled_world, tmp_path):
 
     res = CliRunner().invoke(main, ["eval", "--model", "random", "--data", str(labelled_world), "--out", str(tmp_path / "x"), "--set", "epoch=3"])
     assert res.exit_code != 0 and "unknown keys ['epoch']" in res.output and "'epochs'" in res.output
+
+
+def test_camera_split_partitions_the_validation_points(labelled_world, tmp_path):
+    from lima_zoo import LiMAEncoder
+    from lima_zoo.training.datasets import open_dataset
+    from lima_zoo.training.downstream import Segmenter, evaluate, in_cameras
+
+    val = open_dataset(labelled_world, "val", labels=True)
+    model = Segmenter(LiMAEncoder.from_pretrained(_tiny_encoder(tmp_path)), len(val.class_names), True, 0.02)
+    cms = evaluate(model, val, camera_split=("CAM_FRONT",))
+    assert torch.equal(cms["inside"].matrix + cms["outside"].matrix, cms["all"].matrix)
+    frame = val.frame(0, 0)
+    front, every = in_cameras(frame, ("CAM_FRONT",)), in_cameras(frame)
+    assert 0 < int(front.sum()) < int(every.sum()) < len(frame.points) and bool((every | ~front).all())  # front within all cameras

@@ -15,7 +15,7 @@ from lima_zoo.training.config import AugmentConfig
 from lima_zoo.training.cross_view import aggregate_views, sample_pixel_features
 from lima_zoo.training.datasets.frame import Frame
 from lima_zoo.training.datasets.pairing import PixelPairs
-from lima_zoo.training.losses import distillation_loss
+from lima_zoo.training.losses import averaged_loss, distillation_loss
 from lima_zoo.training.memory_bank import MemoryBank, point_entry
 from lima_zoo.training.mixing import lasermix, polarmix
 from lima_zoo.training.propagation import fuse, propagate
@@ -148,6 +148,18 @@ def test_distillation_loss_values():
     loss = distillation_loss(s, t, torch.zeros(4, dtype=torch.bool))
     loss.backward()
     assert float(loss) == 0.0 and torch.all(s.grad == 0)
+
+
+def test_joint_and_separate_loss_averaging():
+    # Three current-camera points at distance 1 and one memory-only point at distance 3.
+    dist = torch.tensor([1.0, 1.0, 1.0, 3.0])
+    cur, mem = torch.tensor([True, True, True, False]), torch.tensor([False, False, False, True])
+    assert float(averaged_loss(dist, cur, mem, "joint", 1.0)) == pytest.approx(6 / 4)
+    assert float(averaged_loss(dist, cur, mem, "joint", 0.5)) == pytest.approx(4.5 / 3.5)
+    assert float(averaged_loss(dist, cur, mem, "separate", 1.0)) == pytest.approx(1 + 3)  # each term over its own points
+    assert float(averaged_loss(dist, cur, mem, "separate", 0.25)) == pytest.approx(1 + 0.75)
+    none = torch.zeros(4, dtype=torch.bool)
+    assert float(averaged_loss(dist, none, none, "joint", 1.0)) == 0 and float(averaged_loss(dist, none, none, "separate", 1.0)) == 0
 
 
 def test_augmentation_is_rigid_up_to_scale():

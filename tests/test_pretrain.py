@@ -138,3 +138,41 @@ def test_gradient_accumulation_walks_one_frame_per_micro_step(tiny_world, tiny_t
     recs = [json.loads(r) for r in (tmp_path / "acc" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2]
     assert all(r["teacher_images"] == 2 * 12 for r in recs)  # 2 micro-steps x 2 streams x 6 cameras
+
+
+def test_reprojection_memory_with_drawn_cameras_resumes_exactly_and_matches_no_bank(tiny_world, tiny_teacher, tmp_path):
+    extra = ("lima.align=reproject", "lima.cameras_per_frame=2", "lima.loss_average=separate", "lima.memory_weight=0.5")
+    cfg = _cfg(tiny_world, tiny_teacher, *extra)
+    train(cfg, tmp_path / "a")
+    full = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(r["teacher_images"] == 4 for r in full)  # 2 streams x 2 drawn cameras
+    assert max(r["memory_only_fraction"] for r in full) > 0 and max(r["bank_depth"] for r in full) > 0
+
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", on_step=interrupt)
+    train(cfg, tmp_path / "b", resume=True)  # the bank replay re-draws the same cameras
+    np.testing.assert_allclose(_losses(tmp_path / "b"), [r["loss"] for r in full], rtol=1e-6)
+    # Re-running the teacher on past frames instead of remembering their maps gives the same targets.
+    train(_cfg(tiny_world, tiny_teacher, *extra, "lima.memory_bank=false"), tmp_path / "nobank")
+    np.testing.assert_allclose(_losses(tmp_path / "nobank"), [r["loss"] for r in full], rtol=2e-3)
+
+
+def test_student_scans_per_stream_and_consistency_term(tiny_world, tiny_teacher, tmp_path):
+    train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=1", "lima.scans_per_stream=1", "lima.mixing=lasermix"), tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[0])
+    assert one["loss_mixed"] == 0 and one["loss"] == pytest.approx(one["loss_current"])  # the mixed scenes are the only scans
+    train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=1", "lima.consistency_weight=0.5"), tmp_path / "cons")
+    cons = json.loads((tmp_path / "cons" / "log.jsonl").read_text().splitlines()[0])
+    assert cons["loss_consistency"] > 0
+    assert cons["loss"] == pytest.approx(cons["loss_current"] + cons["loss_mixed"] + 0.5 * cons["loss_consistency"], rel=1e-5)
+    with pytest.raises(ValueError, match="consistency_weight > 0 .* needs mixing"):
+        load_recipe("synthetic-tiny", ["lima.consistency_weight=1", "lima.mixing=none"])
+    with pytest.raises(ValueError, match="data.cameras: no camera 'CAM_NOPE'"):
+        train(_cfg(tiny_world, tiny_teacher, "data.cameras=[CAM_NOPE]"), tmp_path / "nope")
+    for name, k in (("scalr-vit-b-minkunet34", 1), ("single-frame-vit-b-minkunet34", 0)):
+        cfg = load_recipe(name)
+        assert cfg.lima.frames == 1 and cfg.lima.cameras_per_frame == k and cfg.lima.mixing == "none"

@@ -131,7 +131,9 @@ def synth_cmd(out, fmt, scenes, frames, seed, image_scale, sweeps, workers, prev
 def train_cmd(recipe, data_path, out_dir, overrides, resume):
     """Pretrain a LiMA encoder. RECIPE is a packaged recipe name or a YAML file.
 
-    Packaged recipes: vit-s-minkunet34, vit-b-minkunet34, vit-l-minkunet34 (nuScenes), synthetic-tiny (CPU).
+    Packaged recipes: vit-s-minkunet34, vit-b-minkunet34, vit-l-minkunet34 (nuScenes, LiMA); baselines
+    scalr-vit-b-minkunet34 (ScaLR-literal: 1 frame, one random camera) and single-frame-vit-b-minkunet34
+    (1 frame, every camera); synthetic-tiny (CPU).
     Many GPUs: torchrun --nproc_per_node N -m lima_zoo.cli train RECIPE ...
     """
     from ..training.config import load_recipe

@@ -57,7 +57,7 @@ class LimaConfig:
     align: str = "cell"  # cell: 3-D cells of past LiDAR points | reproject: current points into past cameras' 2-D maps
     cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones (align=cell)
     check: str = "agreement"  # align=reproject: none | occlusion | agreement (occlusion + free-space moving-object guard)
-    depth_cells: int = 64  # z-buffer cells across an image's width (align=reproject)
+    depth_cells: int = 32  # z-buffer cells across an image's width (align=reproject; benchmarks/memory_probe.py)
     depth_tolerance: tuple[float, float] = (0.5, 0.1)  # m + fraction of depth a sample may differ from the past LiDAR
     pool: str = "mean"  # mean | max over the frames that matched
     recency: float = 1.0  # mean pooling: a frame k steps back weighs recency**(k-1)
@@ -157,6 +157,8 @@ class DownstreamConfig:
     device: str = "auto"
     checkpoint_every: int = 200
     cache_mb: int = 2048  # largest feature cache a linear probe may keep in memory
+    camera_split: bool = False  # also report mIoU on points inside / outside the current cameras
+    cameras: tuple[str, ...] = ()  # the cameras of that split (empty = every camera)
 
     def __post_init__(self) -> None:
         if self.protocol not in ("linear", "finetune"):

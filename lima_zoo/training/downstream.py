@@ -27,13 +27,14 @@ from ..encoder import LiMAEncoder, resolve_device
 from ..sparse import SparseTensor
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
-from .datasets import FrameDataset, detect_format, open_dataset
+from .datasets import Frame, FrameDataset, detect_format, open_dataset, project_points
 from .lovasz import lovasz_softmax
 from .metrics import ConfusionMatrix, save_report
 from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
 from .schedule import one_cycle
+from .targets import select_cameras
 
-__all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone"]
+__all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone", "in_cameras"]
 
 
 class Segmenter(nn.Module):
@@ -75,19 +76,33 @@ def load_backbone(model: str, cfg: DownstreamConfig, device: torch.device) -> Li
     return LiMAEncoder.from_pretrained(model, device=device)
 
 
+def in_cameras(frame: Frame, cameras: tuple[str, ...] = ()) -> torch.Tensor:
+    """(N,) bool: the frame's points that one of its cameras (only ``cameras``, if given) sees."""
+    f = select_cameras(frame, cameras, "cameras")
+    inside = torch.zeros(len(f.points), dtype=torch.bool)
+    inside[project_points(torch.from_numpy(f.points[:, :3]), f.camera_views()).point] = True
+    return inside
+
+
 @torch.no_grad()
-def evaluate(model: Segmenter, dataset: FrameDataset, batch: int = 2) -> ConfusionMatrix:
-    """Confusion matrix over every labelled point of ``dataset`` (predictions 1..C)."""
+def evaluate(model: Segmenter, dataset: FrameDataset, batch: int = 2, camera_split: tuple[str, ...] | None = None) -> dict[str, ConfusionMatrix]:
+    """Confusion matrices over every labelled point of ``dataset`` (predictions 1..C): ``all``, and with
+    ``camera_split`` (camera names; () = every camera) also ``inside`` / ``outside`` the current cameras."""
     model.eval()
-    cm = ConfusionMatrix(dataset.class_names)
+    cms = {k: ConfusionMatrix(dataset.class_names) for k in (("all", "inside", "outside") if camera_split is not None else ("all",))}
     index = dataset.index()
     for i in range(0, len(index), batch):
         frames = [dataset.frame(s, k) for s, k in index[i : i + batch]]
         vox = model.encoder.voxelize_points([f.points for f in frames], intensity_range=255.0)
         logits = model.head(model.features(vox.feats, vox.coords))
         pred = logits.argmax(1)[vox.inverse] + 1
-        cm.update(pred, torch.cat([torch.from_numpy(f.labels) for f in frames]))
-    return cm
+        labels = torch.cat([torch.from_numpy(f.labels) for f in frames])
+        cms["all"].update(pred, labels)
+        if camera_split is not None:
+            inside = torch.cat([in_cameras(f, camera_split) for f in frames])
+            cms["inside"].update(pred[inside], labels[inside])
+            cms["outside"].update(pred[~inside], labels[~inside])
+    return cms
 
 
 class _FeatureCache:
@@ -185,10 +200,12 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     finally:
         log.close()
     loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_ce", "loss_lovasz"))
-    cm = evaluate(model, val_ds, cfg.batch)
+    cms = evaluate(model, val_ds, cfg.batch, tuple(cfg.cameras) if cfg.camera_split else None)
+    cm = cms["all"]
+    split = {f"miou_{k}": c.miou() for k, c in cms.items() if k != "all"}
     report = save_report(cm, out, f"{what}; eval on {cfg.eval_split}", {"protocol": cfg.protocol, "percent": cfg.percent, "model": str(model_name),
                                                                          "dataset": detect_format(data), "split": cfg.eval_split,
-                                                                         "steps": total, "val_frames": len(val_ds)})  # fmt: skip
+                                                                         "steps": total, "val_frames": len(val_ds), **split})  # fmt: skip
     print(cm.table(), flush=True)
     with atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))

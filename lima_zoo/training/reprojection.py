@@ -33,7 +33,7 @@ from .cross_view import aggregate_views, sample_pixel_features
 from .datasets.frame import Frame
 from .datasets.pairing import CameraView, PixelPairs, project_points
 
-__all__ = ["ViewEntry", "view_entry", "zbuffer", "reproject", "CHECKS"]
+__all__ = ["ViewEntry", "view_entry", "zbuffer", "depth_check", "reproject", "CHECKS"]
 
 CHECKS = ("none", "occlusion", "agreement")
 
@@ -82,7 +82,7 @@ def view_entry(frame: Frame, maps: torch.Tensor, pairs: PixelPairs, cells: int, 
     return ViewEntry(maps.detach().to("cpu", dtype).contiguous(), w2c, intr, sizes, depth, cell_px, key)
 
 
-def _checked(pairs: PixelPairs, entry: ViewEntry, check: str, abs_tol: float, rel_tol: float) -> torch.Tensor:
+def depth_check(pairs: PixelPairs, entry: ViewEntry, check: str, abs_tol: float, rel_tol: float) -> torch.Tensor:
     """(P,) bool: samples that pass ``check`` against the entry's z-buffer."""
     if check == "none" or not len(pairs.point):
         return torch.ones(len(pairs.point), dtype=torch.bool)
@@ -118,7 +118,7 @@ def reproject(xyz: torch.Tensor, memory: list[ViewEntry], check: str = "agreemen
     for age, entry in enumerate(reversed(memory), start=1):
         views = [CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h) for c, (w, h) in enumerate(entry.sizes)]
         pairs = project_points(xyz, views)
-        pairs = _select(pairs, _checked(pairs, entry, check, abs_tol, rel_tol))
+        pairs = _select(pairs, depth_check(pairs, entry, check, abs_tol, rel_tol))
         if not len(pairs.point):
             continue
         feats = sample_pixel_features(entry.maps.float(), pairs, entry.sizes)

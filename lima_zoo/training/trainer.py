@@ -226,7 +226,8 @@ class _Run:
             dist = point_distances(per_point[at : at + n], tgt)
             losses.append(averaged_loss(dist, kind == CURRENT, kind == MEMORY_ONLY, lima.loss_average, lima.memory_weight))
             at += n
-        weights = [1.0, lima.mix_weight][: len(groups)] if len(groups) == 2 else [1.0]
+        mixed = second is not plain
+        weights = [1.0, lima.mix_weight if mixed else 1.0] if len(groups) == 2 else [1.0]
         loss = sum(w * l for w, l in zip(weights, losses))
         loss_cons = torch.zeros(())
         if lima.consistency_weight > 0:

@@ -106,7 +106,7 @@ def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
 def test_config_errors_are_clear(tiny_world, tiny_teacher, tmp_path):
     with pytest.raises(ValueError, match=r"unknown keys \['lrr'\]; valid keys: .*'lr'"):
         load_recipe("synthetic-tiny", ["optim.lrr=0.1"])
-    with pytest.raises(ValueError, match="packaged recipe; recipes: synthetic-tiny, vit-b-minkunet34"):
+    with pytest.raises(ValueError, match="packaged recipe; recipes: scalr-vit-b-minkunet34, single-frame-vit-b-minkunet34, synthetic-tiny, vit-b-minkunet34"):
         load_recipe("vit-q-minkunet34")
     with pytest.raises(ValueError, match="expected int"):
         load_recipe("synthetic-tiny", ["optim.streams=two"])

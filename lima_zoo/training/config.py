@@ -60,8 +60,8 @@ class LimaConfig:
     depth_cells: int = 32  # z-buffer cells across an image's width (align=reproject; benchmarks/memory_probe.py)
     depth_tolerance: tuple[float, float] = (0.5, 0.1)  # m + fraction of depth a sample may differ from the past LiDAR
     pool: str = "mean"  # mean | max over the frames that matched
-    recency: float = 1.0  # mean pooling: a frame k steps back weighs recency**(k-1)
-    view_range: float = 0.0  # m; > 0: a remembered view seen at depth d weighs exp(-d / view_range)
+    recency: float = 1.0  # align=reproject, mean pooling: a frame k steps back weighs recency**(k-1)
+    view_range: float = 0.0  # m; align=reproject, > 0: a remembered view seen at depth d weighs exp(-d / view_range)
     alpha: float = 0.5  # temporal fusion weight of the current unified feature
     cva: str = "mean"  # mean | center (weights by closeness to the image centre)
     cameras_per_frame: int = 0  # > 0: distil only this many randomly drawn cameras per scan (ScaLR: 1); 0 = all

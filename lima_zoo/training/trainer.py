@@ -99,6 +99,7 @@ class _Run:
         self.dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.percent, None if cfg.data.format == "auto" else cfg.data.format, labels=False)
         if not self.dataset.sequences:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.split!r} holds no sequences")
+        select_cameras(self.dataset.frame(0, 0), cfg.data.cameras)  # an unknown camera name fails before any work
         self.teacher = build_teacher(cfg.teacher, self.device)
         if cfg.encoder.head_dim != self.teacher.dim:
             raise ValueError(f"encoder.head_dim={cfg.encoder.head_dim} but the teacher outputs {self.teacher.dim}-d features; set encoder.head_dim={self.teacher.dim}")

@@ -35,10 +35,6 @@ class StreamTargets:
     kind: torch.Tensor
     frames: torch.Tensor
 
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.kind != NO_TARGET
-
 
 def remember(frame: Frame, cur: FrameTargets, key: tuple[int, int], lima: LimaConfig):
     """The bank entry of a frame whose targets are ``cur``, in the bank's reading."""

@@ -64,12 +64,16 @@ def zbuffer(pairs: PixelPairs, sizes: list[tuple[int, int]], cells: int) -> tupl
     gh = max(int(np.ceil(h / c)) for (_, h), c in zip(sizes, cell_px))
     depth = torch.full((len(sizes), gh, cells), torch.inf)
     if len(pairs.point):
-        side = torch.tensor(cell_px, dtype=torch.float32)[pairs.camera]
-        col = (pairs.uv[:, 0] / side).long().clamp(0, cells - 1)
-        row = (pairs.uv[:, 1] / side).long().clamp(0, gh - 1)
+        row, col = _cell_of(pairs, cell_px, gh, cells)
         flat = (pairs.camera * gh + row) * cells + col
         depth.view(-1).scatter_reduce_(0, flat, pairs.depth.float(), "amin")
     return depth, cell_px
+
+
+def _cell_of(pairs: PixelPairs, cell_px: list[float], gh: int, gw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P,) row and column of the z-buffer cell each pair's pixel falls in."""
+    side = torch.tensor(cell_px, dtype=torch.float32)[pairs.camera]
+    return (pairs.uv[:, 1] / side).long().clamp(0, gh - 1), (pairs.uv[:, 0] / side).long().clamp(0, gw - 1)
 
 
 def view_entry(frame: Frame, maps: torch.Tensor, pairs: PixelPairs, cells: int, key: tuple[int, int], dtype: torch.dtype = torch.float16) -> ViewEntry:
@@ -86,10 +90,7 @@ def depth_check(pairs: PixelPairs, entry: ViewEntry, check: str, abs_tol: float,
     """(P,) bool: samples that pass ``check`` against the entry's z-buffer."""
     if check == "none" or not len(pairs.point):
         return torch.ones(len(pairs.point), dtype=torch.bool)
-    side = torch.tensor(entry.cell_px, dtype=torch.float32)[pairs.camera]
-    gh, gw = entry.depth.shape[1:]
-    col = (pairs.uv[:, 0] / side).long().clamp(0, gw - 1)
-    row = (pairs.uv[:, 1] / side).long().clamp(0, gh - 1)
+    row, col = _cell_of(pairs, entry.cell_px, *entry.depth.shape[1:])
     zmin = entry.depth[pairs.camera, row, col]
     tol = abs_tol + rel_tol * pairs.depth
     ok = pairs.depth <= zmin + tol  # nothing nearer than the point along this ray (empty cell: inf)

@@ -31,7 +31,7 @@ from .augment import augment_points
 from .config import TrainConfig
 from .datasets import open_dataset
 from .datasets.frame import Frame
-from .long_horizon import CURRENT, MEMORY_ONLY, StreamTargets, recall, remember
+from .long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, StreamTargets, recall, remember
 from .losses import averaged_loss, point_distances
 from .memory_bank import MemoryBank
 from .mixing import mix
@@ -240,7 +240,7 @@ class _Run:
         n_points = offsets[-1]
         kinds = torch.cat([t.kind for t in targets])
         return {"loss": float(loss.detach()), "loss_current": float(losses[0].detach()), "loss_mixed": float(losses[-1].detach()) if len(groups) == 2 else 0.0,
-                "loss_consistency": float(loss_cons.detach()), "target_fraction": float((kinds != 0).sum()) / n_points,
+                "loss_consistency": float(loss_cons.detach()), "target_fraction": float((kinds != NO_TARGET).sum()) / n_points,
                 "memory_only_fraction": float((kinds == MEMORY_ONLY).sum()) / n_points, "bank_depth": depth / B}  # fmt: skip
 
     def step(self) -> dict[str, float]:

@@ -66,3 +66,22 @@ def test_whole_minkunet34(street_points, voxel_type, size, foreign):
     diff = (a - b).abs().max().item()
     print(f"\nMinkUNet-34 torch vs {foreign} ({voxel_type}, {len(vox.coords)} voxels): max |diff| = {diff:.3g}, max |y| = {a.abs().max():.3g}")
     assert diff < 1e-4
+
+
+@pytest.mark.parametrize("foreign", FOREIGN)
+def test_backward_through_every_backend(foreign):
+    """Training runs on a foreign backend: input and weight gradients match the torch engine's."""
+    feats, coords = random_sparse(grid=10, density=0.3, dtype=torch.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv3d(3, 8, 3), Conv3d(8, 8, 2, stride=2), Conv3d(8, 8, 3), Conv3d(8, 5, 2, stride=2, transposed=True))
+    grads = []
+    with num_threads(1):
+        for backend in ("torch", foreign):
+            set_backend(net, backend)
+            net.zero_grad()
+            x = feats.clone().requires_grad_(True)
+            net(SparseTensor(x, coords)).feats.square().sum().backward()
+            grads.append([x.grad, *(p.grad for p in net.parameters())])
+    set_backend(net, "torch")
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

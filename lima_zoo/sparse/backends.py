@@ -139,8 +139,20 @@ def _spconv_indices(x: SparseTensor, stride: int) -> torch.Tensor:
     return _swap_xz(x.cache.level_coords(stride)).to(torch.int32)
 
 
-def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
+def _import_spconv():
+    """spconv.pytorch, usable for training on a machine without a CUDA driver: spconv 2.3's CPU
+    backward asks torch for the current CUDA stream before it branches to its CPU code (which never
+    uses it), and that call fails without a driver. There it gets a null stream instead."""
     import spconv.pytorch as spconv
+    from spconv.pytorch import ops
+
+    if not torch.cuda.is_available() and not getattr(ops, "_lima_cpu_stream", False):
+        ops.get_current_stream, ops._lima_cpu_stream = (lambda: 0), True
+    return spconv
+
+
+def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
+    spconv = _import_spconv()
 
     tkey = (kind, c_in, c_out, kernel_size, dilation, key)
     mod = _SPCONV_TEMPLATES.get(tkey)
@@ -156,7 +168,7 @@ def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation:
 
 
 def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
-    import spconv.pytorch as spconv
+    spconv = _import_spconv()
     from torch.func import functional_call
 
     state = _spconv_state(x)
@@ -164,7 +176,8 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
     if kernel_size == 2:
         kernel = kernel[_even_kernel_perm().to(kernel.device)]
     k = kernel_size
-    weight = kernel.permute(2, 0, 1).reshape(c_out, k, k, k, c_in)
+    # spconv's backward asserts contiguous filters; a permuted view is not.
+    weight = kernel.permute(2, 0, 1).reshape(c_out, k, k, k, c_in).contiguous()
     scale = x.stride // state["base"]
     shape = [s // scale for s in state["shape"]]
 

@@ -78,38 +78,64 @@ class EncoderConfig:
 
 
 def config_from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build a (nested) frozen dataclass from a dict; unknown keys and bad types raise ValueError."""
+    """Build a (nested) frozen dataclass from a dict; unknown keys and bad types raise ValueError
+    naming ``where`` and the field. The one place every config (encoder, training, downstream) is
+    type-checked: ints are not bools, floats accept ints but not strings, tuples come from lists,
+    unions take the first arm that fits."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {sorted(fields)}")
-    if cls is EncoderConfig and int(data.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    if cls is EncoderConfig and kwargs.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise ValueError(
-            f"{where}: format_version {data['format_version']} is newer than this lima-zoo supports "
+            f"{where}: format_version {kwargs['format_version']} is newer than this lima-zoo supports "
             f"({FORMAT_VERSION}); upgrade lima-zoo"
         )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a value of the right type but out of range (__post_init__)
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return config_from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            try:
+                return _coerce(arm, value, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: expected {' or '.join(_name(a) for a in args)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        return tuple(_coerce(args[0], v, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f"{where}: expected null, got {value!r}")
+        return None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if hint in (int, str, bool) and not (type(value) is hint):
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
+    if hint in (int, str, bool):
+        if type(value) is not hint:
+            raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    raise TypeError(f"{where}: config field type {hint!r} has no reader")  # a programming error, not user input
+
+
+def _name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -152,9 +152,7 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         files = fetch_model_files(source, cache_dir, local_files_only)
         config = read_config(files["config.json"])
         encoder = cls(config)
-        from safetensors.torch import load_file
-
-        load_state_strict(encoder, load_file(files["model.safetensors"]), files["model.safetensors"])
+        load_state_strict(encoder, load_safetensors(files["model.safetensors"]), files["model.safetensors"])
         encoder.eval()
         if device is not None:
             encoder.to(resolve_device(device))
@@ -200,10 +198,20 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
 def read_config(path: str | os.PathLike) -> EncoderConfig:
     """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable config ({exc})") from None
     return config_from_dict(EncoderConfig, data, where=str(path))
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; a truncated or foreign file is a ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: one clear message naming the file
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def load_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
@@ -217,8 +225,11 @@ def load_weights_only(path: str | os.PathLike, map_location: str | torch.device 
         # torch's message is a page long; what follows "WeightsUnpickler error:" is what matters
         tail = text.split("WeightsUnpickler error:", 1)[-1]
         why = next((line.strip() for line in tail.splitlines() if line.strip()), "").split(". ")[0]
-        if "Unsupported global" in text:
-            found = re.search(r"GLOBAL (\S+)", text)
+        # torch names the refused class in several wordings across versions ("Unsupported global:
+        # GLOBAL m.C was not an allowed global", "Trying to load unsupported GLOBAL m.f whose module m
+        # is blocked"); all of them carry "GLOBAL <name>".
+        found = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if found or "Unsupported global" in text:
             raise ValueError(
                 f"{path}: the checkpoint holds pickled Python objects besides tensors ({found.group(1) if found else why}), "
                 "and lima-zoo never unpickles untrusted files. On a machine where you trust it, re-save the weights only: "

@@ -74,6 +74,25 @@ def test_embed_unknown_model_is_clear(scans, tmp_path):
     assert res.exit_code != 0 and "unknown model" in res.output and "Traceback" not in res.output
 
 
+def test_embed_needs_a_model_and_a_writable_out(scans, model_dir, tmp_path):
+    res = CliRunner().invoke(main, ["embed", str(scans), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--model" in res.output
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(blocked / "feats")])
+    assert res.exit_code == 2 and f"--out {blocked / 'feats'}: cannot write there" in res.output and "Traceback" not in res.output
+
+
+def test_embed_truncated_weights_is_clear(scans, model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    (bad / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes()[:500])
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "model.safetensors: not a readable safetensors file" in res.output and "Traceback" not in res.output
+
+
 def test_models_and_info():
     res = CliRunner().invoke(main, ["models"])
     assert res.exit_code == 0 and "vit-l-minkunet34" in res.output and "37.9M" in res.output

@@ -59,6 +59,16 @@ def test_missing_head_is_an_error_unless_asked_for(tmp_path):
     assert LiMAEncoder.from_pretrained(out).config.head_dim == 0
 
 
+class _Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
 def test_incomplete_or_foreign_checkpoints_are_refused_clearly(tmp_path):
     state = {f"backbone_3d.{k}": v for k, v in LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).backbone.state_dict().items()}
     state.pop("backbone_3d.block3.0.conv2.kernel")
@@ -72,6 +82,11 @@ def test_incomplete_or_foreign_checkpoints_are_refused_clearly(tmp_path):
     torch.save({"state_dict": state, "cfg": argparse.Namespace(lr=0.1)}, tmp_path / "pickled.pth")
     with pytest.raises(ValueError, match=r"pickled.pth: .*\(argparse.Namespace\).*never unpickles"):
         read_state_dict(tmp_path / "pickled.pth")
+    # a malicious pickle (a callable in __reduce__): refused with the same message, never executed
+    torch.save({"state_dict": state, "x": _Exploit(tmp_path / "pwned")}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil.pth: .*\((posix|nt)\.system\).*never unpickles"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
     # not a pickle at all, or a truncated one: unreadable, not "holds pickled objects"
     (tmp_path / "junk.pth").write_bytes(b"garbage")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "pickled.pth").read_bytes()[:100])

@@ -119,6 +119,14 @@ def test_strict_load_lists_every_problem(saved, tmp_path):
         (lambda c: c.update(format_version=99), "newer than this lima-zoo supports"),
         (lambda c: c["preprocess"].update(voxel_type="spherical"), "voxel_type"),
         (lambda c: c.update(head_dim="big"), "expected int"),
+        (lambda c: c["preprocess"].update(intensity_scale="255"), r"config.json.preprocess.intensity_scale: expected a number, got '255'"),
+        (lambda c: c.update(bn_momentum="0.05"), r"config.json.bn_momentum: expected a number"),
+        (lambda c: c.update(format_version=[1]), r"config.json.format_version: expected int, got \[1\]"),
+        (lambda c: c.update(format_version="one"), r"config.json.format_version: expected int, got 'one'"),
+        (lambda c: c.update(in_channels=True), r"config.json.in_channels: expected int, got True"),
+        (lambda c: c["preprocess"].update(voxel_size=[0.1, 1.0]), r"voxel_size: expected a list of 3 values"),
+        (lambda c: c["preprocess"].update(voxel_size=[0.1, "1", 0.1]), r"voxel_size\[1\]: expected a number"),
+        (lambda c: c["preprocess"].update(use_dim=5), r"config.json.preprocess: use_dim must be 3"),
     ],
 )
 def test_config_checks(saved, tmp_path, edit, message):
@@ -131,6 +139,21 @@ def test_config_checks(saved, tmp_path, edit, message):
     (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match=message):
         LiMAEncoder.from_pretrained(bad)
+
+
+def test_unreadable_config_and_weights_name_the_file(saved, tmp_path):
+    _, folder = saved
+    bad = tmp_path / "m"
+    bad.mkdir()
+    (bad / "config.json").write_bytes(b"\xff\xfe{not utf-8")
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"m/config.json: unreadable config"):
+        LiMAEncoder.from_pretrained(bad)
+    (bad / "config.json").write_text((folder / "config.json").read_text())
+    for content in ((folder / "model.safetensors").read_bytes()[:1000], b"PK\x03\x04 a zip, not safetensors"):
+        (bad / "model.safetensors").write_bytes(content)
+        with pytest.raises(ValueError, match=r"m/model.safetensors: not a readable safetensors file"):
+            LiMAEncoder.from_pretrained(bad)
 
 
 def test_missing_files_in_folder(tmp_path):

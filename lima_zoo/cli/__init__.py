@@ -19,7 +19,8 @@ def main() -> None:
 
 @main.command("embed")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "-m", default="vit-b-minkunet34", show_default=True, help="Registered name, org/repo[@rev] or a model folder.")
+# --model is required: no registered name has published weights yet, so a default would only fail later.
+@click.option("--model", "-m", required=True, help="A model folder (save_pretrained / export), org/repo[@rev] or a registered name (`lima-zoo models`).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--format", "fmt", type=click.Choice(["npy", "safetensors", "parquet", "ply"]), default="npy", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
@@ -38,6 +39,7 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
     inputs = collect_inputs(list(paths))
     if not inputs:
         raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}")
+    _check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
     encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
     report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features)
     secs = report.seconds
@@ -52,6 +54,18 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
         for _, why in report.failed:
             click.echo(f"  {why}", err=True)
         sys.exit(1)
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Create ``folder`` and write a probe file into it, or fail naming the option and the path."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lima-write-check-"):
+            pass
+    except OSError as e:
+        raise click.UsageError(f"{option} {folder}: cannot write there ({e.strerror or e})") from None
 
 
 @main.command("models")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import EncoderConfig, PreprocessConfig
-from ..encoder import LiMAEncoder, load_state_strict, load_weights_only
+from ..encoder import LiMAEncoder, load_safetensors, load_state_strict, load_weights_only
 from ..models.minkunet import LAYERS, MinkUNet, convert_torchsparse_state_dict
 
 __all__ = ["convert_checkpoint", "read_state_dict", "ConversionReport", "BACKBONE_PREFIXES", "HEAD_PREFIXES"]
@@ -65,12 +65,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - one clear message for any unreadable file
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        return load_safetensors(path)
     obj = load_weights_only(path)
     for key in ("state_dict", "model", "module", "encoder"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not isinstance(obj.get(key), torch.Tensor):

@@ -204,8 +204,8 @@ def load_recipe(recipe: str, overrides: list[str] | None = None) -> TrainConfig:
         if not path.is_file():
             raise ValueError(f"{recipe!r} is neither a YAML file nor a packaged recipe; recipes: {', '.join(list_recipes())}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     data = apply_overrides(data, overrides or [])
     return config_from_dict(TrainConfig, data, where=str(path))

@@ -134,8 +134,13 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         device: str | torch.device | None = None,
         backend: str = "torch",
         runtime: str = "torch",
+        token: str | bool | None = None,
+        force_download: bool = False,
     ) -> "LiMAEncoder":
         """Load a registered name, a Hub repo ("org/repo" or "org/repo@revision") or a local folder.
+
+        The Hugging Face cache is tried first; ``force_download=True`` fetches again (a branch such as
+        ``main`` that moved). token: for private repos (default: huggingface_hub's login / HF_TOKEN).
 
         runtime: "torch" (this module) or "onnx": the folder's model.onnx run by onnxruntime, returned
         as an :class:`~lima_zoo.export.onnx_runtime.OnnxEncoder` with the same ``embed``.
@@ -148,8 +153,9 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         if runtime == "onnx":
             from .export.onnx_runtime import OnnxEncoder
 
-            return OnnxEncoder.from_files(fetch_model_files(source, cache_dir, local_files_only, onnx=True), device=device)
-        files = fetch_model_files(source, cache_dir, local_files_only)
+            return OnnxEncoder.from_files(fetch_model_files(source, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download),
+                                        device=device)  # fmt: skip
+        files = fetch_model_files(source, cache_dir, local_files_only, token=token, force_download=force_download)
         config = read_config(files["config.json"])
         encoder = cls(config)
         load_state_strict(encoder, load_safetensors(files["model.safetensors"]), files["model.safetensors"])

@@ -1,18 +1,18 @@
 """Find an encoder's files: a local directory, a registered name, or a Hub repo ("org/repo[@rev]").
 
 Downloads go through huggingface_hub into its normal cache. The cache is always tried first with
-``local_files_only=True``; only on a miss is the network used, and only after a quick reachability
-probe, so an offline machine is told within seconds (huggingface_hub alone retries DNS failures for
-~20 s) what is missing, where the cache is, and how to make weights locally.
+``local_files_only=True`` (``force_download=True`` skips it, to refresh a branch such as ``main``);
+only on a miss is the network used, and only after a quick reachability probe through
+huggingface_hub's own HTTP session (so HTTPS_PROXY / HTTP_PROXY and its other settings apply), so
+an offline machine is told within seconds (huggingface_hub alone retries DNS failures for ~20 s)
+what is missing, where the cache is, and how to make weights locally.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 __all__ = ["ModelSource", "resolve_source", "fetch_model_files", "OfflineError", "MODEL_FILES", "ONNX_FILES"]
 
@@ -57,13 +57,15 @@ def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
+    """Whether the Hub endpoint answers an HTTP request within ``timeout`` s, asked through
+    huggingface_hub's session: the proxies, certificates and endpoint it would download with. Any
+    HTTP status is an answer (a proxy's 407 included); no answer is offline."""
+    from huggingface_hub import constants, get_session
 
-    url = urlparse(constants.ENDPOINT)
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - httpx / requests / socket errors alike: the network did not answer
         return False
 
 
@@ -81,10 +83,12 @@ def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> st
 
 
 def fetch_model_files(
-    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False, onnx: bool = False
-) -> dict[str, Path]:
+    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False, onnx: bool = False,
+    token: str | bool | None = None, force_download: bool = False,
+) -> dict[str, Path]:  # fmt: skip
     """Paths of config.json and model.safetensors (or model.onnx with ``onnx``), downloaded into the
-    cache when needed."""
+    cache when needed. token: a Hub token for private repos (None: huggingface_hub's login / HF_TOKEN);
+    force_download: fetch again even when cached (a branch revision that moved)."""
     names = ONNX_FILES if onnx else MODEL_FILES
     if source.local_dir is not None:
         files = {name: source.local_dir / name for name in names}
@@ -98,17 +102,20 @@ def fetch_model_files(
 
     def download(offline: bool) -> dict[str, Path]:
         return {
-            name: Path(hf_hub_download(source.repo_id, name, revision=source.revision, cache_dir=cache_dir, local_files_only=offline))
+            name: Path(hf_hub_download(source.repo_id, name, revision=source.revision, cache_dir=cache_dir, local_files_only=offline,
+                                       token=token, force_download=force_download and not offline))
             for name in names
-        }
+        }  # fmt: skip
 
-    try:
-        return download(offline=True)
-    except LocalEntryNotFoundError:
-        pass
+    if not force_download:
+        try:
+            return download(offline=True)
+        except LocalEntryNotFoundError:
+            pass
     if local_files_only or constants.HF_HUB_OFFLINE:
         flag = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
-        raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {flag}"))
+        what = "a fresh download was asked for (force_download)" if force_download else "not in the local cache"
+        raise OfflineError(_offline_message(source, cache_dir, f"{what} and {flag}"))
     if not hub_reachable():
         raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {constants.ENDPOINT} is unreachable"))
     return download(offline=False)

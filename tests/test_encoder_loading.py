@@ -201,3 +201,60 @@ def test_registered_configs_build(name):
     with torch.device("meta"):
         enc = create_encoder(name)
     assert enc.config.head_dim in (384, 768, 1024) and enc.head.proj.out_features == enc.config.head_dim
+
+
+@pytest.fixture
+def fresh_hub_session():
+    """huggingface_hub caches one HTTP client; proxy variables are read when it is made."""
+    import huggingface_hub
+
+    reset = getattr(huggingface_hub, "close_session", None) or huggingface_hub.utils.reset_sessions
+    reset()
+    yield
+    reset()
+
+
+def test_reachability_goes_through_the_proxy(monkeypatch, fresh_hub_session):
+    """Behind an HTTP(S) proxy the endpoint's host may not even resolve: the probe must ask the proxy,
+    as huggingface_hub's downloads do, not open a raw TCP connection to the endpoint."""
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hc
+
+    from lima_zoo.hub import hub_reachable
+
+    seen = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # a forward proxy gets the absolute URL
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(hc, "ENDPOINT", "http://hub.invalid")  # .invalid never resolves
+        for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        for var in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{server.server_port}")
+        assert hub_reachable(timeout=5) and seen and "hub.invalid" in seen[0]
+    finally:
+        server.shutdown()
+
+
+def test_force_download_skips_the_cache(saved, tmp_path, monkeypatch):
+    """A cached branch revision is refreshable: force_download goes to the network (here: offline, so it says so)."""
+    import huggingface_hub.constants as hc
+
+    _, folder = saved
+    fill_hub_cache(tmp_path, "someorg/tiny-encoder", folder)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    LiMAEncoder.from_pretrained("someorg/tiny-encoder", cache_dir=str(tmp_path))  # the cache answers
+    with pytest.raises(OfflineError, match="fresh download was asked for"):
+        LiMAEncoder.from_pretrained("someorg/tiny-encoder", cache_dir=str(tmp_path), force_download=True)

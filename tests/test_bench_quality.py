@@ -15,7 +15,8 @@ pytest.importorskip("timm")
 def test_bench_quality_quick_runs_every_method(tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "bench_quality.py"
     out = tmp_path / "quality.json"
-    res = subprocess.run([sys.executable, str(script), "--quick", "--tables", "a", "--json", str(out)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([sys.executable, str(script), "--quick", "--tables", "a", "--json", str(out)], capture_output=True, text=True,
+                         timeout=3600)  # a hang guard only (~2 min on 2 idle cores), never a speed check
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]["a"]
     assert set(rows) == {"random", "ScaLR-literal", "1 frame", "LiMA (cell)", "LiMA (reproject)"}

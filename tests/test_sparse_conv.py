@@ -164,3 +164,15 @@ def test_backward_thread_count_independent(small_street_points):
             grads.append(conv.kernel.grad.clone())
     # Weight gradients are sums over thousands of rows; GEMM may split that reduction by thread.
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4 * grads[0].abs().max().item())
+
+
+def test_missing_backend_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from lima_zoo.sparse.backends import check_backend
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match=r"'torchsparse' is not installed \(it is not on PyPI: build it from source"):
+        check_backend("torchsparse")
+    with pytest.raises(ValueError, match=r"spconv-cu120"):
+        check_backend("spconv")

@@ -256,3 +256,16 @@ def test_cli_synth_with_preview(tmp_path):
     with Image.open(out / "preview.png") as im:
         assert im.width >= 500 and im.height > 500
     assert "wrote 1 x 2 semantickitti frames" in res.output
+
+
+def test_cli_synth_without_pillow_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a))
+    res = CliRunner().invoke(main, ["synth", str(tmp_path / "w"), "--scenes", "1", "--frames", "1"])
+    assert res.exit_code == 1 and "needs Pillow: pip install 'lima-zoo[synth]'" in res.output and not (tmp_path / "w").exists()

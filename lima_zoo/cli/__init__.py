@@ -114,7 +114,13 @@ def backends_cmd() -> None:
 @click.option("--preview", is_flag=True, help="Also write preview.png: cameras with class-coloured points and a bird's-eye view.")
 def synth_cmd(out, fmt, scenes, frames, seed, image_scale, sweeps, workers, preview):
     """Generate a synthetic driving dataset in a real on-disk format under OUT."""
+    import importlib.util
     import time
+
+    missing = [m for m, need in (("PIL", True), ("matplotlib", preview)) if need and importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"lima-zoo synth needs {' and '.join('Pillow' if m == 'PIL' else m for m in missing)}: "
+                                   "pip install 'lima-zoo[synth]' (or [train])")  # fmt: skip
 
     from tqdm import tqdm
 

@@ -32,6 +32,10 @@ from .tensor import SparseTensor
 __all__ = ["available_backends", "check_backend", "conv3d", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
+INSTALL_HINTS = {
+    "spconv": "pip install spconv (CPU); on a GPU the wheel of your CUDA, e.g. pip install spconv-cu120",
+    "torchsparse": "it is not on PyPI: build it from source, github.com/mit-han-lab/torchsparse, for your torch and CUDA",
+}
 
 
 def available_backends() -> list[str]:
@@ -43,7 +47,7 @@ def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "torch" and importlib.util.find_spec(name) is None:
-        raise ValueError(f"sparse backend {name!r} is not installed (pip install {name}); available: {available_backends()}")
+        raise ValueError(f"sparse backend {name!r} is not installed ({INSTALL_HINTS[name]}); available: {available_backends()}")
 
 
 def conv3d(

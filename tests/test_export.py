@@ -59,3 +59,56 @@ def test_cli_export(tmp_path):
     assert res.exit_code == 0 and "verified" in res.output, res.output
     res = CliRunner().invoke(main, ["export", str(tmp_path / "src" / "config.json"), "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "not a readable PyTorch checkpoint" in res.output
+
+
+def test_cli_export_replaces_the_folder_whole_and_refuses_foreign_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    enc_dir = _tiny().save_pretrained(tmp_path / "enc")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"another model's graph")  # an earlier export of something else
+    res = CliRunner().invoke(main, ["export", str(enc_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no stale model.onnx
+    (out / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["export", str(enc_dir), "--out", str(out)])
+    assert res.exit_code == 1 and "holds files this export would not replace (notes.txt)" in res.output
+    assert (out / "notes.txt").read_text() == "mine" and "Traceback" not in res.output
+
+
+def test_killed_writes_leave_old_state_and_their_temporaries_are_cleaned(tmp_path):
+    """SIGKILL inside an atomic write (file or folder): the target keeps its old content; the next
+    write into that folder removes the dead process's temporaries, never a live process's."""
+    import os
+    import subprocess
+    import sys
+
+    from lima_zoo.atomic import TMP_MARK, atomic_path
+
+    (tmp_path / "f.bin").write_bytes(b"old")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.json").write_text("old")
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from lima_zoo.atomic import atomic_path, atomic_dir\n"
+        "root = Path(sys.argv[1])\n"
+        "with atomic_dir(root / 'd', ['config.json']) as stage:\n"
+        "    (stage / 'config.json').write_text('half')\n"
+        "    with atomic_path(root / 'f.bin') as tmp:\n"
+        "        tmp.write_bytes(b'half')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=300)
+    assert res.returncode == -9
+    assert (tmp_path / "f.bin").read_bytes() == b"old" and (tmp_path / "d" / "config.json").read_text() == "old"
+    left = sorted(p.name for p in tmp_path.iterdir() if TMP_MARK in p.name)
+    assert len(left) == 2  # the killed process's temporary file and staging folder
+    live = tmp_path / f".x{TMP_MARK}{__import__('socket').gethostname()}@{os.getpid()}@abc"
+    live.write_bytes(b"")  # this (live) process's: kept
+    with atomic_path(tmp_path / "g.bin") as tmp:
+        tmp.write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir() if TMP_MARK in p.name) == [live.name]

@@ -196,6 +196,7 @@ def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resum
 
 
 EXPORT_FORMATS = ("safetensors", "onnx")
+EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx")  # what an export folder may hold
 
 
 @main.command("export")
@@ -211,20 +212,24 @@ def export_cmd(source, out_dir, formats):
     bad = [f for f in wanted if f not in EXPORT_FORMATS]
     if bad or not wanted:
         raise click.BadParameter(f"unknown format(s) {', '.join(bad) or formats!r}; choose from {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    from ..atomic import atomic_dir
     from ..export import export_onnx, export_safetensors, load_encoder_source
 
     written = []
     try:
         encoder = load_encoder_source(source)
-        if "safetensors" in wanted:
-            export_safetensors(encoder, out_dir)
-            written += ["config.json", "model.safetensors"]
-        if "onnx" in wanted:
-            if "safetensors" not in wanted:
-                encoder.save_config(out_dir)
-                written.append("config.json")
-            export_onnx(encoder, out_dir)
-            written.append("model.onnx")
+        # Built and verified in a staging folder that then replaces --out whole: a crash leaves the
+        # old export as it was, and no file of an earlier export survives beside the new config.
+        with atomic_dir(out_dir, EXPORT_FILES) as stage:
+            if "safetensors" in wanted:
+                export_safetensors(encoder, stage)
+                written += ["config.json", "model.safetensors"]
+            if "onnx" in wanted:
+                if "safetensors" not in wanted:
+                    encoder.save_config(stage)
+                    written.append("config.json")
+                export_onnx(encoder, stage)
+                written.append("model.onnx")
     except ImportError as exc:  # onnx or onnxruntime missing; the runner's own message already says how
         hint = "" if "lima-zoo[onnx]" in str(exc) else " (ONNX export needs: pip install 'lima-zoo[onnx]')"
         raise click.ClickException(f"{exc}{hint}") from None
@@ -244,6 +249,7 @@ def export_cmd(source, out_dir, formats):
 def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, intensity_scale):
     """Convert a torchsparse-lineage MinkUNet checkpoint (SuperFlow / LiMA key names, .pth read with
     weights_only, or .safetensors) into an encoder folder, reporting every key left out."""
+    from ..atomic import atomic_dir
     from ..config import PreprocessConfig
     from ..export import export_safetensors
     from ..export.convert import convert_checkpoint
@@ -252,7 +258,8 @@ def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, inten
         size = tuple(float(v) for v in voxel_size.split(","))
         pre = PreprocessConfig(voxel_type=voxel_type, voxel_size=size, intensity_scale=intensity_scale)
         encoder, report = convert_checkpoint(checkpoint, prefix=prefix, head=head, preprocess=pre)
-        export_safetensors(encoder, out_dir)
+        with atomic_dir(out_dir, EXPORT_FILES) as stage:
+            export_safetensors(encoder, stage)
     except (ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

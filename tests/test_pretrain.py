@@ -76,6 +76,37 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_world, tiny_teac
     assert any((tmp_path / "b" / "tensorboard").iterdir())
 
 
+def test_resume_checks_first_and_survives_a_torn_log_and_a_moved_run_folder(tiny_world, tiny_teacher, tmp_path):
+    import dataclasses
+    import shutil
+
+    # Nothing to resume: refused before a world is generated or a teacher trained (minutes of work).
+    with pytest.raises(FileNotFoundError, match=r"--resume: .*last.pt does not exist"):
+        train(load_recipe("synthetic-tiny"), tmp_path / "fresh", resume=True)
+    assert not (tmp_path / "fresh").exists()
+
+    train(_cfg(tiny_world, tiny_teacher), tmp_path / "full")
+    # A run whose world and teacher live inside its folder (what synthetic-tiny makes under --out).
+    cfg = _cfg(tiny_world, tiny_teacher)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path="", synthetic=True), teacher=dataclasses.replace(cfg.teacher, weights=""))
+    first = tmp_path / "first"
+    shutil.copytree(tiny_world, first / "data")
+    shutil.copytree(tiny_teacher, first / "teacher")
+
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, first, on_step=interrupt)
+    with open(first / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.1')  # a crash tore the last line mid-write
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    train(cfg, moved, resume=True)
+    np.testing.assert_allclose(_losses(moved), _losses(tmp_path / "full"), rtol=1e-6)
+
+
 def test_single_frame_and_no_bank_variants(tiny_world, tiny_teacher, tmp_path):
     train(_cfg(tiny_world, tiny_teacher, "lima.frames=1", "optim.max_steps=2"), tmp_path / "one")
     one = [json.loads(r) for r in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]

@@ -124,6 +124,8 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     """Train a probe / fine-tune on ``data``'s training split, evaluate on ``cfg.eval_split``; returns
     the report also written to ``out/metrics.json``."""
     out = Path(out)
+    if resume and not (out / "checkpoints" / "last.pt").is_file():
+        raise FileNotFoundError(f"--resume: {out / 'checkpoints' / 'last.pt'} does not exist, so there is nothing to continue")
     device = resolve_device(cfg.device)
     linear = cfg.protocol == "linear"
     train_ds = open_dataset(data, "train", cfg.percent, labels=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -23,10 +24,28 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
-    """torch.save through a temporary file: a crash or Ctrl-C never leaves half a checkpoint."""
+    """torch.save through a temporary file: a crash or Ctrl-C never leaves half a checkpoint. The run
+    folder (``path``'s grandparent) is recorded, so a run folder that was moved still resumes."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, "run_dir": str(_run_dir(path))}, tmp)
     return path
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    return checkpoint.resolve().parent.parent  # <run>/checkpoints/last.pt
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a log.jsonl; a line torn by a crash mid-write (or any unparsable line) is skipped."""
+    recs = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            recs.append(rec)
+    return recs
 
 
 def load_checkpoint(path: Path, config: dict, device: torch.device, free: tuple[str, ...] = ("run.",)) -> dict:
@@ -38,9 +57,14 @@ def load_checkpoint(path: Path, config: dict, device: torch.device, free: tuple[
     if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
         raise ValueError(f"{path}: not a lima-zoo training checkpoint (no 'config' in it)")
     mine, theirs = _flat(config), _flat(state["config"])
+    old, new = state.get("run_dir"), str(_run_dir(path))
+    if isinstance(old, str) and old != new:  # the run folder moved: paths inside it moved with it
+        theirs = {k: new + v[len(old):] if isinstance(v, str) and (v == old or v.startswith(old + os.sep)) else v for k, v in theirs.items()}
     differ = sorted(k for k in set(mine) | set(theirs) if not k.startswith(free) and mine.get(k) != theirs.get(k))
     if differ:
-        raise ValueError(f"{path}: the checkpoint was made with a different config ({', '.join(differ)}); resume with the same settings")
+        shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {mine.get(k)!r}" for k in differ[:4])
+        raise ValueError(f"{path}: the checkpoint was made with a different config ({shown}{' ...' if len(differ) > 4 else ''}); "
+                         "resume with the same settings")  # fmt: skip
     return state
 
 
@@ -59,8 +83,9 @@ class RunLog:
             return
         out.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # resuming: records past the checkpoint belong to the interrupted tail
-            kept = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-            self.path.write_text("".join(r + "\n" for r in kept))
+            kept = [r for r in read_records(self.path) if r["step"] <= step]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -97,7 +122,7 @@ def loss_curve(log_path: Path, png: Path, keys: tuple[str, ...], ylabel: str = "
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    recs = [json.loads(r) for r in log_path.read_text().splitlines() if r]
+    recs = read_records(log_path)
     if not recs:
         return
     fig, ax = plt.subplots(figsize=(7, 4))

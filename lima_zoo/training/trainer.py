@@ -287,12 +287,14 @@ class _Run:
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> Path:
     """Run (or resume) pretraining into ``out``; returns the encoder folder ``out/encoder``."""
     out = Path(out)
+    ckpt = out / "checkpoints" / "last.pt"
+    if resume and not ckpt.is_file():  # before minutes of world / teacher generation
+        raise FileNotFoundError(f"--resume: {ckpt} does not exist, so there is nothing to continue (run without --resume to start)")
     rank, world = _distributed()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     cfg = _resolve_inputs(cfg, out, rank, world)
     run = _Run(cfg, out, rank, world)
-    ckpt = out / "checkpoints" / "last.pt"
     if resume:
         run.load_checkpoint(ckpt)
     elif ckpt.exists():

@@ -93,6 +93,24 @@ def test_embed_truncated_weights_is_clear(scans, model_dir, tmp_path):
     assert res.exit_code != 0 and "model.safetensors: not a readable safetensors file" in res.output and "Traceback" not in res.output
 
 
+def test_embed_drops_nan_rows_or_keeps_them_aligned_and_counts_ignored_files(model_dir, tmp_path, small_street_points):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    pts = small_street_points[:2000, :4].copy()
+    pts[[3, 10], 0] = np.nan  # no-return pixels of an organised cloud
+    pts.tofile(scans / "a.bin")
+    (scans / "notes.txt").write_text("not a scan")
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "2 points with NaN/Inf coordinates in 1 scan(s) left out" in res.output and "ignored 1 file(s) with no point-cloud extension (.txt)" in res.output
+    assert np.load(tmp_path / "o" / "a.npy").shape == (1998, 96)
+    res = CliRunner().invoke(main, ["embed", str(scans / "a.bin"), "--model", str(model_dir), "--out", str(tmp_path / "k"), "--keep-rows"])
+    kept = np.load(tmp_path / "k" / "a.npy")
+    assert res.exit_code == 0 and kept.shape == (2000, 96)
+    assert np.isnan(kept[[3, 10]]).all() and np.isfinite(np.delete(kept, [3, 10], axis=0)).all()
+    np.testing.assert_allclose(np.delete(kept, [3, 10], axis=0), np.load(tmp_path / "o" / "a.npy"), atol=1e-5)
+
+
 def test_models_and_info():
     res = CliRunner().invoke(main, ["models"])
     assert res.exit_code == 0 and "vit-l-minkunet34" in res.output and "37.9M" in res.output

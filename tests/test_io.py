@@ -173,13 +173,68 @@ def test_bad_files(tmp_path, name, content, message):
     assert name in str(err.value)
 
 
-def test_nan_and_missing(tmp_path, cloud):
+def test_nan_rows_are_dropped_and_missing_files_refused(tmp_path, cloud):
+    """Organised clouds (ROS / Ouster / Velodyne drivers) mark no-return pixels with NaN: those rows
+    are dropped and ``kept`` says which rows remain; a cloud with no finite point is refused."""
     cloud[7, 1] = np.nan
+    cloud[9, 0] = np.inf
     (tmp_path / "nan.bin").write_bytes(cloud[:, :4].tobytes())
-    with pytest.raises(PointCloudError, match="NaN or Inf .* row 7"):
-        load_points(tmp_path / "nan.bin")
+    pc = load_points(tmp_path / "nan.bin")
+    assert len(pc.points) == 498 and pc.kept is not None and np.flatnonzero(~pc.kept).tolist() == [7, 9]
+    np.testing.assert_array_equal(pc.points, np.delete(cloud[:, :4], [7, 9], axis=0))
+    assert load_points(tmp_path / "nan.bin", use_dim=3).kept is not None
+    (tmp_path / "allnan.bin").write_bytes(np.full((4, 4), np.nan, np.float32).tobytes())
+    with pytest.raises(PointCloudError, match="every one of its 4 points has NaN"):
+        load_points(tmp_path / "allnan.bin")
     with pytest.raises(PointCloudError, match="no such file"):
         load_points(tmp_path / "absent.bin")
     np.save(tmp_path / "flat.npy", np.zeros((5, 2), np.float32))
     with pytest.raises(PointCloudError, match=r"\(N, >=3\)"):
         load_points(tmp_path / "flat.npy")
+
+
+def test_independent_writers_binary_compressed_pcd_big_endian_ply_and_las(tmp_path, cloud):
+    """Files written by other libraries (pypcd4, plyfile, laspy) read back to the same points."""
+    pypcd4 = pytest.importorskip("pypcd4")
+    plyfile = pytest.importorskip("plyfile")
+    laspy = pytest.importorskip("laspy")
+    pts = cloud[:, :4].copy()
+    pts[:50] = pts[0]  # repeated rows: LZF back-references that overlap what they copy
+    pc = pypcd4.PointCloud.from_points(pts, ("x", "y", "z", "intensity"), (np.float32,) * 4)
+    pc.save(tmp_path / "map.pcd", encoding=pypcd4.Encoding.BINARY_COMPRESSED)
+    assert b"DATA binary_compressed" in (tmp_path / "map.pcd").read_bytes()[:400]
+    np.testing.assert_array_equal(load_points(tmp_path / "map.pcd").points, pts)
+
+    vertex = np.array([tuple(r) for r in pts], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4")])
+    plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")], byte_order=">").write(str(tmp_path / "big.ply"))
+    assert b"binary_big_endian" in (tmp_path / "big.ply").read_bytes()[:200]
+    np.testing.assert_array_equal(load_points(tmp_path / "big.ply").points, pts)
+
+    # A georeferenced scan at UTM northings: float32 before re-centring would round to 0.5 m steps.
+    header = laspy.LasHeader(point_format=1, version="1.2")
+    header.offsets, header.scales = np.array([500_000.0, 5_400_000.0, 0.0]), np.array([0.001, 0.001, 0.001])
+    las = laspy.LasData(header)
+    xyz = np.array([500_123.456, 5_400_321.987, 12.345]) + np.arange(6)[:, None] * np.array([0.013, 0.021, 0.007])
+    las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    las.intensity = np.array([0, 10, 50, 100, 200, 255], np.uint16)  # 8-bit values, stored unscaled
+    las.write(str(tmp_path / "geo.las"))
+    got = load_points(tmp_path / "geo.las")
+    np.testing.assert_allclose(got.points[:, :3] + got.origin, xyz, atol=2e-3)  # mm, not 0.5 m
+    np.testing.assert_array_equal(got.points[:, 3], [0, 10, 50, 100, 200, 255])
+
+
+def test_lzf_corrupt_and_ply_undercount(tmp_path, cloud):
+    from lima_zoo.io.readers import lzf_decompress
+
+    # a literal "abc", then a copy of 7 + 5 + 2 = 14 bytes from 3 back, overlapping what it writes
+    assert lzf_decompress(bytes([2]) + b"abc" + bytes([0b111 << 5, 5, 2]), 17) == (b"abc" * 6)[:17]
+    lzf = pytest.importorskip("lzf")  # liblzf itself, as an oracle
+    data = np.random.default_rng(1).integers(0, 4, 5000).astype(np.uint8).tobytes() + bytes(3000)
+    assert lzf_decompress(lzf.compress(data), len(data)) == data
+    with pytest.raises(PointCloudError, match="corrupt LZF"):
+        lzf_decompress(bytes([0b001 << 5, 40]), 3)  # a back-reference before the start
+    write_ply(tmp_path / "under.ply", cloud, binary=True)
+    raw = (tmp_path / "under.ply").read_bytes().replace(b"element vertex 500", b"element vertex 400")
+    (tmp_path / "under.ply").write_bytes(raw)
+    with pytest.warns(UserWarning, match="declares 400 vertices but the file holds 500"):
+        assert len(load_points(tmp_path / "under.ply").points) == 400

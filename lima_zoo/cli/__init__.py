@@ -32,16 +32,18 @@ def main() -> None:
 @click.option("--ply-features", is_flag=True, help="With --format ply, also store the features as vertex properties.")
 @click.option("--local-files-only", is_flag=True, help="Never touch the network when resolving --model.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run the model folder's model.onnx with onnxruntime.")
-def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime):
+@click.option("--keep-rows", is_flag=True, help="Points with NaN/Inf coordinates get NaN feature rows (output row i = input row i) instead of being left out.")
+def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime, keep_rows):
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
     from .embed import collect_inputs, run_embed
 
-    inputs = collect_inputs(list(paths))
+    ignored: list[Path] = []
+    inputs = collect_inputs(list(paths), ignored)
     if not inputs:
-        raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}")
+        raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}" + (f" ({len(ignored)} other files ignored)" if ignored else ""))
     _check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
     encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
-    report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features)
+    report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features, keep_rows=keep_rows)
     secs = report.seconds
     total = sum(secs.values())
     click.echo(
@@ -49,6 +51,12 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
         + (f", skipped {report.skipped} existing" if report.skipped else "")
         + (f" ({report.points / total:,.0f} points/s)" if total > 0 and report.points else "")
     )
+    if report.dropped:
+        click.echo(f"{report.dropped:,} points with NaN/Inf coordinates in {report.dropped_scans} scan(s) "
+                   + ("kept as NaN feature rows (--keep-rows)" if keep_rows else "left out (--keep-rows keeps them as NaN rows, aligned with the input)"))  # fmt: skip
+    if ignored:
+        exts = sorted({p.suffix.lower() or p.name for p in ignored})
+        click.echo(f"ignored {len(ignored)} file(s) with no point-cloud extension ({', '.join(exts[:8])}{' ...' if len(exts) > 8 else ''})")
     if report.failed:
         click.echo(f"{len(report.failed)} file(s) failed:", err=True)
         for _, why in report.failed:

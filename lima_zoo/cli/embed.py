@@ -21,6 +21,8 @@ class EmbedReport:
     skipped: int = 0
     points: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    dropped: int = 0  # non-finite points left out (organised clouds' no-return pixels)
+    dropped_scans: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "embed": 0.0, "write": 0.0})
 
 
@@ -31,8 +33,9 @@ def _stem(path: Path) -> str:
     return path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
 
 
-def collect_inputs(specs: list[str]) -> list[tuple[Path, Path]]:
-    """Expand files, globs and directories into (input file, output path without suffix) pairs."""
+def collect_inputs(specs: list[str], ignored: list[Path] | None = None) -> list[tuple[Path, Path]]:
+    """Expand files, globs and directories into (input file, output path without suffix) pairs.
+    Files a directory holds with no point-cloud extension are appended to ``ignored``."""
     from ..io import POINT_SUFFIXES
 
     def readable(p: Path) -> bool:
@@ -42,7 +45,10 @@ def collect_inputs(specs: list[str]) -> list[tuple[Path, Path]]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and readable(p))
+            everything = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = [p for p in everything if readable(p)]
+            if ignored is not None:
+                ignored += [p for p in everything if not readable(p)]
             found += [(p, p.relative_to(path).parent / _stem(p)) for p in files]
         elif glob.has_magic(spec):
             base = Path(spec.split("*")[0].split("?")[0].split("[")[0])
@@ -66,8 +72,14 @@ def run_embed(
     skip_existing: bool = False,
     ply_features: bool = False,
     progress: bool = True,
+    keep_rows: bool = False,
 ) -> EmbedReport:
-    """Embed every input into ``out_dir``; per-file errors are collected, never raised."""
+    """Embed every input into ``out_dir``; per-file errors are collected, never raised.
+
+    Points with NaN / Inf coordinates are left out (counted in the report); with ``keep_rows`` their
+    rows stay in the output as NaN features, so output row i is input row i."""
+    import numpy as np
+
     from tqdm import tqdm
 
     from ..io import PointCloudError, load_points, save_features
@@ -105,8 +117,17 @@ def run_embed(
         t = time.perf_counter()
         for (cloud, src, dst), f in zip(batch, feats):
             meta = {"source": str(src), "model": getattr(encoder, "name_or_path", ""), "feature_dim": str(f.shape[1])}
+            xyz = cloud.points[:, :3]
+            if cloud.origin is not None:  # georeferenced input, re-centred by the reader
+                meta["origin"] = ",".join(f"{v:.3f}" for v in cloud.origin)
+            if cloud.kept is not None:
+                report.dropped += int((~cloud.kept).sum())
+                report.dropped_scans += 1
+                meta["non_finite_rows"] = "kept as NaN" if keep_rows else "dropped"
+                if keep_rows:
+                    f, xyz = _expand(f, cloud.kept), _expand(xyz, cloud.kept)
             try:
-                save_features(dst, f, cloud.points[:, :3], meta, ply_features=ply_features)
+                save_features(dst, f, xyz, meta, ply_features=ply_features)
                 report.done += 1
                 report.points += len(f)
             except (OSError, ValueError) as exc:
@@ -116,6 +137,15 @@ def run_embed(
         bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
     bar.close()
     return report
+
+
+def _expand(values, kept):
+    """(K, C) rows of the kept input rows -> (N, C) with NaN where a row was dropped."""
+    import numpy as np
+
+    full = np.full((len(kept), values.shape[1]), np.nan, dtype=values.dtype)
+    full[kept] = values
+    return full
 
 
 def _embed_batch(encoder, clouds) -> list:

@@ -8,6 +8,7 @@ intensity range of the source format when the format defines it). Bad input rais
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 __all__ = ["PointCloud", "PointCloudError", "load_points", "POINT_SUFFIXES", "point_suffix"]
 
 POINT_SUFFIXES = (".pcd.bin", ".bin", ".npy", ".npz", ".pcd", ".ply", ".las", ".laz")
+GEOREFERENCED_M = 10_000.0  # coordinates beyond any LiDAR's range: a map in world coordinates
 INTENSITY_NAMES = ("intensity", "remission", "reflectance", "scalar_intensity", "i")
 
 
@@ -31,6 +33,8 @@ class PointCloud:
     points: np.ndarray
     intensity_range: float | None
     path: str = ""
+    kept: np.ndarray | None = None  # (rows in the file,) bool: rows kept (None: all); non-finite rows are dropped
+    origin: np.ndarray | None = None  # (3,) float64 subtracted from georeferenced coordinates (LAS), else None
 
 
 def point_suffix(path: str | os.PathLike) -> str:
@@ -90,9 +94,11 @@ def _select_and_check(cloud: PointCloud, use_dim, path: Path) -> PointCloud:
     pts = np.ascontiguousarray(pts[:, use], dtype=np.float32)
     if len(pts) == 0:
         raise PointCloudError(f"{path}: empty point cloud")
-    bad = ~np.isfinite(pts).all(axis=1)
-    if bad.any():
-        raise PointCloudError(f"{path}: {int(bad.sum())} points contain NaN or Inf (first at row {int(bad.argmax())})")
+    finite = np.isfinite(pts).all(axis=1)
+    if not finite.any():
+        raise PointCloudError(f"{path}: every one of its {len(pts)} points has NaN or Inf coordinates")
+    if not finite.all():  # organised clouds mark no-return pixels with NaN
+        pts, cloud.kept = np.ascontiguousarray(pts[finite]), finite
     cloud.points = pts
     if pts.shape[1] < 4:
         cloud.intensity_range = None
@@ -163,9 +169,55 @@ def _read_pcd(path: Path) -> PointCloud:
             raise PointCloudError(f"{path}: truncated binary PCD ({len(raw) - pos} bytes for {n} points)")
         rec = np.frombuffer(raw, dtype=dt, count=n, offset=pos)
         columns = {name: rec[name] for name in names}
+    elif mode == "binary_compressed":  # PCL's default for maps: LZF-compressed, one field after another
+        if len(raw) - pos < 8:
+            raise PointCloudError(f"{path}: truncated binary_compressed PCD (no size header)")
+        packed, unpacked = np.frombuffer(raw, "<u4", 2, pos).tolist()
+        data = lzf_decompress(raw[pos + 8 : pos + 8 + packed], unpacked, path)
+        widths = [np.dtype(d).itemsize for d in dtypes]
+        if unpacked != n * sum(widths):
+            raise PointCloudError(f"{path}: binary_compressed PCD holds {unpacked} bytes, expected {n * sum(widths)} for {n} points")
+        columns, at = {}, 0
+        for name, d, w in zip(names, dtypes, widths):
+            columns[name] = np.frombuffer(data, d, n, at)
+            at += n * w
     else:
-        raise PointCloudError(f"{path}: PCD DATA {mode!r} is not supported (ascii or binary)")
+        raise PointCloudError(f"{path}: PCD DATA {mode!r} is not supported (ascii, binary or binary_compressed)")
     return _columns_to_cloud(columns, path)
+
+
+def lzf_decompress(src: bytes, size: int, path: Path | str = "") -> bytes:
+    """LZF (liblzf, the codec of PCL's binary_compressed PCD) -> ``size`` bytes. Each chunk starts with
+    a control byte: below 32, a literal run of ctrl + 1 bytes follows; else a back-reference of
+    (ctrl >> 5) + 2 bytes (7 means one more length byte) at distance ((ctrl & 31) << 8 | next) + 1."""
+    out, ip, n = bytearray(), 0, len(src)
+    try:
+        while ip < n:
+            ctrl = src[ip]
+            ip += 1
+            if ctrl < 32:
+                out += src[ip : ip + ctrl + 1]
+                ip += ctrl + 1
+                continue
+            length = ctrl >> 5
+            if length == 7:
+                length += src[ip]
+                ip += 1
+            ref = len(out) - ((ctrl & 31) << 8) - src[ip] - 1
+            ip += 1
+            length += 2
+            if ref < 0:
+                raise IndexError
+            if ref + length <= len(out):
+                out += out[ref : ref + length]
+            else:  # the copy overlaps what it writes (a repeated pattern): byte by byte
+                for k in range(length):
+                    out.append(out[ref + k])
+    except IndexError:
+        raise PointCloudError(f"{path}: corrupt LZF data in binary_compressed PCD") from None
+    if len(out) != size:
+        raise PointCloudError(f"{path}: binary_compressed PCD decompressed to {len(out)} bytes, its header says {size}")
+    return bytes(out)
 
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -180,7 +232,7 @@ def _read_ply(path: Path) -> PointCloud:
         raise PointCloudError(f"{path}: not a PLY file (no 'ply' magic or end_header)")
     header = raw[:end].decode("ascii", "replace").splitlines()
     body = raw[raw.index(b"\n", end) + 1 :]
-    fmt, props, n, in_vertex, seen_vertex = None, [], 0, False, False
+    fmt, props, n, in_vertex, seen_vertex, later_elements = None, [], 0, False, False, False
     for line in header:
         parts = line.split()
         if not parts:
@@ -193,6 +245,8 @@ def _read_ply(path: Path) -> PointCloud:
                 n, seen_vertex = int(parts[2]), True
             elif not seen_vertex:
                 raise PointCloudError(f"{path}: PLY element {parts[1]!r} precedes 'vertex'; not supported")
+            else:
+                later_elements = True  # faces etc. follow the vertices
         elif parts[0] == "property" and in_vertex:
             if parts[1] == "list":
                 raise PointCloudError(f"{path}: list properties on vertices are not supported")
@@ -205,14 +259,18 @@ def _read_ply(path: Path) -> PointCloud:
         if table.shape[0] != n or table.shape[1] < len(props):
             raise PointCloudError(f"{path}: expected {n} vertex rows of {len(props)} values")
         columns = {name: table[:, i] for i, (name, _) in enumerate(props)}
-    elif fmt == "binary_little_endian":
-        dt = np.dtype([(name, "<" + t) for name, t in props])
+    elif fmt in ("binary_little_endian", "binary_big_endian"):
+        order = "<" if fmt == "binary_little_endian" else ">"
+        dt = np.dtype([(name, order + t) for name, t in props])
         if len(body) < n * dt.itemsize:
             raise PointCloudError(f"{path}: truncated binary PLY ({len(body)} bytes for {n} vertices)")
+        if not later_elements and len(body) >= (n + 1) * dt.itemsize:
+            warnings.warn(f"{path}: the header declares {n} vertices but the file holds {len(body) // dt.itemsize}; "
+                          f"reading the first {n}", stacklevel=3)  # fmt: skip
         rec = np.frombuffer(body, dtype=dt, count=n)
-        columns = {name: rec[name] for name, _ in props}
+        columns = {name: rec[name].astype(rec[name].dtype.newbyteorder("=")) for name, _ in props}
     else:
-        raise PointCloudError(f"{path}: PLY format {fmt!r} is not supported (ascii, binary_little_endian)")
+        raise PointCloudError(f"{path}: PLY format {fmt!r} is not supported (ascii, binary_little_endian, binary_big_endian)")
     return _columns_to_cloud(columns, path)
 
 
@@ -233,10 +291,17 @@ def _read_las(path: Path) -> PointCloud:
     try:
         import laspy
     except ImportError:
-        raise PointCloudError(f"{path}: reading .las/.laz needs laspy (pip install 'laspy[lazrs]')") from None
+        raise PointCloudError(f"{path}: reading .las/.laz needs laspy (pip install 'lima-zoo[las]')") from None
     las = laspy.read(path)
-    pts = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z), np.asarray(las.intensity, dtype=np.float64)], 1)
-    # LAS intensity is uint16 (0-65535); rescale to 0-255 so it has a known range.
-    pts[:, 3] *= 255.0 / 65535.0
-    return PointCloud(pts.astype(np.float32), 255.0)
-
+    xyz = np.stack([np.asarray(las.x, np.float64), np.asarray(las.y, np.float64), np.asarray(las.z, np.float64)], 1)
+    # Georeferenced coordinates (UTM northings ~5e6 m) keep cm precision only in float64: re-centre
+    # on the cloud's own centre first, then go to float32; ``origin`` maps the points back. A scan in
+    # its sensor's frame (every coordinate within LiDAR range) is left as it is.
+    origin = np.floor((xyz.min(0) + xyz.max(0)) / 2) if len(xyz) and np.abs(xyz).max() > GEOREFERENCED_M else None
+    if origin is not None:
+        xyz = xyz - origin
+    intensity = np.asarray(las.intensity, np.float64)
+    # The LAS spec scales intensity to 16 bits, but many writers store 8-bit values unscaled.
+    scale = 255.0 / 65535.0 if len(intensity) and intensity.max() > 255 else 1.0
+    pts = np.concatenate([xyz, intensity[:, None] * scale], 1)
+    return PointCloud(pts.astype(np.float32), 255.0, origin=origin)

@@ -62,7 +62,14 @@ def _write_parquet(path: Path, features: np.ndarray, xyz: np.ndarray) -> None:
 
 def pca_colors(features: np.ndarray) -> np.ndarray:
     """(N, D) -> (N, 3) uint8: the first three principal components, each stretched to 0-255
-    between its 1st and 99th percentile (so a few outliers do not wash the colours out)."""
+    between its 1st and 99th percentile (so a few outliers do not wash the colours out). Rows with
+    NaN (``embed --keep-rows`` placeholders) are black and take no part in the components."""
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        rgb = np.zeros((len(features), 3), np.uint8)
+        if finite.any():
+            rgb[finite] = pca_colors(features[finite])
+        return rgb
     x = features.astype(np.float64) - features.mean(axis=0)
     # Principal axes from the D x D covariance (cheap for D << N); sign fixed for determinism.
     _, vecs = np.linalg.eigh(x.T @ x)

@@ -63,6 +63,9 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+TEACHER_STEPS = 300  # optimizer steps of the synthetic teacher a run makes for itself (make_synthetic_teacher's default)
+
+
 def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
     """Fill in a generated synthetic world / synthetic teacher when the config asks for them."""
     data, teacher = cfg.data, cfg.teacher
@@ -73,16 +76,24 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
         if rank == 0 and not (root / "lima_splits.json").exists():
             from ..synth import generate
 
+            from tqdm import tqdm
+
             print(f"generating a synthetic nuScenes-format world in {root} ...", flush=True)
-            generate(root, "nuscenes", data.synthetic_scenes, data.synthetic_frames, data.synthetic_seed, data.synthetic_image_scale)
+            with tqdm(total=data.synthetic_scenes, unit="scene", desc="synthetic world") as bar:
+                generate(root, "nuscenes", data.synthetic_scenes, data.synthetic_frames, data.synthetic_seed, data.synthetic_image_scale,
+                         progress=bar.update)  # fmt: skip
         data = dataclasses.replace(data, path=str(root))
     if teacher.name == "synthetic" and not teacher.weights:
         folder = out / "teacher"
         if rank == 0 and not (folder / "teacher.json").exists():
             from .synthetic_teacher import make_synthetic_teacher
 
+            from tqdm import tqdm
+
             print(f"making the synthetic teacher in {folder} (a ViT trained on other synthetic worlds) ...", flush=True)
-            meta = make_synthetic_teacher(folder, image_size=tuple(teacher.image_size))
+            with tqdm(total=TEACHER_STEPS, unit="step", desc="synthetic teacher") as bar:
+                meta = make_synthetic_teacher(folder, steps=TEACHER_STEPS, image_size=tuple(teacher.image_size),
+                                              progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))  # fmt: skip
             print(f"  held-out patch accuracy {meta['heldout_patch_accuracy']:.3f}", flush=True)
         teacher = dataclasses.replace(teacher, weights=str(folder))
     if world > 1:

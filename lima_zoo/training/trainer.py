@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path
-from ..encoder import LiMAEncoder, resolve_device
+from ..encoder import LiMAEncoder
 from ..sparse import SparseTensor
 from .augment import augment_points
 from .config import TrainConfig
+from .distributed import Placement, join, leave, placement
 from .datasets import open_dataset
 from .datasets.frame import Frame
 from .long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, StreamTargets, recall, remember
@@ -53,14 +53,6 @@ class Distiller(nn.Module):
 
     def forward(self, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         return self.encoder.head(self.encoder.backbone(SparseTensor(feats, coords)).feats)
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world) — initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 TEACHER_STEPS = 300  # optimizer steps of the synthetic teacher a run makes for itself (make_synthetic_teacher's default)
@@ -104,9 +96,10 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
 class _Run:
     """State of one pretraining run; ``step()`` is one optimizer step."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, rank: int, world: int):
-        self.cfg, self.out, self.rank, self.world = cfg, out, rank, world
-        self.device = resolve_device(cfg.run.device)
+    def __init__(self, cfg: TrainConfig, out: Path, place: Placement):
+        self.cfg, self.out, self.rank, self.world = cfg, out, place.rank, place.world
+        rank, world = place.rank, place.world
+        self.device = place.device
         self.dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.percent, None if cfg.data.format == "auto" else cfg.data.format, labels=False)
         if not self.dataset.sequences:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.split!r} holds no sequences")
@@ -117,7 +110,7 @@ class _Run:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.encoder = LiMAEncoder(cfg.encoder).to(self.device).train()
         model = Distiller(self.encoder)
-        self.model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        self.model = nn.parallel.DistributedDataParallel(model, **place.ddp_kwargs()) if world > 1 else model
         o = cfg.optim
         self.sampler = StreamSampler([len(r) for _, r in self.dataset.sequences], o.streams, rank, world, cfg.run.seed, max_offset=cfg.lima.frames)
         self.steps_per_epoch = self.sampler.steps_per_epoch() // o.grad_accum
@@ -301,11 +294,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Call
     ckpt = out / "checkpoints" / "last.pt"
     if resume and not ckpt.is_file():  # before minutes of world / teacher generation
         raise FileNotFoundError(f"--resume: {ckpt} does not exist, so there is nothing to continue (run without --resume to start)")
-    rank, world = _distributed()
+    place = placement(cfg.run.device)  # rank, world and this rank's own device (cuda:LOCAL_RANK)
+    created = join(place)
+    try:
+        return _train(cfg, out, resume, on_step, place, ckpt)
+    finally:
+        leave(created)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, on_step, place: Placement, ckpt: Path) -> Path:
+    rank, world = place.rank, place.world
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     cfg = _resolve_inputs(cfg, out, rank, world)
-    run = _Run(cfg, out, rank, world)
+    run = _Run(cfg, out, place)
     if resume:
         run.load_checkpoint(ckpt)
     elif ckpt.exists():

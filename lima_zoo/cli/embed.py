@@ -45,10 +45,10 @@ def collect_inputs(specs: list[str], ignored: list[Path] | None = None) -> list[
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            everything = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            everything = sorted(p for p in path.rglob("*") if p.is_file())
             files = [p for p in everything if readable(p)]
-            if ignored is not None:
-                ignored += [p for p in everything if not readable(p)]
+            if ignored is not None:  # hidden files (.DS_Store, editor swap files) are not worth a mention
+                ignored += [p for p in everything if not readable(p) and not p.name.startswith(".")]
             found += [(p, p.relative_to(path).parent / _stem(p)) for p in files]
         elif glob.has_magic(spec):
             base = Path(spec.split("*")[0].split("?")[0].split("[")[0])

@@ -30,7 +30,7 @@ from .config import AugmentConfig, DownstreamConfig
 from .datasets import Frame, FrameDataset, detect_format, open_dataset, project_points
 from .lovasz import lovasz_softmax
 from .metrics import ConfusionMatrix, save_report
-from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
+from .runlog import RunLog, last_checkpoint, load_checkpoint, loss_curve, save_checkpoint
 from .schedule import one_cycle
 from .targets import select_cameras
 
@@ -124,8 +124,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     """Train a probe / fine-tune on ``data``'s training split, evaluate on ``cfg.eval_split``; returns
     the report also written to ``out/metrics.json``."""
     out = Path(out)
-    if resume and not (out / "checkpoints" / "last.pt").is_file():
-        raise FileNotFoundError(f"--resume: {out / 'checkpoints' / 'last.pt'} does not exist, so there is nothing to continue")
+    ckpt = last_checkpoint(out, resume)
     device = resolve_device(cfg.device)
     linear = cfg.protocol == "linear"
     train_ds = open_dataset(data, "train", cfg.percent, labels=True)
@@ -142,7 +141,6 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = one_cycle(optimizer, [g["lr"] for g in groups], total, cfg.warmup)
     config = {"downstream": dataclasses.asdict(cfg), "model": str(model_name), "data": str(data)}
-    ckpt = out / "checkpoints" / "last.pt"
     step = 0
     if resume:
         state = load_checkpoint(ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every"))

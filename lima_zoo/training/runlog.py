@@ -31,6 +31,14 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     return path
 
 
+def last_checkpoint(out: Path, resume: bool) -> Path:
+    """``out``/checkpoints/last.pt; with ``resume``, a missing one is refused here, before any work."""
+    path = Path(out) / "checkpoints" / "last.pt"
+    if resume and not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist, so there is nothing to continue (run without --resume to start)")
+    return path
+
+
 def _run_dir(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent  # <run>/checkpoints/last.pt
 

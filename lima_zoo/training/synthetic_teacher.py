@@ -25,7 +25,7 @@ from ..labels import NUSCENES_EVAL_CLASSES, NUSCENES_LUT
 from .schedule import one_cycle
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, images_to_input
 
-__all__ = ["make_synthetic_teacher", "render_training_images"]
+__all__ = ["make_synthetic_teacher", "render_training_images", "TEACHER_STEPS"]
 
 
 def render_training_images(seed: int, scenes: int, frames: int, scale: float = 0.14) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,10 @@ def _patch_targets(labels: torch.Tensor, image_size: tuple[int, int], patch: int
     return F.avg_pool2d(onehot, patch).flatten(2).transpose(1, 2)
 
 
-def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, frames: int = 6, steps: int = 300, batch: int = 16,
+TEACHER_STEPS = 300  # optimizer steps of the teacher (lima-zoo make-teacher, and a run that makes its own)
+
+
+def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, frames: int = 6, steps: int = TEACHER_STEPS, batch: int = 16,
                            image_size: tuple[int, int] = (112, 224), dim: int = 128, depth: int = 4, patch: int = 8,
                            progress: Callable[[int, float], None] | None = None) -> dict:  # fmt: skip
     """Train and save the teacher under ``out``; returns its metadata (also written to teacher.json)."""

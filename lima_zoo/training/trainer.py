@@ -36,7 +36,7 @@ from .losses import averaged_loss, point_distances
 from .memory_bank import MemoryBank
 from .mixing import mix
 from .schedule import one_cycle
-from .runlog import RunLog, load_checkpoint, loss_curve, save_checkpoint
+from .runlog import RunLog, last_checkpoint, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
 from .targets import frame_targets, sample_cameras, select_cameras
 from .teacher import build_teacher
@@ -55,11 +55,10 @@ class Distiller(nn.Module):
         return self.encoder.head(self.encoder.backbone(SparseTensor(feats, coords)).feats)
 
 
-TEACHER_STEPS = 300  # optimizer steps of the synthetic teacher a run makes for itself (make_synthetic_teacher's default)
-
-
 def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
     """Fill in a generated synthetic world / synthetic teacher when the config asks for them."""
+    from tqdm import tqdm
+
     data, teacher = cfg.data, cfg.teacher
     if not data.path:
         if not data.synthetic:
@@ -67,8 +66,6 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
         root = out / "data"
         if rank == 0 and not (root / "lima_splits.json").exists():
             from ..synth import generate
-
-            from tqdm import tqdm
 
             print(f"generating a synthetic nuScenes-format world in {root} ...", flush=True)
             with tqdm(total=data.synthetic_scenes, unit="scene", desc="synthetic world") as bar:
@@ -78,9 +75,7 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
     if teacher.name == "synthetic" and not teacher.weights:
         folder = out / "teacher"
         if rank == 0 and not (folder / "teacher.json").exists():
-            from .synthetic_teacher import make_synthetic_teacher
-
-            from tqdm import tqdm
+            from .synthetic_teacher import TEACHER_STEPS, make_synthetic_teacher
 
             print(f"making the synthetic teacher in {folder} (a ViT trained on other synthetic worlds) ...", flush=True)
             with tqdm(total=TEACHER_STEPS, unit="step", desc="synthetic teacher") as bar:
@@ -98,7 +93,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out: Path, place: Placement):
         self.cfg, self.out, self.rank, self.world = cfg, out, place.rank, place.world
-        rank, world = place.rank, place.world
+        rank, world = self.rank, self.world
         self.device = place.device
         self.dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.percent, None if cfg.data.format == "auto" else cfg.data.format, labels=False)
         if not self.dataset.sequences:
@@ -291,9 +286,7 @@ class _Run:
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> Path:
     """Run (or resume) pretraining into ``out``; returns the encoder folder ``out/encoder``."""
     out = Path(out)
-    ckpt = out / "checkpoints" / "last.pt"
-    if resume and not ckpt.is_file():  # before minutes of world / teacher generation
-        raise FileNotFoundError(f"--resume: {ckpt} does not exist, so there is nothing to continue (run without --resume to start)")
+    ckpt = last_checkpoint(out, resume)  # before minutes of world / teacher generation
     place = placement(cfg.run.device)  # rank, world and this rank's own device (cuda:LOCAL_RANK)
     created = join(place)
     try:

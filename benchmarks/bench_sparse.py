@@ -1,17 +1,21 @@
-"""Sparse engine vs spconv on a nuScenes-like scan, measured side by side in one run.
+"""Sparse engine: fused kernel vs pure-PyTorch path vs spconv, measured side by side in one run.
 
-For the cylindrical (LiMA default) and cartesian 0.1 m voxelizations of a ray-cast 32-beam street
-scan, interleaved and median of --repeats:
+Three scans: the ray-cast 32-beam street scan with the cylindrical (LiMA default) and cartesian
+0.1 m voxelizations, and a 128-beam scan of the same street (~100k points, real-size). For each,
+interleaved, median of --repeats:
 
 * kernel-map build: our level-0 submanifold 3x3x3 map vs spconv's get_indice_pairs;
-* MinkUNet-34 forward (eval, inference_mode) on the torch and spconv backends, and the ratio;
-* achieved GFLOP/s (2 * sum of pairs * C_in * C_out / time) next to this machine's torch.mm
-  GFLOP/s on the same work: each layer's pairs as one dense (P, C_in) x (C_in, C_out) GEMM (the
-  stricter reference), and one GEMM per kernel offset (exactly the GEMMs the engine issues);
-* peak RSS of one forward above the loaded model, in a fresh process per backend;
+* MinkUNet-34 forward (eval, inference_mode) and forward+backward (train mode) with the three
+  engines: "fused" (the torch backend's fused CPU kernel, LIMA_ZOO_KERNEL=fused), "pure" (the same
+  backend's pure-PyTorch path, LIMA_ZOO_KERNEL=torch) and spconv;
+* the fp32 limit: the forward's GEMMs alone (one torch.mm per layer and kernel offset, the very
+  shapes the engine multiplies) at this machine's dense rate, and each engine's share of it;
+* per layer kind (128-beam scan): one conv's forward with each engine, summed over the layers of
+  that kind;
+* peak RSS of one forward above the loaded model, in a fresh process per engine;
 * spconv's own error at this thread count (its CPU path races with > 1 thread, spconv#679).
 
-    python benchmarks/bench_sparse.py [--threads 2] [--repeats 7] [--markdown]
+    python benchmarks/bench_sparse.py [--threads 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -33,18 +37,22 @@ from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet
 from lima_zoo.sparse import Conv3d, SparseTensor, set_backend
 from lima_zoo.sparse.backends import kernel_map
+from lima_zoo.sparse.fused import KERNEL_ENV, fused_module
 from lima_zoo.sparse.kmap import CoordinateKeys, build_submanifold_map
 from lima_zoo.synth.scan import street_scan
 from lima_zoo.voxelize import voxelize
 
-VOXELIZATIONS = {
-    "cylindrical": PreprocessConfig(),
-    "cartesian": PreprocessConfig(voxel_type="cartesian", voxel_size=(0.1, 0.1, 0.1)),
+SCANS = {  # name -> (beams, voxelization)
+    "32-beam cylindrical": (32, PreprocessConfig()),
+    "32-beam cartesian": (32, PreprocessConfig(voxel_type="cartesian", voxel_size=(0.1, 0.1, 0.1))),
+    "128-beam cylindrical": (128, PreprocessConfig()),
 }
+ENGINES = ("fused", "pure", "spconv")  # fused / pure: the torch backend with LIMA_ZOO_KERNEL=fused / torch
 
 
 def scan_voxels(kind: str):
-    return voxelize([torch.from_numpy(street_scan(seed=0))], VOXELIZATIONS[kind])
+    beams, cfg = SCANS[kind]
+    return voxelize([torch.from_numpy(street_scan(seed=0, beams=beams))], cfg)
 
 
 def make_net(seed: int = 0) -> MinkUNet:
@@ -52,27 +60,31 @@ def make_net(seed: int = 0) -> MinkUNet:
     return MinkUNet("minkunet34").eval()
 
 
-def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
-    """(pairs per offset, C_in, C_out) of every conv of one forward (centre offset included).
+def use_engine(net: torch.nn.Module | None, engine: str) -> None:
+    os.environ[KERNEL_ENV] = "torch" if engine == "pure" else "fused"
+    if net is not None:
+        set_backend(net, "spconv" if engine == "spconv" else "torch")
 
-    Recorded on a train-mode copy: in eval mode BN is folded and Conv3d.forward is bypassed.
-    """
+
+def conv_inputs(net: MinkUNet, vox) -> list[tuple[Conv3d, SparseTensor]]:
+    """Every sparse conv of one forward with its input tensor (train-mode copy: in eval mode BN is
+    folded and Conv3d.forward is bypassed)."""
     net = copy.deepcopy(net).train()
-    shapes = []
-
-    def hook(mod: Conv3d, inputs, _out):
-        x = inputs[0]
-        if mod.kernel_size == 1:
-            pairs = [x.num_voxels]
-        else:
-            pairs = kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed).pair_counts()
-        shapes.append((pairs, mod.in_channels, mod.out_channels))
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, Conv3d)]
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, inputs, _out: seen.append((mod, inputs[0]))) for m in net.modules() if isinstance(m, Conv3d)]
     with torch.no_grad():
         net(SparseTensor(vox.feats, vox.coords))
     for h in handles:
         h.remove()
+    return seen
+
+
+def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
+    """(pairs per offset, C_in, C_out) of every conv of one forward (centre offset included)."""
+    shapes = []
+    for mod, x in conv_inputs(net, vox):
+        pairs = [x.num_voxels] if mod.kernel_size == 1 else kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed).pair_counts()
+        shapes.append((pairs, mod.in_channels, mod.out_channels))
     return shapes
 
 
@@ -128,12 +140,55 @@ def our_map_seconds(vox) -> float:
     return time.perf_counter() - start
 
 
-def forward_seconds(net, vox, backend: str) -> tuple[float, torch.Tensor]:
-    set_backend(net, backend)
+def forward_seconds(net, vox, engine: str) -> tuple[float, torch.Tensor]:
+    use_engine(net, engine)
+    net.eval()
     with torch.inference_mode():
         start = time.perf_counter()
         out = net(SparseTensor(vox.feats, vox.coords)).feats
         return time.perf_counter() - start, out
+
+
+def train_step_seconds(net, vox, engine: str) -> float:
+    """Train-mode forward + backward of one scan (maps are rebuilt, as in training)."""
+    use_engine(net, engine)
+    net.train()
+    net.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    net(SparseTensor(vox.feats, vox.coords)).feats.square().mean().backward()
+    return time.perf_counter() - start
+
+
+def layer_kind(mod: Conv3d, x: SparseTensor) -> str:
+    kind = "1x1x1" if mod.kernel_size == 1 else "up k2" if mod.transposed else "down k2" if mod.stride == 2 else f"subm {mod.kernel_size}^3"
+    return f"{kind} stride {x.stride}, {mod.in_channels}->{mod.out_channels}"
+
+
+def per_layer(net: MinkUNet, vox, repeats: int) -> list[dict]:
+    """One conv's forward per engine, summed over the layers of each kind (same map, same shapes)."""
+    groups: dict[str, dict] = {}
+    for mod, x in conv_inputs(net, vox):
+        if mod.kernel_size == 1:
+            continue
+        g = groups.setdefault(layer_kind(mod, x), {"count": 0, "mod": mod, "x": x})
+        g["count"] += 1
+    rows = []
+    for name, g in groups.items():
+        mod, x = g["mod"], g["x"]
+        kmap = kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed)
+        t = {e: [] for e in ENGINES}
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first round warms caches and plans
+                for engine in ENGINES:
+                    use_engine(mod, engine)
+                    start = time.perf_counter()
+                    mod(x)
+                    t[engine].append(time.perf_counter() - start)
+        use_engine(mod, "fused")
+        limit = dense_gemm_seconds([(kmap.pair_counts(), mod.in_channels, mod.out_channels)], repeats, per_offset=True)
+        rows.append({"layer": name, "count": g["count"], "pairs": kmap.num_pairs, "limit": limit * g["count"],
+                     **{e: statistics.median(v[1:]) * g["count"] for e, v in t.items()}})
+    return rows
 
 
 def rss_mb(field: str) -> float:
@@ -144,23 +199,26 @@ def rss_mb(field: str) -> float:
     raise RuntimeError(field)
 
 
-def memory_probe(kind: str, backend: str, threads: int) -> None:
+def memory_probe(kind: str, engine: str, threads: int) -> None:
     """Run in a fresh process: peak RSS of one forward above the loaded model and scan."""
     torch.set_num_threads(threads)
     vox = scan_voxels(kind)
     net = make_net()
-    if backend == "spconv":
+    use_engine(net, engine)
+    if engine == "spconv":
         import spconv.pytorch  # noqa: F401  (library load is not scan memory)
+    elif engine == "fused":
+        fused_module()  # loading the extension is not scan memory either
     base = rss_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current RSS
-    forward_seconds(net, vox, backend)
+    forward_seconds(net, vox, engine)
     print(json.dumps({"peak_mb": rss_mb("VmHWM") - base}))
 
 
-def probe(kind: str, backend: str, threads: int) -> float:
+def probe(kind: str, engine: str, threads: int) -> float:
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", kind, backend, "--threads", str(threads)],
+        [sys.executable, __file__, "--memory-probe", kind, engine, "--threads", str(threads)],
         capture_output=True, text=True, check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
@@ -169,55 +227,73 @@ def probe(kind: str, backend: str, threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--memory-probe", nargs=2, metavar=("VOXELS", "BACKEND"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--scans", default=",".join(SCANS), help="subset of: " + ", ".join(SCANS))
+    ap.add_argument("--memory-probe", nargs=2, metavar=("SCAN", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
         memory_probe(*args.memory_probe, args.threads)
         return
     torch.set_num_threads(args.threads)
+    if fused_module() is None:
+        sys.exit(f"the fused kernel is not available here ({KERNEL_ENV}); nothing to compare")
     net = make_net()
-    rows = []
-    for kind in VOXELIZATIONS:
+    rows, layers = [], []
+    for kind in [k.strip() for k in args.scans.split(",")]:
         vox = scan_voxels(kind)
         shapes = layer_shapes(net, vox)
         gflop = sum(2 * sum(ps) * ci * co for ps, ci, co in shapes) / 1e9
-        t = {"ours_map": [], "sp_map": [], "torch": [], "spconv": []}
-        for _ in range(3):  # warm-up: workspace, spconv JIT tables, caches
-            forward_seconds(net, vox, "torch"), forward_seconds(net, vox, "spconv")
-        for _ in range(args.repeats):  # interleaved so drift hits both sides alike
+        t = {"ours_map": [], "sp_map": [], **{f"fwd {e}": [] for e in ENGINES}, **{f"train {e}": [] for e in ENGINES}}
+        outs = {}
+        for _ in range(2):  # warm-up: workspace, fused plans, spconv JIT tables, caches
+            for e in ENGINES:
+                forward_seconds(net, vox, e), train_step_seconds(net, vox, e)
+        for _ in range(args.repeats):  # interleaved so drift hits every engine alike
             t["ours_map"].append(our_map_seconds(vox))
             t["sp_map"].append(spconv_map_seconds(vox))
-            dt, ours = forward_seconds(net, vox, "torch")
-            t["torch"].append(dt)
-            dt, theirs = forward_seconds(net, vox, "spconv")
-            t["spconv"].append(dt)
+            for e in ENGINES:
+                dt, outs[e] = forward_seconds(net, vox, e)
+                t[f"fwd {e}"].append(dt)
+                t[f"train {e}"].append(train_step_seconds(net, vox, e))
         med = {k: statistics.median(v) for k, v in t.items()}
-        dense = dense_gemm_seconds(shapes, args.repeats, per_offset=False)
-        dense_k = dense_gemm_seconds(shapes, args.repeats, per_offset=True)
         rows.append({
-            "voxels": kind, "points": len(vox.inverse), "n": len(vox.coords), "gflop": gflop, **med,
-            "dense": dense, "dense_k": dense_k, "spconv_err": (ours - theirs).abs().max().item(),
-            "mem_torch": probe(kind, "torch", args.threads), "mem_spconv": probe(kind, "spconv", args.threads),
+            "scan": kind, "points": len(vox.inverse), "n": len(vox.coords), "gflop": gflop, **med,
+            "limit": dense_gemm_seconds(shapes, args.repeats, per_offset=True),
+            "pure_err": ((outs["fused"] - outs["pure"]).abs().max() / outs["pure"].abs().max()).item(),
+            "spconv_err": ((outs["fused"] - outs["spconv"]).abs().max() / outs["pure"].abs().max()).item(),
+            **{f"mem {e}": probe(kind, e, args.threads) for e in ENGINES},
         })
-    set_backend(net, "torch")
-    print(f"MinkUNet-34 forward, {args.threads} threads, median of {args.repeats} (interleaved)\n{machine_summary()}\n")
-    print("| voxels | points -> voxels | GFLOP | map build ours / spconv | forward torch / spconv | ratio | GFLOP/s torch / spconv | dense mm GFLOP/s per layer / per offset | torch vs dense per layer / per offset | peak MB torch / spconv | spconv max err |")
+        if kind.startswith("128"):
+            layers = per_layer(net, vox, args.repeats)
+    use_engine(net, "fused")
+    print(f"MinkUNet-34, {args.threads} threads, median of {args.repeats} (interleaved); fused = the torch backend's "
+          f"fused CPU kernel, pure = its pure-PyTorch path\n{machine_summary()}\n")
+    print("| scan | points -> voxels | GFLOP | map build ours / spconv | forward fused / pure / spconv | fused vs pure / spconv | share of fp32 limit fused / pure / spconv | fwd+bwd fused / pure / spconv | fwd+bwd fused vs pure | peak MB fused / pure / spconv | rel. diff vs pure / spconv |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        rate = lambda s: r["gflop"] / s  # noqa: E731
+        ms = lambda key: f"{r[key] * 1e3:.0f}"  # noqa: E731
+        share = " / ".join(f"{r['limit'] / r['fwd ' + e] * 100:.0f}%" for e in ENGINES)
         print(
-            f"| {r['voxels']} | {r['points']} -> {r['n']} | {r['gflop']:.1f} "
+            f"| {r['scan']} | {r['points']} -> {r['n']} | {r['gflop']:.1f} "
             f"| {r['ours_map'] * 1e3:.1f} / {r['sp_map'] * 1e3:.1f} ms "
-            f"| {r['torch'] * 1e3:.0f} / {r['spconv'] * 1e3:.0f} ms | {r['torch'] / r['spconv']:.2f}x "
-            f"| {rate(r['torch']):.0f} / {rate(r['spconv']):.0f} | {rate(r['dense']):.0f} / {rate(r['dense_k']):.0f} "
-            f"| {r['dense'] / r['torch'] * 100:.0f}% / {r['dense_k'] / r['torch'] * 100:.0f}% "
-            f"| {r['mem_torch']:.0f} / {r['mem_spconv']:.0f} | {r['spconv_err']:.2g} |"
+            f"| {ms('fwd fused')} / {ms('fwd pure')} / {ms('fwd spconv')} ms "
+            f"| {r['fwd fused'] / r['fwd pure']:.2f}x / {r['fwd fused'] / r['fwd spconv']:.2f}x "
+            f"| {share} "
+            f"| {ms('train fused')} / {ms('train pure')} / {ms('train spconv')} ms | {r['train fused'] / r['train pure']:.2f}x "
+            f"| {r['mem fused']:.0f} / {r['mem pure']:.0f} / {r['mem spconv']:.0f} | {r['pure_err']:.1g} / {r['spconv_err']:.1g} |"
         )
+    if layers:
+        print("\nPer layer kind, 128-beam scan (one conv's forward x the layers of that kind, ms):\n")
+        print("| layer | layers | pairs | fused | pure | spconv | fused vs pure / spconv | share of fp32 limit |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in layers:
+            print(f"| {r['layer']} | {r['count']} | {r['pairs']} | {r['fused'] * 1e3:.1f} | {r['pure'] * 1e3:.1f} | {r['spconv'] * 1e3:.1f} "
+                  f"| {r['fused'] / r['pure']:.2f}x / {r['fused'] / r['spconv']:.2f}x | {r['limit'] / r['fused'] * 100:.0f}% |")
     print(
-        "\nratio = torch-backend time / spconv time (lower is better). 'spconv max err' is the max |diff|"
-        f" between the two backends' outputs at {args.threads} threads: spconv 2.3.8's CPU path is only"
-        " correct at 1 thread (spconv#679); ours is thread-count independent."
+        "\nfp32 limit = the forward's GEMMs alone (one torch.mm per layer and kernel offset) at this machine's dense rate;"
+        " share = limit / time. 'rel. diff' is max |fused - other| / max |pure| over the output:"
+        f" spconv 2.3.8's CPU path is only correct at 1 thread (spconv#679), at {args.threads} threads it races;"
+        " the fused kernel is bit-identical at any thread count."
     )
 
 

@@ -50,3 +50,20 @@ def test_unknown_or_missing_backend_is_a_clear_error():
     if importlib.util.find_spec("torchsparse") is None:
         with pytest.raises(ValueError, match="not installed"):
             enc.set_backend("torchsparse")
+
+
+def test_wheel_ships_the_kernel_source_and_data(tmp_path):
+    """A wheel install must be able to build the fused kernel and find its recipes and cards."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True, timeout=600,
+    )
+    (wheel,) = tmp_path.glob("lima_zoo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("lima_zoo/sparse/csrc/fused_conv.cpp", "lima_zoo/model_cards/template.md"):
+        assert needed in names, f"{needed} missing from {wheel.name}"
+    assert any(n.startswith("lima_zoo/training/recipes/") and n.endswith(".yaml") for n in names)

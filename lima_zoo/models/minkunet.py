@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn, residual_relu
+from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn
 
 __all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict", "parameter_count"]
 
@@ -55,10 +55,9 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        out = conv_bn(x, self.conv1, self.norm1, relu=True)
-        out = conv_bn(out, self.conv2, self.norm2, relu=False)
         residual = self.downsample(x) if self.downsample is not None else x
-        return residual_relu(out, residual)
+        out = conv_bn(x, self.conv1, self.norm1, relu=True)
+        return conv_bn(out, self.conv2, self.norm2, relu=True, residual=residual)
 
 
 class MinkUNet(nn.Module):

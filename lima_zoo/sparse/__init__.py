@@ -7,7 +7,7 @@ coordinates), ``functional`` (gather-GEMM-scatter compute), ``nn`` (modules), ``
 from .backends import available_backends
 from .functional import clear_workspace, sparse_conv
 from .kmap import KernelMap, kernel_offsets
-from .nn import BatchNorm, Conv3d, ReLU, cat, conv_bn, residual_relu, set_backend
+from .nn import BatchNorm, Conv3d, ReLU, cat, conv_bn, set_backend
 from .tensor import SparseTensor
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "ReLU",
     "cat",
     "conv_bn",
-    "residual_relu",
     "set_backend",
     "available_backends",
 ]

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
+from . import fused
 from .functional import sparse_conv
 from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "conv3d", "kernel_map", "BACKENDS"]
+__all__ = ["available_backends", "check_backend", "conv3d", "epilogue", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 INSTALL_HINTS = {
@@ -59,19 +60,36 @@ def conv3d(
     dilation: int,
     transposed: bool,
     backend: str = "torch",
+    *,
+    residual: SparseTensor | None = None,
+    relu: bool = False,
 ) -> SparseTensor:
-    """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out); see ``nn.Conv3d`` for the kinds."""
+    """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out); see ``nn.Conv3d`` for the kinds.
+    Then ``+ residual`` (a tensor on the output's coordinates) and ReLU if asked: on the fused CPU
+    kernel under inference these run inside the conv's own pass, elsewhere right after it."""
     if kernel_size == 1:  # 1x1x1: a plain linear map, any backend
         feats = x.feats @ kernel[0] if bias is None else torch.addmm(bias, x.feats, kernel[0])
-        return x.replace_feats(feats)
+        return x.replace_feats(epilogue(feats, residual, relu))
     if backend == "torch":
-        return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed)
+        return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual, relu)
     if backend in ("spconv", "torchsparse"):
         run = _spconv_conv if backend == "spconv" else _torchsparse_conv
         out = run(x, kernel, kernel_size, stride, dilation, transposed)
-        return out if bias is None else out.replace_feats(out.feats + bias)
+        feats = out.feats if bias is None else out.feats + bias
+        return out.replace_feats(epilogue(feats, residual, relu))
     check_backend(backend)
     raise AssertionError("unreachable")
+
+
+def epilogue(feats: torch.Tensor, residual: SparseTensor | None, relu: bool) -> torch.Tensor:
+    """feats (+ residual.feats) (then ReLU); in place under inference, where ``feats`` is a fresh
+    conv output nothing else holds."""
+    if torch.is_grad_enabled():
+        out = feats if residual is None else feats + residual.feats
+        return torch.relu(out) if relu else out
+    if residual is not None:
+        feats.add_(residual.feats)
+    return feats.relu_() if relu else feats
 
 
 def kernel_map(x: SparseTensor, kernel_size: int, stride: int, dilation: int, transposed: bool) -> KernelMap:
@@ -89,9 +107,15 @@ def _out_stride(x: SparseTensor, stride: int, transposed: bool) -> int:
     return _fine_stride(x) if transposed else 2 * x.stride
 
 
-def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed) -> SparseTensor:
+def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False) -> SparseTensor:
     kmap = kernel_map(x, kernel_size, stride, dilation, transposed)
-    return SparseTensor.derived(sparse_conv(x.feats, kernel, kmap, bias), x, stride=_out_stride(x, stride, transposed))
+    if (residual is not None or relu) and not torch.is_grad_enabled() and fused.uses_fused(x.feats):
+        # One pass per block: pairs, bias, residual and ReLU while the block's rows are in cache.
+        res = None if residual is None else residual.feats.contiguous()
+        feats = fused.apply_map(x.feats.contiguous(), kernel.contiguous(), kmap, False, bias, res, relu)
+    else:
+        feats = epilogue(sparse_conv(x.feats, kernel, kmap, bias), residual, relu)
+    return SparseTensor.derived(feats, x, stride=_out_stride(x, stride, transposed))
 
 
 def _fine_stride(x: SparseTensor) -> int:

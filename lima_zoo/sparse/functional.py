@@ -1,5 +1,8 @@
 """Sparse convolution compute: gather -> GEMM per offset -> one index_add.
 
+On CPU the fused kernel (``fused.py``) does the same sums tile by tile; this file is the
+pure-PyTorch path (CUDA, and CPU with LIMA_ZOO_KERNEL=torch or without a compiler).
+
 ``out[o] = sum_k sum_{(i, o) in map_k} in[i] @ W[k]``, with ``W`` of shape (K, C_in, C_out).
 
 Why this shape (measured, see docs/sparse-engine.md): one concatenated gather for all offsets, one
@@ -18,6 +21,7 @@ import threading
 
 import torch
 
+from . import fused
 from .kmap import KernelMap
 
 __all__ = ["sparse_conv", "clear_workspace"]
@@ -56,6 +60,8 @@ def _apply_map(
     x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, transpose_weight: bool, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """out (n_out, C_out) = bias + sum over pairs of x[i] @ W[k] (or W[k].T).  x: (n_in, C_in)."""
+    if fused.uses_fused(x):
+        return fused.apply_map(x, weight, kmap, transpose_weight, bias)
     w = weight.transpose(1, 2) if transpose_weight else weight
     c_out = w.shape[2]
     if kmap.identity is not None:
@@ -94,6 +100,8 @@ def _chunks(bounds: tuple[int, ...], rows: int = CHUNK_ROWS) -> list[tuple[int, 
 
 def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, weight: torch.Tensor) -> torch.Tensor:
     """dL/dW[k] = x[in_k].T @ grad_out[out_k]  -> (K, C_in, C_out)."""
+    if fused.uses_fused(x):
+        return fused.weight_grad(x, grad_out, kmap)
     grad_w = torch.zeros_like(weight)
     if kmap.identity is not None:
         grad_w[kmap.identity] = x.t() @ grad_out

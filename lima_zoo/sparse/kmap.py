@@ -21,7 +21,7 @@ voxel with child bits ``b`` receives ``coarse @ W[k(b)]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,8 @@ class KernelMap:
     identity: offset whose pairs are ``i -> i`` for every row (the centre of a submanifold
         kernel); it is not stored in in_idx/out_idx and is computed as a plain matmul.
     n_in, n_out: number of input and output rows.
+    cache: what compute derives from the pairs once and reuses on every layer that shares the map
+        (the transposed map, the fused kernel's tiling).
     """
 
     in_idx: torch.Tensor
@@ -45,6 +47,7 @@ class KernelMap:
     identity: int | None
     n_in: int
     n_out: int
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def volume(self) -> int:
@@ -56,8 +59,12 @@ class KernelMap:
         return int(self.in_idx.numel()) + (self.n_in if self.identity is not None else 0)
 
     def transposed(self) -> "KernelMap":
-        """The same pairs read backwards (outputs become inputs): the map of the transposed conv."""
-        return KernelMap(self.out_idx, self.in_idx, self.bounds, self.identity, self.n_out, self.n_in)
+        """The same pairs read backwards (outputs become inputs): the map of the transposed conv.
+        Built once per map, so what is cached on it survives from one backward pass to the next."""
+        t = self.cache.get("transposed")
+        if t is None:
+            t = self.cache["transposed"] = KernelMap(self.out_idx, self.in_idx, self.bounds, self.identity, self.n_out, self.n_in)
+        return t
 
     def pair_counts(self) -> list[int]:
         """Pairs per offset (identity included), for FLOP accounting."""

@@ -13,10 +13,10 @@ import math
 import torch
 from torch import nn
 
-from .backends import check_backend, conv3d
+from .backends import check_backend, conv3d, epilogue
 from .tensor import SparseTensor
 
-__all__ = ["Conv3d", "BatchNorm", "ReLU", "cat", "set_backend", "conv_bn", "residual_relu"]
+__all__ = ["Conv3d", "BatchNorm", "ReLU", "cat", "set_backend", "conv_bn"]
 
 
 class Conv3d(nn.Module):
@@ -79,18 +79,15 @@ class ReLU(nn.ReLU):
         return x.replace_feats(torch.relu(x.feats))
 
 
-def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool) -> SparseTensor:
-    """conv -> BN (-> ReLU). With BN in eval mode the BN is folded into the conv (kernel scaled per
-    output channel, shift as bias), which saves two full passes over the features per layer."""
+def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual: SparseTensor | None = None) -> SparseTensor:
+    """conv -> BN (-> + residual) (-> ReLU). With BN in eval mode the BN is folded into the conv
+    (kernel scaled per output channel, shift as bias), which saves two full passes over the
+    features per layer; the residual and ReLU then run inside the conv's pass where the backend can."""
     if norm.training:
         out = norm(conv(x))
-        return out.replace_feats(torch.relu(out.feats)) if relu else out
+        return out.replace_feats(epilogue(out.feats, residual, relu))
     kernel, shift = _folded(conv, norm)
-    out = conv3d(x, kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend)
-    if relu:
-        # In inference nothing else holds this fresh tensor, so ReLU can run in place.
-        out.feats = out.feats.relu_() if not torch.is_grad_enabled() else torch.relu(out.feats)
-    return out
+    return conv3d(x, kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend, residual=residual, relu=relu)
 
 
 def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,14 +102,6 @@ def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     return conv.kernel * scale, shift
-
-
-def residual_relu(out: SparseTensor, residual: SparseTensor) -> SparseTensor:
-    """ReLU(out + residual); in place on ``out`` under inference."""
-    if torch.is_grad_enabled():
-        return out.replace_feats(torch.relu(out.feats + residual.feats))
-    out.feats.add_(residual.feats).relu_()
-    return out
 
 
 def cat(tensors: list[SparseTensor]) -> SparseTensor:

@@ -76,6 +76,50 @@ def _check_writable(folder: Path, option: str) -> None:
         raise click.UsageError(f"{option} {folder}: cannot write there ({e.strerror or e})") from None
 
 
+@main.command("viz")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option("--model", "-m", required=True, help="A model folder, org/repo[@rev] or a registered name (`lima-zoo models`).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="out.png (figure), out.ply or out.rrd (coloured points).")
+@click.option("--mode", type=click.Choice(["pca", "similarity"]), help="Colour by PCA of the features, or by cosine similarity to a query point (default: similarity when a query is given, else pca).")
+@click.option("--query", "query_text", metavar="X,Y,Z", help="Query point: the scan's point nearest to x,y,z (metres).")
+@click.option("--query-index", type=click.IntRange(min=0), help="Query point: this row of the file.")
+@click.option("--format", "fmt", type=click.Choice(["png", "ply", "rrd"]), help="Default: from --out's suffix.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--load-dim", type=click.IntRange(min=3), help="float32 columns per point in raw .bin files (default 4; 5 for .pcd.bin).")
+@click.option("--local-files-only", is_flag=True, help="Never touch the network when resolving --model.")
+def viz_cmd(scan, model, out, mode, query_text, query_index, fmt, device, load_dim, local_files_only):
+    """Draw an encoder's features for SCAN: bird's-eye and range views coloured by PCA or by
+    similarity to a query point (PNG), or write them as coloured points (PLY, rerun .rrd)."""
+    from .viz import parse_query, run_viz
+
+    suffix = out.suffix.lower().lstrip(".")
+    fmt = fmt or suffix
+    if fmt not in ("png", "ply", "rrd"):
+        raise click.UsageError(f"--out {out}: name a .png, .ply or .rrd file (or pass --format)")
+    if suffix != fmt:
+        raise click.UsageError(f"--out {out} does not end in .{fmt} (--format {fmt})")
+    try:
+        query_xyz = parse_query(query_text) if query_text is not None else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if fmt == "png":
+        from ..viz.figure import require_matplotlib
+
+        try:
+            require_matplotlib()  # before the model loads
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
+    _check_writable(out.parent if str(out.parent) else Path("."), "--out")
+    encoder = _load_model(model, device=device, backend="torch", local_files_only=local_files_only)
+    try:
+        result = run_viz(scan, encoder, out, fmt, mode, query_xyz, query_index, load_dim=load_dim)
+    except (ImportError, ValueError, OSError) as exc:  # PointCloudError is a ValueError
+        raise click.ClickException(str(exc)) from None
+    query = "" if result["query"] is None else f", query point {result['query']} at {tuple(round(v, 2) for v in result['query_xyz'])}"
+    dropped = f" ({result['dropped']:,} NaN/Inf points left out)" if result["dropped"] else ""
+    click.echo(f"wrote {out}: {result['mode']} of {result['points']:,} points{query}{dropped}")
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the registered encoder variants."""

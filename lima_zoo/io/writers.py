@@ -82,8 +82,10 @@ def pca_colors(features: np.ndarray) -> np.ndarray:
     return (np.clip((proj - lo) / np.maximum(hi - lo, 1e-12), 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_ply(path: Path, features: np.ndarray, xyz: np.ndarray, with_features: bool) -> None:
-    rgb = pca_colors(features)
+def _write_ply(path: Path, features: np.ndarray, xyz: np.ndarray, with_features: bool, rgb: np.ndarray | None = None,
+               comment: str = "RGB = PCA of features") -> None:
+    """Binary PLY of xyz + RGB (uint8, default the features' PCA colours) (+ the features)."""
+    rgb = pca_colors(features) if rgb is None else rgb
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
     if with_features:
         fields += [(f"f{i}", "<f4") for i in range(features.shape[1])]
@@ -94,7 +96,7 @@ def _write_ply(path: Path, features: np.ndarray, xyz: np.ndarray, with_features:
         for i in range(features.shape[1]):
             rec[f"f{i}"] = features[:, i]
     ply_type = {"<f4": "float", "u1": "uchar"}
-    header = ["ply", "format binary_little_endian 1.0", "comment lima-zoo features (RGB = PCA of features)",
+    header = ["ply", "format binary_little_endian 1.0", f"comment lima-zoo features ({comment})",
               f"element vertex {len(rec)}"] + [f"property {ply_type[t]} {n}" for n, t in fields] + ["end_header"]
     with open(path, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))

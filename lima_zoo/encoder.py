@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -294,13 +294,49 @@ def ensure_fits(voxels: int, device: torch.device, points: int = 0, free: int | 
         )
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; a CUDA request without CUDA is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    if value < 0:
+        raise ValueError(f"environment variable {name}={raw!r} is negative")
+    return value
+
+
+def resolve_device(device: str | torch.device, env: Mapping[str, str] | None = None, cuda_devices: int | None = None,
+                   option: str = "device") -> torch.device:
+    """The device to run on. "auto" -> cuda when a GPU is visible, else cpu. A CUDA device without an
+    index is ``cuda:LOCAL_RANK``: under torchrun each process owns the GPU of its local rank (and an
+    explicit ``cuda:N`` that is not it is an error: two processes on one GPU halve its memory).
+    env / cuda_devices default to os.environ and the visible GPU count (tests pass fakes); option
+    names the setting in error messages."""
+    env = os.environ if env is None else env
+    cuda_devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    text = str(device)
+    if text == "auto":
+        text = "cuda" if cuda_devices > 0 else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"{option}={device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type != "cuda":
+        return dev
+    if cuda_devices == 0:
+        raise ValueError(f"{option}={device!r} but no CUDA device is visible here")
+    local_rank = env_int(env, "LOCAL_RANK", 0)
+    if dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    elif env_int(env, "WORLD_SIZE", 1) > 1 and dev.index != local_rank:
+        raise ValueError(f"{option}={device!r} under torchrun: the process with LOCAL_RANK={local_rank} owns cuda:{local_rank}; "
+                         "ask for cuda or auto")  # fmt: skip
+    if dev.index >= cuda_devices:
+        raise ValueError(f"LOCAL_RANK={local_rank} needs cuda:{dev.index}, but only {cuda_devices} GPU(s) are visible "
+                         "(more processes per node than GPUs? check --nproc_per_node and CUDA_VISIBLE_DEVICES)"
+                         if dev.index == local_rank else f"{option}={device!r}: only {cuda_devices} GPU(s) are visible")  # fmt: skip
     return dev
 
 

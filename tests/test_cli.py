@@ -131,3 +131,51 @@ def test_real_subprocess_offline_hub_cache(scans, model_dir, tmp_path):
     cmd[cmd.index("someorg/tiny")] = "vit-b-minkunet34"
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "HF_HUB_OFFLINE=1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_embed_inputs_from_a_list_and_shards_that_add_up_to_one_run(model_dir, tmp_path, small_street_points):
+    """Two shards (--shard and torchrun's RANK/WORLD_SIZE) write exactly the files and features of one run."""
+    root = tmp_path / "kitti"
+    for seq in ("00", "01"):
+        (root / seq / "velodyne").mkdir(parents=True)
+        for i in range(3):
+            pts = small_street_points[i * 500 : i * 500 + 1500, :4].copy()
+            pts[:, 0] += float(seq)
+            (root / seq / "velodyne" / f"00000{i}.bin").write_bytes(pts.tobytes())
+    listing = tmp_path / "list.txt"
+    files = sorted(str(p) for p in root.rglob("*.bin"))
+    listing.write_text("# scans\n" + "\n".join(files) + "\n\n" + files[0] + "\n")  # a comment, a blank, a duplicate
+    base = ["embed", "--inputs-from", str(listing), "--model", str(model_dir)]
+    one = CliRunner().invoke(main, base + ["--out", str(tmp_path / "one")])
+    assert one.exit_code == 0 and "embedded 6 scan(s)" in one.output, one.output
+    assert (tmp_path / "one" / "00" / "velodyne" / "000000.npy").exists() and (tmp_path / "one" / "01" / "velodyne" / "000000.npy").exists()
+    a = CliRunner().invoke(main, base + ["--out", str(tmp_path / "two"), "--shard", "0/2"])
+    b = CliRunner(env={"RANK": "1", "WORLD_SIZE": "2"}).invoke(main, base + ["--out", str(tmp_path / "two")])
+    assert a.exit_code == 0 and b.exit_code == 0 and "shard 0/2: 3 of 6" in a.output and "shard 1/2: 3 of 6" in b.output, a.output + b.output
+    ones = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npy"))
+    twos = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.npy"))
+    assert ones == twos and len(ones) == 6
+    for rel in ones:
+        assert np.array_equal(np.load(tmp_path / "one" / rel), np.load(tmp_path / "two" / rel))
+
+
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["--shard", "2/2"], {}, "0 <= i < n"),
+        (["--shard", "one"], {}, "give i/n"),
+        ([], {"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "0"}, "outside its array of 2"),
+        (["--inputs-from", "MISSING"], {}, "unreadable"),
+    ],
+)
+def test_embed_bad_shard_or_list_is_a_usage_error(scans, model_dir, tmp_path, args, env, message):
+    args = [a.replace("MISSING", str(tmp_path / "nope.txt")) for a in args]
+    res = CliRunner(env=env).invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_shard_of_slurm_array_with_a_step():
+    from lima_zoo.cli.embed import shard_of
+
+    env = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert shard_of(None, env) == (2, 3) and shard_of(None, {}) == (0, 1) and shard_of("1/4", env) == (1, 4)

@@ -18,7 +18,7 @@ def main() -> None:
 
 
 @main.command("embed")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 # --model is required: no registered name has published weights yet, so a default would only fail later.
 @click.option("--model", "-m", required=True, help="A model folder (save_pretrained / export), org/repo[@rev] or a registered name (`lima-zoo models`).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
@@ -33,14 +33,27 @@ def main() -> None:
 @click.option("--local-files-only", is_flag=True, help="Never touch the network when resolving --model.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True, help="onnx: run the model folder's model.onnx with onnxruntime.")
 @click.option("--keep-rows", is_flag=True, help="Points with NaN/Inf coordinates get NaN feature rows (output row i = input row i) instead of being left out.")
-def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime, keep_rows):
+@click.option("--inputs-from", type=click.Path(dir_okay=False, path_type=Path), help="A text file with one scan path per line (with or instead of PATHS).")
+@click.option("--shard", metavar="I/N", help="Embed only every N-th input from the I-th (default: torchrun's RANK/WORLD_SIZE or a Slurm array task, if set).")
+def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime, keep_rows,
+              inputs_from, shard):  # fmt: skip
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
-    from .embed import collect_inputs, run_embed
+    from .embed import collect_inputs, inputs_from_list, run_embed, shard_of, take_shard
 
+    if not paths and inputs_from is None:
+        raise click.UsageError("give scans to embed: PATHS (files, globs, directories) and/or --inputs-from LIST")
     ignored: list[Path] = []
-    inputs = collect_inputs(list(paths), ignored)
+    try:
+        inputs = collect_inputs(list(paths), ignored) + (inputs_from_list(inputs_from) if inputs_from is not None else [])
+        index, count = shard_of(shard)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if not inputs:
         raise click.UsageError(f"no point-cloud files found in {' '.join(paths)}" + (f" ({len(ignored)} other files ignored)" if ignored else ""))
+    total = len(inputs)
+    inputs = take_shard(inputs, index, count)
+    if count > 1:
+        click.echo(f"shard {index}/{count}: {len(inputs)} of {total} scans")
     _check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
     encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
     report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features, keep_rows=keep_rows)

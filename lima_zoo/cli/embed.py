@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["collect_inputs", "run_embed", "EmbedReport"]
+__all__ = ["collect_inputs", "inputs_from_list", "shard_of", "take_shard", "run_embed", "EmbedReport"]
 
 
 @dataclass
@@ -59,6 +59,54 @@ def collect_inputs(specs: list[str], ignored: list[Path] | None = None) -> list[
         else:
             found.append((path, Path(_stem(path))))  # missing files are reported per file later
     return found
+
+
+def inputs_from_list(list_file: Path) -> list[tuple[Path, Path]]:
+    """One path per line (blank lines and ``#`` comments skipped; relative paths are relative to the
+    current directory, as ``find`` writes them). Outputs keep each path relative to the listed
+    files' common folder, so ``00/velodyne/000000.bin`` and ``01/velodyne/000000.bin`` stay apart."""
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--inputs-from {list_file}: unreadable ({exc})") from None
+    paths = list(dict.fromkeys(Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    if not paths:
+        raise ValueError(f"--inputs-from {list_file}: no paths in it")
+    absolute = [p.absolute() for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    return [(p, a.relative_to(root).parent / _stem(p)) for p, a in zip(paths, absolute)]
+
+
+def shard_of(spec: str | None, env: dict | None = None) -> tuple[int, int]:
+    """(index, count) of this process's share of the inputs: ``--shard i/n``; else torchrun's
+    RANK / WORLD_SIZE; else a Slurm array task (SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT); else (0, 1)."""
+    from ..encoder import env_int
+
+    env = os.environ if env is None else env
+    if spec is not None:
+        index, sep, count = spec.partition("/")
+        try:
+            i, n = int(index), int(count)
+        except ValueError:
+            i = n = -1
+        if not sep or n < 1 or not 0 <= i < n:
+            raise ValueError(f"--shard {spec!r}: give i/n with 0 <= i < n, e.g. --shard 0/4")
+        return i, n
+    if env_int(env, "WORLD_SIZE", 1) > 1:
+        return env_int(env, "RANK", 0), env_int(env, "WORLD_SIZE", 1)
+    if env.get("SLURM_ARRAY_TASK_COUNT"):
+        step = max(1, env_int(env, "SLURM_ARRAY_TASK_STEP", 1))
+        i = (env_int(env, "SLURM_ARRAY_TASK_ID", 0) - env_int(env, "SLURM_ARRAY_TASK_MIN", 0)) // step
+        n = env_int(env, "SLURM_ARRAY_TASK_COUNT", 1)
+        if not 0 <= i < n:
+            raise ValueError(f"Slurm array task {env.get('SLURM_ARRAY_TASK_ID')} is outside its array of {n}")
+        return i, n
+    return 0, 1
+
+
+def take_shard(inputs: list[tuple[Path, Path]], index: int, count: int) -> list[tuple[Path, Path]]:
+    """Every count-th input from ``index`` on: disjoint across processes, the same on every run."""
+    return inputs[index::count]
 
 
 def run_embed(

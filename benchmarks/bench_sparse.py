@@ -150,7 +150,8 @@ def forward_seconds(net, vox, engine: str) -> tuple[float, torch.Tensor]:
 
 
 def train_step_seconds(net, vox, engine: str) -> float:
-    """Train-mode forward + backward of one scan (maps are rebuilt, as in training)."""
+    """Train-mode forward + backward of one scan (maps are rebuilt, as in training). Give it its own
+    copy of the network: train mode moves BatchNorm's running statistics."""
     use_engine(net, engine)
     net.train()
     net.zero_grad(set_to_none=True)
@@ -176,17 +177,24 @@ def per_layer(net: MinkUNet, vox, repeats: int) -> list[dict]:
     for name, g in groups.items():
         mod, x = g["mod"], g["x"]
         kmap = kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed)
-        t = {e: [] for e in ENGINES}
+        # spconv keeps its own maps per coordinate set and cannot reuse a strided conv's: a submanifold
+        # layer gets one fresh tensor (map built in the warm-up round), a down layer a fresh tensor per
+        # call for every engine (so each time includes building its map, as in a forward pass). An up
+        # conv needs the finer level's map on the same set: not timed on spconv.
+        fresh = lambda: SparseTensor(x.feats, x.coords, stride=x.stride)  # noqa: E731
+        subm_input = fresh()
+        t = {e: [] for e in ENGINES if not (e == "spconv" and mod.transposed)}
         with torch.inference_mode():
             for _ in range(repeats + 1):  # the first round warms caches and plans
-                for engine in ENGINES:
+                for engine in t:
                     use_engine(mod, engine)
+                    inp = x if engine != "spconv" and mod.stride == 1 or mod.transposed else subm_input if mod.stride == 1 else fresh()
                     start = time.perf_counter()
-                    mod(x)
+                    mod(inp)
                     t[engine].append(time.perf_counter() - start)
         use_engine(mod, "fused")
         limit = dense_gemm_seconds([(kmap.pair_counts(), mod.in_channels, mod.out_channels)], repeats, per_offset=True)
-        rows.append({"layer": name, "count": g["count"], "pairs": kmap.num_pairs, "limit": limit * g["count"],
+        rows.append({"layer": name, "count": g["count"], "pairs": kmap.num_pairs, "limit": limit * g["count"], "spconv": float("nan"),
                      **{e: statistics.median(v[1:]) * g["count"] for e, v in t.items()}})
     return rows
 
@@ -238,6 +246,7 @@ def main() -> None:
     if fused_module() is None:
         sys.exit(f"the fused kernel is not available here ({KERNEL_ENV}); nothing to compare")
     net = make_net()
+    train_net = copy.deepcopy(net)  # its BatchNorm statistics drift; the eval forwards stay comparable
     rows, layers = [], []
     for kind in [k.strip() for k in args.scans.split(",")]:
         vox = scan_voxels(kind)
@@ -247,14 +256,14 @@ def main() -> None:
         outs = {}
         for _ in range(2):  # warm-up: workspace, fused plans, spconv JIT tables, caches
             for e in ENGINES:
-                forward_seconds(net, vox, e), train_step_seconds(net, vox, e)
+                forward_seconds(net, vox, e), train_step_seconds(train_net, vox, e)
         for _ in range(args.repeats):  # interleaved so drift hits every engine alike
             t["ours_map"].append(our_map_seconds(vox))
             t["sp_map"].append(spconv_map_seconds(vox))
             for e in ENGINES:
                 dt, outs[e] = forward_seconds(net, vox, e)
                 t[f"fwd {e}"].append(dt)
-                t[f"train {e}"].append(train_step_seconds(net, vox, e))
+                t[f"train {e}"].append(train_step_seconds(train_net, vox, e))
         med = {k: statistics.median(v) for k, v in t.items()}
         rows.append({
             "scan": kind, "points": len(vox.inverse), "n": len(vox.coords), "gflop": gflop, **med,
@@ -287,8 +296,10 @@ def main() -> None:
         print("| layer | layers | pairs | fused | pure | spconv | fused vs pure / spconv | share of fp32 limit |")
         print("|---|---|---|---|---|---|---|---|")
         for r in layers:
-            print(f"| {r['layer']} | {r['count']} | {r['pairs']} | {r['fused'] * 1e3:.1f} | {r['pure'] * 1e3:.1f} | {r['spconv'] * 1e3:.1f} "
-                  f"| {r['fused'] / r['pure']:.2f}x / {r['fused'] / r['spconv']:.2f}x | {r['limit'] / r['fused'] * 100:.0f}% |")
+            sp = "-" if r["spconv"] != r["spconv"] else f"{r['spconv'] * 1e3:.1f}"  # NaN: not timed
+            vs_sp = "-" if sp == "-" else f"{r['fused'] / r['spconv']:.2f}x"
+            print(f"| {r['layer']} | {r['count']} | {r['pairs']} | {r['fused'] * 1e3:.1f} | {r['pure'] * 1e3:.1f} | {sp} "
+                  f"| {r['fused'] / r['pure']:.2f}x / {vs_sp} | {r['limit'] / r['fused'] * 100:.0f}% |")
     print(
         "\nfp32 limit = the forward's GEMMs alone (one torch.mm per layer and kernel offset) at this machine's dense rate;"
         " share = limit / time. 'rel. diff' is max |fused - other| / max |pure| over the output:"

@@ -68,6 +68,30 @@ struct OneBlasThread {
   ~OneBlasThread() { MKL_Set_Num_Threads_Local(previous); }
 };
 
+// Add a tile of products into their output rows. Cloned for AVX-512 / AVX2 / baseline x86-64 and
+// picked at load time, so one build runs on every x86 CPU at its widest vectors (elsewhere: plain).
+// An elementwise add: every clone gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LIMA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LIMA_CLONES
+#endif
+
+LIMA_CLONES void scatter_add(float* out, const int64_t* rows, const float* src, int64_t m, int64_t c) {
+  for (int64_t p = 0; p < m; ++p) {
+    float* dst = out + rows[p] * c;
+    const float* s = src + p * c;
+    for (int64_t j = 0; j < c; ++j) dst[j] += s[j];
+  }
+}
+LIMA_CLONES void scatter_add(double* out, const int64_t* rows, const double* src, int64_t m, int64_t c) {
+  for (int64_t p = 0; p < m; ++p) {
+    double* dst = out + rows[p] * c;
+    const double* s = src + p * c;
+    for (int64_t j = 0; j < c; ++j) dst[j] += s[j];
+  }
+}
+
 template <typename T>
 void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t* out_idx, const int64_t* starts,
                     int64_t K, int64_t identity, const T* bias, const T* residual, bool relu, bool transpose_weight,
@@ -102,11 +126,7 @@ void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t
         for (int64_t p = 0; p < m; ++p) std::memcpy(g + p * c_in, x + in_idx[s + p] * c_in, sizeof(T) * c_in);
         gemm(tb, 'N', static_cast<int>(c_out), static_cast<int>(m), static_cast<int>(c_in), T(1), w + k * w_stride, ldb,
              g, static_cast<int>(c_in), T(0), products.ptr, static_cast<int>(c_out));
-        for (int64_t p = 0; p < m; ++p) {
-          T* dst = out + out_idx[s + p] * c_out;
-          const T* src = products.ptr + p * c_out;
-          for (int64_t c = 0; c < c_out; ++c) dst[c] += src[c];
-        }
+        scatter_add(out, out_idx + s, products.ptr, m, c_out);
       }
       // Epilogue while the block is still in cache (inference): + residual, then ReLU.
       if (residual != nullptr || relu) {

@@ -7,24 +7,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from lima_zoo import LiMAEncoder
 from lima_zoo.cli import main
 from lima_zoo.viz import render
 from lima_zoo.viz.views import bev_view, cosine_similarity, nearest_point, range_view
 
-from test_encoder_loading import TINY
+from test_cli import model_dir  # noqa: F401  (the tiny random encoder folder the embed tests use)
 
 pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402  (pillow comes with matplotlib)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return LiMAEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture

@@ -25,12 +25,11 @@ from typing import Any
 
 import torch
 
-from . import fused
-from .functional import sparse_conv
+from .functional import epilogue, sparse_conv
 from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "conv3d", "epilogue", "kernel_map", "BACKENDS"]
+__all__ = ["available_backends", "check_backend", "conv3d", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 INSTALL_HINTS = {
@@ -69,27 +68,16 @@ def conv3d(
     kernel under inference these run inside the conv's own pass, elsewhere right after it."""
     if kernel_size == 1:  # 1x1x1: a plain linear map, any backend
         feats = x.feats @ kernel[0] if bias is None else torch.addmm(bias, x.feats, kernel[0])
-        return x.replace_feats(epilogue(feats, residual, relu))
+        return x.replace_feats(epilogue(feats, _feats(residual), relu))
     if backend == "torch":
         return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual, relu)
     if backend in ("spconv", "torchsparse"):
         run = _spconv_conv if backend == "spconv" else _torchsparse_conv
         out = run(x, kernel, kernel_size, stride, dilation, transposed)
         feats = out.feats if bias is None else out.feats + bias
-        return out.replace_feats(epilogue(feats, residual, relu))
+        return out.replace_feats(epilogue(feats, _feats(residual), relu))
     check_backend(backend)
     raise AssertionError("unreachable")
-
-
-def epilogue(feats: torch.Tensor, residual: SparseTensor | None, relu: bool) -> torch.Tensor:
-    """feats (+ residual.feats) (then ReLU); in place under inference, where ``feats`` is a fresh
-    conv output nothing else holds."""
-    if torch.is_grad_enabled():
-        out = feats if residual is None else feats + residual.feats
-        return torch.relu(out) if relu else out
-    if residual is not None:
-        feats.add_(residual.feats)
-    return feats.relu_() if relu else feats
 
 
 def kernel_map(x: SparseTensor, kernel_size: int, stride: int, dilation: int, transposed: bool) -> KernelMap:
@@ -109,13 +97,12 @@ def _out_stride(x: SparseTensor, stride: int, transposed: bool) -> int:
 
 def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False) -> SparseTensor:
     kmap = kernel_map(x, kernel_size, stride, dilation, transposed)
-    if (residual is not None or relu) and not torch.is_grad_enabled() and fused.uses_fused(x.feats):
-        # One pass per block: pairs, bias, residual and ReLU while the block's rows are in cache.
-        res = None if residual is None else residual.feats.contiguous()
-        feats = fused.apply_map(x.feats.contiguous(), kernel.contiguous(), kmap, False, bias, res, relu)
-    else:
-        feats = epilogue(sparse_conv(x.feats, kernel, kmap, bias), residual, relu)
+    feats = sparse_conv(x.feats, kernel, kmap, bias, _feats(residual), relu)
     return SparseTensor.derived(feats, x, stride=_out_stride(x, stride, transposed))
+
+
+def _feats(t: SparseTensor | None) -> torch.Tensor | None:
+    return None if t is None else t.feats
 
 
 def _fine_stride(x: SparseTensor) -> int:

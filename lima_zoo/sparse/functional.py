@@ -24,7 +24,7 @@ import torch
 from . import fused
 from .kmap import KernelMap
 
-__all__ = ["sparse_conv", "clear_workspace"]
+__all__ = ["sparse_conv", "epilogue", "clear_workspace"]
 
 _local = threading.local()
 
@@ -140,13 +140,36 @@ class _SparseConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def sparse_conv(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    kmap: KernelMap,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
     """Apply a kernel map.  x: (n_in, C_in) float; weight: (K, C_in, C_out); bias: (C_out,) or
-    None -> (n_out, C_out)."""
+    None -> (n_out, C_out), then ``+ residual`` (n_out, C_out) and ReLU if asked: on the fused CPU
+    kernel under inference inside the conv's own pass, elsewhere right after it."""
     if weight.dim() != 3 or weight.shape[0] != kmap.volume or weight.shape[1] != x.shape[1]:
         raise ValueError(
             f"weight shape {tuple(weight.shape)} does not fit a {kmap.volume}-offset map on {x.shape[1]} channels"
         )
     if x.shape[0] != kmap.n_in:
         raise ValueError(f"features have {x.shape[0]} rows, kernel map expects {kmap.n_in}")
-    return _SparseConvFunction.apply(x.contiguous(), weight.contiguous(), bias, kmap)
+    if (residual is not None or relu) and not torch.is_grad_enabled() and fused.uses_fused(x):
+        # One pass per block: pairs, bias, residual and ReLU while the block's rows are in cache.
+        res = None if residual is None else residual.contiguous()
+        return fused.apply_map(x.contiguous(), weight.contiguous(), kmap, False, bias, res, relu)
+    return epilogue(_SparseConvFunction.apply(x.contiguous(), weight.contiguous(), bias, kmap), residual, relu)
+
+
+def epilogue(feats: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """feats (+ residual) (then ReLU); in place under inference, where ``feats`` is a fresh conv
+    output nothing else holds."""
+    if torch.is_grad_enabled():
+        out = feats if residual is None else feats + residual
+        return torch.relu(out) if relu else out
+    if residual is not None:
+        feats.add_(residual)
+    return feats.relu_() if relu else feats

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from .backends import check_backend, conv3d, epilogue
+from .backends import check_backend, conv3d
+from .functional import epilogue
 from .tensor import SparseTensor
 
 __all__ = ["Conv3d", "BatchNorm", "ReLU", "cat", "set_backend", "conv_bn"]
@@ -85,7 +86,7 @@ def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual
     features per layer; the residual and ReLU then run inside the conv's pass where the backend can."""
     if norm.training:
         out = norm(conv(x))
-        return out.replace_feats(epilogue(out.feats, residual, relu))
+        return out.replace_feats(epilogue(out.feats, None if residual is None else residual.feats, relu))
     kernel, shift = _folded(conv, norm)
     return conv3d(x, kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend, residual=residual, relu=relu)
 

@@ -128,3 +128,91 @@ def test_cli_viz_bad_scan_and_missing_extras(tmp_path, model_dir, scan, monkeypa
     res = CliRunner().invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "f.png")])
     assert res.exit_code != 0 and "pip install 'lima-zoo[viz]'" in res.output and len(res.output.strip().splitlines()) <= 3, res.output
     assert not (tmp_path / "f.png").exists()
+
+
+# --- the paper's figure on a dataset frame's cameras (--data) --------------------------------------
+
+from test_pretrain import tiny_teacher, tiny_world  # noqa: E402,F401  (session fixtures: a 3-scene nuScenes world, a tiny teacher)
+
+
+def test_teacher_similarity_samples_the_query_like_the_distillation_targets():
+    import torch
+
+    from lima_zoo.training.cross_view import sample_pixel_features
+    from lima_zoo.training.datasets.pairing import PixelPairs
+    from lima_zoo.viz.cameras import teacher_similarity
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(2, 8, 4, 6)).astype(np.float32)
+    for uv in ((37.3, 11.8), (0.2, 0.4), (59.6, 39.5)):  # inside, and within half a patch of two corners
+        q, sim = teacher_similarity(tokens, 1, uv, (60, 40))
+        pairs = PixelPairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([uv], dtype=torch.float32), torch.tensor([5.0]))
+        ref = sample_pixel_features(torch.from_numpy(tokens), pairs, [(60, 40), (60, 40)])[0].double().numpy()
+        np.testing.assert_allclose(q, ref, rtol=1e-5, atol=1e-6)
+        assert sim.shape == (2, 4, 6) and np.all(sim <= 1.0 + 1e-9)
+    # A query at a patch centre has that patch's feature: similarity 1 there.
+    _, sim = teacher_similarity(tokens, 0, (24.5, 14.5), (60, 40))  # the centre of patch (row 1, col 2)
+    assert sim[0, 1, 2] == pytest.approx(1.0)
+
+
+def test_viz_data_draws_teacher_beside_student_for_every_camera(tmp_path, tiny_world, tiny_teacher, model_dir):
+    out = tmp_path / "cams.png"
+    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "--sample", "1", "-m", str(model_dir),
+                                    "--teacher", str(tiny_teacher), "--query-class", "car", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "6 camera panel(s)" in res.output and "teacher synthetic" in res.output
+    png = np.asarray(Image.open(out))
+    assert png.shape[0] > 6 * 150 and png.shape[1] > 600  # six rows of two images
+
+
+def test_viz_data_query_grid_one_row_per_class(tmp_path, tiny_world, tiny_teacher, model_dir):
+    out = tmp_path / "grid.png"
+    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "--teacher", str(tiny_teacher),
+                                    "--queries", "car,driveable_surface,manmade", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "3 camera panel(s)" in res.output and out.is_file()
+    # Without a teacher the student column is still drawn.
+    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "--teacher", "none",
+                                    "--query-index", "0", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "teacher none" in res.output
+
+
+def test_class_query_picks_the_biggest_view_of_the_class():
+    from lima_zoo.cli.viz import class_query
+
+    # Class 1: a lone point near the image centre and a tight cluster of 5 near a corner.
+    uv = np.array([[50.0, 50.0], [10, 10], [11, 10], [10, 11], [12, 12], [11, 11], [80, 80]])
+    labels = np.array([1, 1, 1, 1, 1, 1, 2])
+    pairs = {"point": np.arange(7), "camera": np.zeros(7, dtype=np.int64), "uv": uv, "range": np.arange(7, dtype=float)}
+    q = class_query(labels, ("car", "road"), "CAR", pairs, np.array([[100.0, 100.0]]))
+    assert q in (1, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="classes: car, road"):
+        class_query(labels, ("car", "road"), "bus", pairs, np.array([[100.0, 100.0]]))
+    with pytest.raises(ValueError, match="no road point; it has car"):
+        class_query(np.array([1, 1, 1, 1, 1, 1, 0]), ("car", "road"), "road", pairs, np.array([[100.0, 100.0]]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--query-class", "unicorn"], "not a class of this dataset"),
+        (["--query-class", "car", "--sample", "999"], "has 12 frames (0..11)"),
+        (["--query-class", "car", "--sample", "nope"], "no such frame"),
+        ([], "give exactly one of"),
+        (["--query-class", "car", "--teacher", "synthetic"], "synthetic teacher"),
+        (["--query-class", "car", "--mode", "pca"], "no --mode pca"),
+    ],
+)
+def test_viz_data_bad_inputs_are_one_line_errors(tmp_path, tiny_world, model_dir, args, message):
+    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "-o", str(tmp_path / "x.png"), *args])
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x.png").exists()
+
+
+def test_viz_dataset_options_need_data(tmp_path, scan, model_dir):
+    for extra in (["--query-class", "car"], ["--queries", "car"], ["--teacher", "none"]):
+        res = CliRunner().invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "x.png"), *extra])
+        assert res.exit_code != 0 and "needs --data" in res.output, res.output
+    res = CliRunner().invoke(main, ["viz", "-m", str(model_dir), "-o", str(tmp_path / "x.png")])
+    assert res.exit_code != 0 and "give a SCAN file or --data" in res.output

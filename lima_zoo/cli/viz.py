@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["parse_query", "run_viz"]
+__all__ = ["parse_query", "run_viz", "run_viz_sample", "pick_sample", "class_query"]
 
 
 def parse_query(text: str) -> tuple[float, float, float]:
@@ -65,3 +65,159 @@ def run_viz(scan: Path, encoder, out: Path, fmt: str, mode: str | None, query_xy
     result.update(mode=mode, query=query, points=len(pts), dropped=int((~finite).sum()),
                   query_xyz=None if query is None else tuple(float(v) for v in pts[query, :3]))
     return result
+
+
+def pick_sample(ds, sample: str, where: str):
+    """``--sample``: a frame of ``ds`` by position (0-based, over the split in sequence order), by
+    "SEQUENCE:POSITION", or by the reader's own id (a nuScenes sample token, a scan's path)."""
+    index = ds.index()
+    if not index:
+        raise ValueError(f"{where}: the split has no frames")
+    text = sample.strip()
+    if text.isdigit():
+        i = int(text)
+        if i >= len(index):
+            raise ValueError(f"--sample {sample}: {where} has {len(index)} frames (0..{len(index) - 1})")
+        return ds.frame(*index[i])
+    for s, (name, refs) in enumerate(ds.sequences):
+        if text.startswith(f"{name}:") and text[len(name) + 1 :].isdigit():
+            k = int(text[len(name) + 1 :])
+            if k >= len(refs):
+                raise ValueError(f"--sample {sample}: sequence {name} of {where} has {len(refs)} frames (0..{len(refs) - 1})")
+            return ds.frame(s, k)
+        for k, ref in enumerate(refs):
+            if str(ref) == text or (isinstance(ref, Path) and ref.name == text):
+                return ds.frame(s, k)
+    first = ds.sequences[0][0]
+    raise ValueError(f"--sample {sample!r}: no such frame in {where}; give a position 0..{len(index) - 1}, SEQUENCE:POSITION (e.g. {first}:0) "
+                     "or the reader's frame id (nuScenes sample token)")  # fmt: skip
+
+
+def class_query(labels, class_names: tuple[str, ...], name: str, pairs, sizes) -> int:
+    """The query point for ``--query-class NAME``: of the class's points that a camera sees, the one
+    with the most same-class points around it in that image (the biggest view of the class; ties:
+    nearest the image centre); a class no camera sees: its point nearest the sensor."""
+    import numpy as np
+
+    from ..viz.cameras import best_view
+
+    lowered = [c.lower() for c in class_names]
+    if name.lower() not in lowered:
+        raise ValueError(f"--query-class {name!r}: not a class of this dataset; classes: {', '.join(class_names)}")
+    cid = lowered.index(name.lower()) + 1  # labels: 1..C, 0 = ignore
+    members = np.flatnonzero(labels == cid)
+    if not len(members):
+        present = sorted({class_names[c - 1] for c in np.unique(labels) if c > 0})
+        raise ValueError(f"--query-class {name}: this sample has no {class_names[cid - 1]} point; it has {', '.join(present) or 'no labelled point'}")
+    seen = np.flatnonzero(labels[pairs["point"]] == cid)
+    if not len(seen):
+        return int(members[np.argmin(pairs["range"][members])])
+    cand = seen[:: max(1, len(seen) // 2000)]  # a deterministic subsample bounds the pairwise counts
+    cam, uv = pairs["camera"], pairs["uv"]
+    radius = 0.05 * sizes[cam[cand], 0]
+    near = (cam[cand][:, None] == cam[seen][None, :]) & (np.linalg.norm(uv[cand][:, None] - uv[seen][None, :], axis=2) < radius[:, None])
+    count = near.sum(axis=1)
+    top = cand[count == count.max()]
+    wh = sizes[cam[top]]
+    return int(pairs["point"][top[best_view(uv[top], wh[:, 0], wh[:, 1])]])
+
+
+def run_viz_sample(data: Path, sample: str, split: str | None, encoder, out: Path, teacher_spec: str | None, query_xyz, query_index: int | None,
+                   query_class: str | None, queries: list[str] | None) -> dict:  # fmt: skip
+    """The paper's figure for one frame of a dataset: per camera, the teacher's similarity map at
+    the query's pixel beside the student's per-point similarity projected onto the image
+    (``queries``: one row per class instead, each in the camera that shows its query best)."""
+    import numpy as np
+    import torch
+
+    from ..training.datasets import open_dataset, project_points
+    from ..viz.cameras import CameraPanel, best_view, render_cameras, teacher_similarity
+    from ..viz.views import cosine_similarity, nearest_point
+
+    given = [q for q in (query_xyz, query_index, query_class, queries) if q is not None]
+    if len(given) != 1:
+        raise ValueError("with --data, give exactly one of --query X,Y,Z, --query-index I, --query-class NAME or --queries NAME,NAME,...")
+    if split is None:
+        from ..training.datasets import detect_format
+
+        split = "train" if detect_format(data) == "folder" else "val"
+    ds = open_dataset(data, split, labels=query_class is not None or queries is not None)
+    where = f"{data} ({split} split)"
+    frame = pick_sample(ds, sample, where)
+    if not frame.cameras:
+        raise ValueError(f"{where}: frame {frame.sequence}:{frame.index} has no camera images to draw on")
+    pts = np.ascontiguousarray(frame.points)
+    proj = project_points(torch.from_numpy(pts[:, :3]), frame.camera_views())
+    pairs = {"point": proj.point.numpy(), "camera": proj.camera.numpy(), "uv": proj.uv.numpy().astype(np.float64),
+             "range": np.linalg.norm(pts[:, :3], axis=1)}  # fmt: skip
+    sizes = np.array([[c.width, c.height] for c in frame.cameras], dtype=np.float64)
+    if query_index is not None and not 0 <= query_index < len(pts):
+        raise ValueError(f"--query-index {query_index}: the frame has {len(pts)} points (0..{len(pts) - 1})")
+    if queries is not None:
+        targets = []
+        for name in queries:
+            try:
+                targets.append((name, class_query(frame.labels, ds.class_names, name, pairs, sizes)))
+            except ValueError as exc:
+                if "not a class" in str(exc):
+                    raise
+                print(f"skipped {name}: {str(exc).split(': ', 1)[1]}", flush=True)
+        if not targets:
+            raise ValueError(f"--queries: none of {', '.join(queries)} is in frame {frame.sequence}:{frame.index}")
+    elif query_class is not None:
+        targets = [(query_class, class_query(frame.labels, ds.class_names, query_class, pairs, sizes))]
+    else:
+        targets = [("query", nearest_point(pts, query_xyz) if query_xyz is not None else query_index)]
+    features = encoder.embed(pts, intensity_range=ds.intensity_scale)
+    teacher = _viz_teacher(teacher_spec, encoder)
+    images = [c.image() for c in frame.cameras]
+    tokens = None if teacher is None else teacher(images).cpu().numpy()
+    panels = []
+    for label, q in targets:
+        student = cosine_similarity(features, q)
+        views = np.flatnonzero(pairs["point"] == q)
+        best = None if not len(views) else views[best_view(pairs["uv"][views], sizes[pairs["camera"][views], 0], sizes[pairs["camera"][views], 1])]
+        t_sim = None
+        if tokens is not None and best is not None:
+            cam = int(pairs["camera"][best])
+            _, t_sim = teacher_similarity(tokens, cam, tuple(pairs["uv"][best]), (frame.cameras[cam].width, frame.cameras[cam].height))
+        shown = range(len(frame.cameras)) if queries is None else ([int(pairs["camera"][best])] if best is not None else [])
+        if queries is not None and best is None:
+            print(f"skipped {label}: its query point is outside every camera", flush=True)
+        for cam in shown:
+            sel = pairs["camera"] == cam
+            mine = views[pairs["camera"][views] == cam]
+            panels.append(CameraPanel(label=frame.cameras[cam].name if queries is None else f"{label} ({frame.cameras[cam].name})",
+                                      image=images[cam], uv=pairs["uv"][sel], student=student[pairs["point"][sel]],
+                                      teacher=None if t_sim is None else t_sim[cam],
+                                      query_uv=tuple(pairs["uv"][mine[0]]) if len(mine) else None))  # fmt: skip
+    if not panels:
+        raise ValueError("no query point is seen by a camera of this frame: nothing to draw")
+    q0 = targets[0][1]
+    what = (f"queries {', '.join(n for n, _ in targets)}" if queries is not None
+            else f"query point {q0} at ({', '.join(f'{v:.2f}' for v in pts[q0, :3])}) m")  # fmt: skip
+    title = f"{data.name} {split} frame {frame.sequence}:{frame.index}, {getattr(encoder, 'name_or_path', 'encoder')}; {what}"
+    render_cameras(out, panels, title=title)
+    return {"path": out, "panels": len(panels), "queries": [q for _, q in targets], "points": len(pts),
+            "teacher": None if teacher is None else teacher.description or teacher_spec}  # fmt: skip
+
+
+def _viz_teacher(spec: str | None, encoder):
+    """``--teacher``: none, a teacher folder (``lima-zoo make-teacher``) or a timm name; by default the
+    teacher named in the encoder's config (a synthetic teacher needs its folder)."""
+    if spec is not None and spec.lower() == "none":
+        return None
+    from ..training.config import TeacherConfig
+    from ..training.teacher import build_teacher
+
+    spec = spec or encoder.config.teacher
+    path = Path(spec)
+    if path.is_dir() and (path / "teacher.json").is_file():
+        import json
+
+        size = tuple(json.loads((path / "teacher.json").read_text())["vit"]["img_size"])
+        return build_teacher(TeacherConfig(name="synthetic", weights=str(path), image_size=size), device=encoder.device)
+    if spec == "synthetic" or path.is_dir():
+        raise ValueError(f"--teacher: {'this encoder was distilled from a synthetic teacher' if spec == 'synthetic' else f'{path} has no teacher.json'}; "
+                         "pass its folder (the run folder's teacher/, or one made by `lima-zoo make-teacher`), or --teacher none")  # fmt: skip
+    return build_teacher(TeacherConfig(name=spec), device=encoder.device)

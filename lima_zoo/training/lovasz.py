@@ -13,12 +13,12 @@ __all__ = ["lovasz_softmax"]
 
 
 def _jaccard_gradient(sorted_members: torch.Tensor) -> torch.Tensor:
-    """(P,) 0/1 membership in error order -> (P,) increments of 1 - IoU along that order."""
-    total = sorted_members.sum()
-    intersection = total - sorted_members.cumsum(0)
-    union = total + (1 - sorted_members).cumsum(0)
+    """(K, P) 0/1 membership in each class's error order -> (K, P) increments of 1 - IoU along it."""
+    total = sorted_members.sum(1, keepdim=True)
+    intersection = total - sorted_members.cumsum(1)
+    union = total + (1 - sorted_members).cumsum(1)
     jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
 
 
 def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, ignore: int = -100) -> torch.Tensor:
@@ -27,10 +27,11 @@ def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, ignore: int = -100
     probs, target = probs[keep], target[keep]
     if not len(target):
         return probs.sum() * 0.0
-    losses = []
-    for c in torch.unique(target).tolist():
-        members = (target == c).float()
-        errors = (members - probs[:, c]).abs()
-        order = torch.argsort(errors, descending=True)
-        losses.append(torch.dot(errors[order], _jaccard_gradient(members[order])))
-    return torch.stack(losses).mean()
+    present = torch.unique(target)  # (K,) classes in the targets
+    # Every present class at once, as rows: one sort instead of one per class (the loss of a
+    # linear probe step is mostly these sorts). Ties may be ordered either way: the Lovasz
+    # extension's value does not depend on the order within a run of equal errors.
+    members = (target[None, :] == present[:, None]).to(probs.dtype)  # (K, N)
+    errors = (members - probs[:, present].T).abs()
+    errors, order = errors.sort(dim=1, descending=True)
+    return (errors * _jaccard_gradient(members.gather(1, order))).sum(1).mean()

@@ -96,7 +96,7 @@ def _check_writable(folder: Path, option: str) -> None:
 @click.option("--mode", type=click.Choice(["pca", "similarity"]), help="Colour by PCA of the features, or by cosine similarity to a query point (default: similarity when a query is given, else pca).")
 @click.option("--query", "query_text", metavar="X,Y,Z", help="Query point: the scan's point nearest to x,y,z (metres).")
 @click.option("--query-index", type=click.IntRange(min=0), help="Query point: this row of the file.")
-@click.option("--query-class", metavar="NAME", help="With --data: query a point of this class (the one its camera shows nearest the image centre).")
+@click.option("--query-class", metavar="NAME", help="With --data: query a point of this class (the one with the most same-class points around it in its image).")
 @click.option("--queries", metavar="NAME,NAME,...", help="With --data: a grid, one row per class, each in the camera that shows its query best.")
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="A dataset (nuScenes, SemanticKITTI, Waymo, sequence folder, synthetic world) instead of SCAN: "
               "draw the paper's figure on its camera images, teacher similarity beside student similarity.")  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["parse_query", "run_viz", "run_viz_sample", "pick_sample", "class_query"]
+__all__ = ["parse_query", "run_viz", "run_viz_sample", "pick_sample", "class_id", "class_query"]
 
 
 def parse_query(text: str) -> tuple[float, float, float]:
@@ -93,22 +93,25 @@ def pick_sample(ds, sample: str, where: str):
                      "or the reader's frame id (nuScenes sample token)")  # fmt: skip
 
 
-def class_query(labels, class_names: tuple[str, ...], name: str, pairs, sizes) -> int:
-    """The query point for ``--query-class NAME``: of the class's points that a camera sees, the one
-    with the most same-class points around it in that image (the biggest view of the class; ties:
-    nearest the image centre); a class no camera sees: its point nearest the sensor."""
+def class_id(class_names: tuple[str, ...], name: str) -> int:
+    """The label id (1..C; 0 is ignore) of class ``name`` (any case); ValueError listing the classes."""
+    lowered = [c.lower() for c in class_names]
+    if name.lower() not in lowered:
+        raise ValueError(f"--query-class {name!r}: not a class of this dataset; classes: {', '.join(class_names)}")
+    return lowered.index(name.lower()) + 1
+
+
+def class_query(labels, cid: int, pairs, sizes) -> int | None:
+    """The query point for class ``cid``: of its points that a camera sees, the one with the most
+    same-class points around it in that image (the biggest view of the class; ties: nearest the
+    image centre); a class no camera sees: its point nearest the sensor; None if the frame has none."""
     import numpy as np
 
     from ..viz.cameras import best_view
 
-    lowered = [c.lower() for c in class_names]
-    if name.lower() not in lowered:
-        raise ValueError(f"--query-class {name!r}: not a class of this dataset; classes: {', '.join(class_names)}")
-    cid = lowered.index(name.lower()) + 1  # labels: 1..C, 0 = ignore
     members = np.flatnonzero(labels == cid)
     if not len(members):
-        present = sorted({class_names[c - 1] for c in np.unique(labels) if c > 0})
-        raise ValueError(f"--query-class {name}: this sample has no {class_names[cid - 1]} point; it has {', '.join(present) or 'no labelled point'}")
+        return None
     seen = np.flatnonzero(labels[pairs["point"]] == cid)
     if not len(seen):
         return int(members[np.argmin(pairs["range"][members])])
@@ -118,8 +121,14 @@ def class_query(labels, class_names: tuple[str, ...], name: str, pairs, sizes) -
     near = (cam[cand][:, None] == cam[seen][None, :]) & (np.linalg.norm(uv[cand][:, None] - uv[seen][None, :], axis=2) < radius[:, None])
     count = near.sum(axis=1)
     top = cand[count == count.max()]
-    wh = sizes[cam[top]]
-    return int(pairs["point"][top[best_view(uv[top], wh[:, 0], wh[:, 1])]])
+    return int(pairs["point"][top[best_view(uv[top], sizes[cam[top]])]])
+
+
+def _absent(labels, class_names: tuple[str, ...], cid: int) -> str:
+    import numpy as np
+
+    present = sorted({class_names[c - 1] for c in np.unique(labels) if c > 0})
+    return f"this sample has no {class_names[cid - 1]} point; it has {', '.join(present) or 'no labelled point'}"
 
 
 def run_viz_sample(data: Path, sample: str, split: str | None, encoder, out: Path, teacher_spec: str | None, query_xyz, query_index: int | None,
@@ -156,27 +165,31 @@ def run_viz_sample(data: Path, sample: str, split: str | None, encoder, out: Pat
     if queries is not None:
         targets = []
         for name in queries:
-            try:
-                targets.append((name, class_query(frame.labels, ds.class_names, name, pairs, sizes)))
-            except ValueError as exc:
-                if "not a class" in str(exc):
-                    raise
-                print(f"skipped {name}: {str(exc).split(': ', 1)[1]}", flush=True)
+            cid = class_id(ds.class_names, name)
+            q = class_query(frame.labels, cid, pairs, sizes)
+            if q is None:
+                print(f"skipped {name}: {_absent(frame.labels, ds.class_names, cid)}", flush=True)
+            else:
+                targets.append((name, q))
         if not targets:
             raise ValueError(f"--queries: none of {', '.join(queries)} is in frame {frame.sequence}:{frame.index}")
     elif query_class is not None:
-        targets = [(query_class, class_query(frame.labels, ds.class_names, query_class, pairs, sizes))]
+        cid = class_id(ds.class_names, query_class)
+        q = class_query(frame.labels, cid, pairs, sizes)
+        if q is None:
+            raise ValueError(f"--query-class {query_class}: {_absent(frame.labels, ds.class_names, cid)}")
+        targets = [(query_class, q)]
     else:
         targets = [("query", nearest_point(pts, query_xyz) if query_xyz is not None else query_index)]
+    teacher = _viz_teacher(teacher_spec, encoder)  # before the forward: a bad --teacher fails fast
     features = encoder.embed(pts, intensity_range=ds.intensity_scale)
-    teacher = _viz_teacher(teacher_spec, encoder)
     images = [c.image() for c in frame.cameras]
     tokens = None if teacher is None else teacher(images).cpu().numpy()
     panels = []
     for label, q in targets:
         student = cosine_similarity(features, q)
         views = np.flatnonzero(pairs["point"] == q)
-        best = None if not len(views) else views[best_view(pairs["uv"][views], sizes[pairs["camera"][views], 0], sizes[pairs["camera"][views], 1])]
+        best = None if not len(views) else views[best_view(pairs["uv"][views], sizes[pairs["camera"][views]])]
         t_sim = None
         if tokens is not None and best is not None:
             cam = int(pairs["camera"][best])

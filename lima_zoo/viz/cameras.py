@@ -44,11 +44,10 @@ class CameraPanel:
     query_uv: tuple[float, float] | None
 
 
-def best_view(uv: np.ndarray, width: np.ndarray, height: np.ndarray) -> int:
-    """Of several views of one point -- uv (V, 2) and each view's image size (V,) -- the one that
-    shows it nearest the image centre (relative to the image size): the clearest view."""
-    d = np.square(uv[:, 0] / width - 0.5) + np.square(uv[:, 1] / height - 0.5)
-    return int(np.argmin(d))
+def best_view(uv: np.ndarray, sizes: np.ndarray) -> int:
+    """Of several views of one point -- uv (V, 2) and each view's image (width, height) (V, 2) -- the
+    one that shows it nearest the image centre (relative to the image size): the clearest view."""
+    return int(np.argmin(np.square(uv / sizes - 0.5).sum(axis=1)))
 
 
 def teacher_similarity(tokens: np.ndarray, camera: int, query_uv: tuple[float, float], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

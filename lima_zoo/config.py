@@ -12,11 +12,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "config_from_dict"]
+__all__ = ["PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_dim", "config_from_dict"]
 
 FORMAT_VERSION = 1
 
 BACKBONES = ("minkunet14", "minkunet18", "minkunet34")
+
+
+def backbone_out_dim(width: float = 1.0) -> int:
+    """Channels a MinkUNet of ``width`` outputs: its last plane, 96, scaled (models/minkunet.py)."""
+    return max(1, round(96 * width))
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class EncoderConfig:
 
     backbone: str = "minkunet34"
     in_channels: int = 4
-    out_dim: int = 96
+    width: float = 1.0  # channel multiplier of every layer (torchsparse's cr); 0.5: a quarter of the compute
+    out_dim: int | None = None  # the backbone's output channels; None: what ``width`` gives (96 at 1)
     head_dim: int = 768
     teacher: str = "vit_base_patch14_dinov2"
     bn_momentum: float = 0.05
@@ -68,8 +74,12 @@ class EncoderConfig:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.in_channels != self.preprocess.use_dim:
             raise ValueError(f"in_channels={self.in_channels} but preprocess.use_dim={self.preprocess.use_dim}")
-        if self.out_dim != 96:
-            raise ValueError(f"MinkUNet outputs 96 channels; out_dim={self.out_dim}")
+        if not 0 < self.width <= 4:
+            raise ValueError(f"width must be in (0, 4], got {self.width}")
+        if self.out_dim is None:
+            object.__setattr__(self, "out_dim", backbone_out_dim(self.width))
+        if self.out_dim != backbone_out_dim(self.width):
+            raise ValueError(f"a MinkUNet of width {self.width} outputs {backbone_out_dim(self.width)} channels; out_dim={self.out_dim}")
         if self.head_dim < 0:
             raise ValueError(f"head_dim must be positive (or 0: no distillation head), got {self.head_dim}")
 

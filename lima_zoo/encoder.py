@@ -114,13 +114,13 @@ class FeatureExtractor:
 
 
 class LiMAEncoder(nn.Module, FeatureExtractor):
-    """LiDAR encoder.  forward: SparseTensor (M voxels, in_channels) -> SparseTensor (M, 96)."""
+    """LiDAR encoder.  forward: SparseTensor (M voxels, in_channels) -> SparseTensor (M, config.out_dim)."""
 
     def __init__(self, config: EncoderConfig | None = None):
         super().__init__()
         self.config = config or EncoderConfig()
         c = self.config
-        self.backbone = MinkUNet(c.backbone, in_channels=c.in_channels, bn_momentum=c.bn_momentum)
+        self.backbone = MinkUNet(c.backbone, in_channels=c.in_channels, width=c.width, bn_momentum=c.bn_momentum)
         self.head = DistillationHead(c.out_dim, c.head_dim)
         self.backend = "torch"
 

@@ -127,6 +127,8 @@ def test_strict_load_lists_every_problem(saved, tmp_path):
         (lambda c: c["preprocess"].update(voxel_size=[0.1, 1.0]), r"voxel_size: expected a list of 3 values"),
         (lambda c: c["preprocess"].update(voxel_size=[0.1, "1", 0.1]), r"voxel_size\[1\]: expected a number"),
         (lambda c: c["preprocess"].update(use_dim=5), r"config.json.preprocess: use_dim must be 3"),
+        (lambda c: c.update(width=0.5), r"config.json: a MinkUNet of width 0.5 outputs 48 channels; out_dim=96"),
+        (lambda c: c.update(width="half"), r"config.json.width: expected a number"),
     ],
 )
 def test_config_checks(saved, tmp_path, edit, message):
@@ -154,6 +156,14 @@ def test_unreadable_config_and_weights_name_the_file(saved, tmp_path):
         (bad / "model.safetensors").write_bytes(content)
         with pytest.raises(ValueError, match=r"m/model.safetensors: not a readable safetensors file"):
             LiMAEncoder.from_pretrained(bad)
+
+
+def test_half_width_round_trip(tmp_path, small_street_points):
+    torch.manual_seed(0)
+    enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.5, head_dim=32)).eval()
+    again = LiMAEncoder.from_pretrained(enc.save_pretrained(tmp_path / "half"))
+    assert again.config.width == 0.5 and again.config.out_dim == 48
+    np.testing.assert_array_equal(again.embed(small_street_points), enc.embed(small_street_points))
 
 
 def test_missing_files_in_folder(tmp_path):

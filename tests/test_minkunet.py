@@ -33,6 +33,33 @@ def test_smaller_depths(depth, blocks):
     assert len(net.block4) == blocks and len(net.block8) == blocks
 
 
+@pytest.mark.parametrize("width", [0.25, 0.5, 1.0, 1.5])
+def test_width_scales_every_layer_and_the_config_agrees(width, small_street_points):
+    from lima_zoo.config import EncoderConfig, backbone_out_dim
+    from lima_zoo.encoder import LiMAEncoder
+
+    net = MinkUNet("minkunet14", width=width)
+    assert net.out_channels == backbone_out_dim(width) == round(96 * width)
+    assert net.conv0[0].conv.kernel.shape == (27, 4, round(32 * width))
+    assert net.block4[0].conv2.kernel.shape[1:] == (round(256 * width),) * 2
+    enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", width=width, head_dim=16))
+    assert enc.config.out_dim == round(96 * width)
+    feats = enc.embed(small_street_points[:3000])
+    assert feats.shape == (3000, round(96 * width)) and np.isfinite(feats).all()
+
+
+def test_width_rejects_bad_values():
+    from lima_zoo.config import EncoderConfig
+
+    with pytest.raises(ValueError, match="outputs 48 channels; out_dim=96"):
+        EncoderConfig(width=0.5, out_dim=96)
+    for bad in (0.0, -1.0, 5.0):
+        with pytest.raises(ValueError, match="width must be in"):
+            EncoderConfig(width=bad)
+    with pytest.raises(ValueError, match="width must be in"):
+        MinkUNet("minkunet14", width=0.0)
+
+
 def test_voxelize_first_point_and_inverse():
     pts = torch.tensor([[1.0, 0.0, 0.0, 10.0], [1.01, 0.0, 0.01, 20.0], [5.0, 5.0, 1.0, 30.0]])
     cfg = PreprocessConfig(voxel_type="cartesian", voxel_size=(0.1, 0.1, 0.1))

@@ -176,3 +176,39 @@ def test_missing_backend_says_how_to_install(monkeypatch):
         check_backend("torchsparse")
     with pytest.raises(ValueError, match=r"spconv-cu120"):
         check_backend("spconv")
+
+
+_GRADS = """
+import hashlib, sys, torch
+from lima_zoo.config import PreprocessConfig
+from lima_zoo.models import MinkUNet
+from lima_zoo.sparse import SparseTensor
+from lima_zoo.sparse.allocator import reuse_freed_memory
+from lima_zoo.synth.scan import street_scan
+from lima_zoo.voxelize import voxelize
+print(reuse_freed_memory())
+torch.manual_seed(0)
+net = MinkUNet("minkunet14", width=0.5)
+vox = voxelize([torch.from_numpy(street_scan(seed=1, azimuth_steps=256))], PreprocessConfig())
+net(SparseTensor(vox.feats, vox.coords)).feats.square().sum().backward()
+print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in net.parameters())).hexdigest())
+"""
+
+
+def test_reusing_freed_memory_changes_no_number():
+    """glibc's heap instead of a fresh mmap per large tensor: the same gradients to the bit, and
+    LIMA_ZOO_MALLOC=system keeps glibc's defaults."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    runs = {}
+    for mode in ("", "system"):
+        env = {**os.environ, "LIMA_ZOO_MALLOC": mode, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", _GRADS], env=env, capture_output=True, text=True, timeout=600, check=True)
+        runs[mode] = out.stdout.split()
+    assert runs[""][0] == "True" and runs["system"][0] == "False"
+    assert runs[""][1] == runs["system"][1]

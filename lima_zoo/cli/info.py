@@ -9,7 +9,7 @@ def _param_count(config) -> int:
     """Backbone parameters of a variant."""
     from ..models.minkunet import parameter_count
 
-    return parameter_count(config.backbone, config.in_channels)
+    return parameter_count(config.backbone, config.in_channels, config.width)
 
 
 def _cached_path(info) -> str | None:

@@ -102,7 +102,7 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         out_dim=config.out_dim,
         head_dim=config.head_dim,
         backbone=config.backbone,
-        params=f"{parameter_count(config.backbone, config.in_channels) / 1e6:.1f}M",
+        params=f"{parameter_count(config.backbone, config.in_channels, config.width) / 1e6:.1f}M",
         teacher=config.teacher,
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",

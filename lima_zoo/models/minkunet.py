@@ -6,6 +6,9 @@ with planes [32,64,128,256]; decoder ``conv5..conv8`` (k2 s2 transposed conv-BN-
 [256,128,96,96]) each followed by concatenation with the encoder skip and ``block5..block8`` of
 BasicBlocks [2,2,2,2]. Output: 96 channels at stride 1.
 
+``width`` scales every layer's channels (torchsparse's channel ratio ``cr``): at 0.5 the planes are
+[16, 32, 64, 128, 128, 64, 48, 48] from a 16-channel stem, a quarter of the multiply-adds.
+
 Module and parameter names follow that lineage (``conv0.0.conv.kernel``, ``block1.0.norm1.weight``,
 ``block5.0.downsample.conv.kernel``, ...), so its checkpoints load through
 :func:`convert_torchsparse_state_dict`.
@@ -20,12 +23,17 @@ from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn
 
 __all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict", "parameter_count"]
 
+STEM = 32
 PLANES = (32, 64, 128, 256, 256, 128, 96, 96)
 LAYERS = {
     "minkunet14": (1, 1, 1, 1, 1, 1, 1, 1),
     "minkunet18": (2, 2, 2, 2, 2, 2, 2, 2),
     "minkunet34": (2, 3, 4, 6, 2, 2, 2, 2),
 }
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
 
 
 class ConvModule(nn.Module):
@@ -61,13 +69,16 @@ class BasicBlock(nn.Module):
 
 
 class MinkUNet(nn.Module):
-    """Sparse U-Net.  forward: SparseTensor (N voxels, in_channels) -> SparseTensor (N, 96)."""
+    """Sparse U-Net.  forward: SparseTensor (N voxels, in_channels) -> SparseTensor (N, round(96 * width))."""
 
-    def __init__(self, depth: str = "minkunet34", in_channels: int = 4, base_channels: int = 32, bn_momentum: float = 0.05):
+    def __init__(self, depth: str = "minkunet34", in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05):
         super().__init__()
         if depth not in LAYERS:
             raise ValueError(f"unknown MinkUNet depth {depth!r}; choose one of {sorted(LAYERS)}")
-        layers, planes, m = LAYERS[depth], PLANES, bn_momentum
+        if not 0 < width <= 4:
+            raise ValueError(f"MinkUNet width must be in (0, 4], got {width}")
+        layers, m = LAYERS[depth], bn_momentum
+        planes, base_channels = [_scaled(p, width) for p in PLANES], _scaled(STEM, width)
         self.out_channels = planes[-1]
         self.conv0 = nn.Sequential(
             ConvModule(in_channels, base_channels, 3, bn_momentum=m),
@@ -102,10 +113,10 @@ class MinkUNet(nn.Module):
         return out
 
 
-def parameter_count(depth: str, in_channels: int = 4) -> int:
+def parameter_count(depth: str, in_channels: int = 4, width: float = 1.0) -> int:
     """Parameters of a MinkUNet, counted on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in MinkUNet(depth, in_channels=in_channels).parameters())
+        return sum(p.numel() for p in MinkUNet(depth, in_channels=in_channels, width=width).parameters())
 
 
 def convert_torchsparse_state_dict(state: dict[str, torch.Tensor], prefix: str = "") -> tuple[dict, list[str]]:

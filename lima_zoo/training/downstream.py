@@ -25,6 +25,7 @@ from ..atomic import atomic_path
 from ..config import EncoderConfig
 from ..encoder import LiMAEncoder, resolve_device
 from ..sparse import SparseTensor
+from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
 from .datasets import Frame, FrameDataset, detect_format, open_dataset, project_points
@@ -38,7 +39,7 @@ __all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone", "in_camer
 
 
 class Segmenter(nn.Module):
-    """Encoder + BatchNorm1d(96) + Linear(96 -> C) (zero-initialised). forward: per-voxel logits."""
+    """Encoder + BatchNorm1d(out_dim) + Linear(out_dim -> C) (zero-initialised). forward: per-voxel logits."""
 
     def __init__(self, encoder: LiMAEncoder, num_classes: int, frozen: bool, bn_momentum: float):
         super().__init__()
@@ -126,6 +127,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     out = Path(out)
     ckpt = last_checkpoint(out, resume)
     device = resolve_device(cfg.device)
+    reuse_freed_memory()
     linear = cfg.protocol == "linear"
     train_ds = open_dataset(data, "train", cfg.percent, labels=True)
     val_ds = open_dataset(data, cfg.eval_split, labels=True)

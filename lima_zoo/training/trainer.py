@@ -26,6 +26,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..encoder import LiMAEncoder
 from ..sparse import SparseTensor
+from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
 from .config import TrainConfig
 from .distributed import Placement, join, leave, placement
@@ -299,6 +300,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, on_step, place: Placement,
     rank, world = place.rank, place.world
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    reuse_freed_memory()  # large per-point tensors would otherwise page-fault afresh every step
     cfg = _resolve_inputs(cfg, out, rank, world)
     run = _Run(cfg, out, place)
     if resume:

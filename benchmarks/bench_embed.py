@@ -3,11 +3,13 @@
 Writes --scans ray-cast 32-beam street scans as nuScenes ``.pcd.bin`` files and a MinkUNet-34
 encoder (random weights: no LiMA weights are published) to a temp dir, then:
 
-1. runs the real CLI (`python -m lima_zoo.cli embed DIR --out OUT`) and reports points/s;
+1. runs the real CLI (`python -m lima_zoo.cli embed DIR --out OUT`) on the same inputs as one
+   process (--threads threads) with the read-ahead on and off, and as two processes (``--shard 0/2``
+   and ``1/2`` side by side, half the threads each), and reports scans/s and points/s;
 2. runs the same steps in-process with a timer around each: read, voxelize, kernel maps (every
    level's maps built up front), forward (backbone on the prebuilt maps + per-point gather), write.
 
-    python benchmarks/bench_embed.py [--scans 8] [--threads 2] [--format npy]
+    python benchmarks/bench_embed.py [--scans 16] [--threads 2] [--format npy]
 """
 
 from __future__ import annotations
@@ -68,11 +70,28 @@ def staged(encoder: LiMAEncoder, paths: list[Path], out: Path, fmt: str) -> dict
     return t
 
 
+def cli_runs(tmp: Path, fmt: str, threads: int, procs: int, extra: list[str], tag: str) -> float:
+    """Wall seconds of ``procs`` CLI processes started together, each embedding its shard with
+    threads / procs threads (process start and model load included)."""
+    each = max(1, threads // procs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(each)}
+    cmd = [sys.executable, "-m", "lima_zoo.cli", "embed", str(tmp / "scans"), "--model", str(tmp / "model"), "--out", str(tmp / tag),
+           "--format", fmt, *extra]  # fmt: skip
+    s = time.perf_counter()
+    runs = [subprocess.Popen(cmd + (["--shard", f"{i}/{procs}"] if procs > 1 else []), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(procs)]  # fmt: skip
+    for r in runs:
+        _, err = r.communicate()
+        if r.returncode != 0:
+            sys.exit(err)
+    return time.perf_counter() - s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scans", type=int, default=8)
+    ap.add_argument("--scans", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--format", default="npy", choices=["npy", "safetensors", "parquet", "ply"])
+    ap.add_argument("--format", default="npy", choices=["npy", "safetensors", "parquet", "ply", "parquet-dataset"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,25 +102,29 @@ def main() -> None:
         LiMAEncoder(EncoderConfig()).save_pretrained(tmp / "model")
         encoder = LiMAEncoder.from_pretrained(tmp / "model")
 
-        cmd = [sys.executable, "-m", "lima_zoo.cli", "embed", str(tmp / "scans"), "--model", str(tmp / "model"),
-               "--out", str(tmp / "cli_out"), "--format", args.format]
-        s = time.perf_counter()
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        cli_seconds = time.perf_counter() - s
-        if done.returncode != 0:
-            sys.exit(done.stderr)
+        runs = {  # (label, processes, extra CLI arguments); the same inputs for each
+            "1 process, read-ahead 2 (default)": (1, []),
+            "1 process, read-ahead off": (1, ["--prefetch", "0"]),
+            f"2 processes (--shard), {max(1, args.threads // 2)} thread(s) each": (2, []),
+        }
+        walls = {label: cli_runs(tmp, args.format, args.threads, procs, extra, f"cli{i}") for i, (label, (procs, extra)) in enumerate(runs.items())}
 
         (tmp / "staged").mkdir()
-        staged(encoder, paths[:1], tmp / "staged", args.format)  # warm-up
-        t = staged(encoder, paths, tmp / "staged", args.format)
+        fmt = "parquet" if args.format == "parquet-dataset" else args.format
+        staged(encoder, paths[:1], tmp / "staged", fmt)  # warm-up
+        t = staged(encoder, paths, tmp / "staged", fmt)
 
     points = t.pop("points")
     total = sum(t.values())
     print(f"lima-zoo embed, MinkUNet-34 (random weights), {args.scans} nuScenes-size scans "
           f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n{machine_summary()}\n")
-    print(f"CLI end to end (process start, model load, {args.scans} scans): {cli_seconds:.1f} s, "
-          f"{points / cli_seconds:,.0f} points/s")
+    first = next(iter(walls.values()))
+    print(f"CLI end to end on the same {args.scans} scans (process start and model load included):\n")
+    print("| run | wall s | scans/s | points/s | vs default |")
+    print("|---|---|---|---|---|")
+    for label, wall in walls.items():
+        print(f"| {label} | {wall:.1f} | {args.scans / wall:.2f} | {points / wall:,.0f} | {first / wall:.2f}x |")
+    print()
     print(f"in-process per scan: {total / args.scans * 1e3:.0f} ms, {points / total:,.0f} points/s\n")
     print("| stage | ms / scan | share |")
     print("|---|---|---|")

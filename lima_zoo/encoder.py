@@ -14,103 +14,19 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .config import EncoderConfig, config_from_dict
+from .config import EncoderConfig
+from .features import FeatureExtractor, read_config
 from .models import DistillationHead, MinkUNet
 from .sparse import SparseTensor, set_backend
-from .voxelize import Voxels, voxelize
+from .voxelize import Voxels
 
 __all__ = ["LiMAEncoder", "FeatureExtractor", "create_encoder", "load_state_strict"]
-
-ArrayLike = np.ndarray | torch.Tensor
-
-
-class FeatureExtractor:
-    """Points -> per-point features, shared by the PyTorch encoder and the onnxruntime runner.
-
-    A subclass provides ``config`` (EncoderConfig), ``device`` and ``voxel_features(vox, space)``.
-    """
-
-    config: EncoderConfig
-
-    @property
-    def device(self) -> torch.device:
-        raise NotImplementedError
-
-    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
-        """(M, D) float features of the voxel batch ``vox`` in ``space`` ("backbone" | "teacher")."""
-        raise NotImplementedError
-
-    def prepare(self, points: ArrayLike, intensity_range: float | None = None) -> torch.Tensor:
-        """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
-        reads, intensity rescaled from ``intensity_range`` (e.g. 1.0 for KITTI) to the model's."""
-        pts = torch.as_tensor(points).to(self.device, torch.float32)
-        if pts.dim() != 2 or pts.shape[1] < 3 or len(pts) == 0:
-            raise ValueError(f"points must be a non-empty (N, >=3) array, got shape {tuple(pts.shape)}")
-        use = min(self.config.in_channels, pts.shape[1])
-        pts = pts[:, :use]
-        if not bool(torch.isfinite(pts).all()):
-            raise ValueError("points contain NaN or Inf")
-        if use >= 4 and intensity_range is not None and intensity_range != self.config.preprocess.intensity_scale:
-            pts = pts.clone()
-            pts[:, 3] *= self.config.preprocess.intensity_scale / intensity_range
-        return pts
-
-    def voxelize(self, scans: Sequence[torch.Tensor]) -> Voxels:
-        return voxelize(list(scans), self.config.preprocess)
-
-    def voxelize_points(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:
-        """Raw (N_i, >=3) scans -> one voxel batch on the encoder's device (``prepare`` each, then voxelize)."""
-        return self.voxelize([self.prepare(s, intensity_range) for s in scans])
-
-    @torch.inference_mode()
-    def embed(
-        self,
-        points: ArrayLike | Sequence[ArrayLike],
-        space: str = "backbone",
-        return_voxels: bool = False,
-        intensity_range: float | None = None,
-        check_memory: bool = True,
-    ):
-        """Per-point features.
-
-        points: one (N, >=3) array (x, y, z[, intensity]) or a list of them (run as one batch).
-        space: "backbone" -> (N, 96) features; "teacher" -> (N, head_dim) L2-normalised head output
-            in the teacher's feature space.
-        intensity_range: the scans' intensity range (1.0 KITTI, 255.0 nuScenes) when it differs
-            from ``config.preprocess.intensity_scale``.
-        check_memory: refuse (ValueError) a batch whose forward would not fit in the device's free
-            memory (a merged map of millions of points), instead of letting the machine swap or die.
-        Returns float32 (N, D), rows in input order — numpy for numpy input, else a tensor on the
-        encoder's device — or a list of them for a list input. With ``return_voxels`` also the
-        voxel coords (M, 4) int32 [batch, i, j, k] and voxel features (M, D) of the batch.
-        """
-        if space not in ("backbone", "teacher"):
-            raise ValueError(f"space must be 'backbone' or 'teacher', got {space!r}")
-        if space == "teacher" and self.config.head_dim == 0:
-            raise ValueError("this encoder has no distillation head (head_dim 0), so it has no teacher-space features")
-        many = isinstance(points, (list, tuple))
-        scans = list(points) if many else [points]
-        if not scans:
-            raise ValueError("no scans given")
-        as_numpy = isinstance(scans[0], np.ndarray)
-        vox = self.voxelize_points(scans, intensity_range)
-        if check_memory:
-            ensure_fits(len(vox.feats), vox.feats.device, sum(len(s) for s in scans))
-        feats = self.voxel_features(vox, space)
-        per_point = feats[vox.inverse].float()
-        convert = (lambda t: t.cpu().numpy()) if as_numpy else (lambda t: t)
-        outs = [convert(t) for t in torch.split(per_point, [len(s) for s in scans])]
-        result = outs if many else outs[0]
-        if return_voxels:
-            return result, convert(vox.coords), convert(feats.float())
-        return result
 
 
 class LiMAEncoder(nn.Module, FeatureExtractor):
@@ -138,7 +54,6 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         local_files_only: bool = False,
         device: str | torch.device | None = None,
         backend: str = "torch",
-        runtime: str = "torch",
         token: str | bool | None = None,
         force_download: bool = False,
     ) -> "LiMAEncoder":
@@ -146,25 +61,18 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
 
         The Hugging Face cache is tried first; ``force_download=True`` fetches again (a branch such as
         ``main`` that moved). token: for private repos (default: huggingface_hub's login / HF_TOKEN).
-
-        runtime: "torch" (this module) or "onnx": the folder's model.onnx run by onnxruntime, returned
-        as an :class:`~lima_zoo.export.onnx_runtime.OnnxEncoder` with the same ``embed``.
+        The folder's model.onnx under onnxruntime, with the same ``embed``:
+        :meth:`lima_zoo.export.OnnxEncoder.from_pretrained` (same arguments).
         """
-        from .hub import fetch_model_files, resolve_source
+        from .hub import fetch_model_files, loaded_revision, resolve_source
 
-        if runtime not in ("torch", "onnx"):
-            raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
         source = resolve_source(name_or_path, revision)
-        if runtime == "onnx":
-            from .export.onnx_runtime import OnnxEncoder
-
-            return OnnxEncoder.from_files(fetch_model_files(source, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download),
-                                        device=device)  # fmt: skip
         files = fetch_model_files(source, cache_dir, local_files_only, token=token, force_download=force_download)
         config = read_config(files["config.json"])
         encoder = cls(config)
         load_state_strict(encoder, load_safetensors(files["model.safetensors"]), files["model.safetensors"])
         encoder.eval()
+        encoder.name_or_path, encoder.revision = str(name_or_path), loaded_revision(files, source)
         if device is not None:
             encoder.to(resolve_device(device))
         return encoder.set_backend(backend)
@@ -205,15 +113,6 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
             return self.head(feats) if space == "teacher" else feats
         finally:
             self.train(was_training)
-
-def read_config(path: str | os.PathLike) -> EncoderConfig:
-    """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable config ({exc})") from None
-    return config_from_dict(EncoderConfig, data, where=str(path))
-
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file; a truncated or foreign file is a ValueError naming it."""
@@ -263,35 +162,6 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
                 parts.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
         raise ValueError("\n".join(parts))
     module.load_state_dict(state, strict=True)
-
-
-# Peak inference memory per voxel, measured with MinkUNet-34 (the largest backbone) on CPU in fp32:
-# 5M points of a merged street map -> 1.59M voxels, +5.0 GiB peak RSS (benchmarks: README "large scans").
-INFERENCE_BYTES_PER_VOXEL = 3400
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device``: CUDA's free memory, or Linux's MemAvailable; None where unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def ensure_fits(voxels: int, device: torch.device, points: int = 0, free: int | None = None) -> None:
-    """Raise ValueError when a forward over ``voxels`` voxels would need more than 90% of the free memory."""
-    free = available_memory(device) if free is None else free
-    need = voxels * INFERENCE_BYTES_PER_VOXEL
-    if free is not None and need > 0.9 * free:
-        raise ValueError(
-            f"{points:,} points -> {voxels:,} voxels would need ~{need / 2**30:.1f} GiB on {device}, but only {free / 2**30:.1f} GiB "
-            "is free: crop the map into tiles (or embed fewer scans per batch), or pass check_memory=False to try anyway"
-        )
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -56,6 +56,15 @@ def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None)
     raise AssertionError("unreachable")
 
 
+def loaded_revision(files: dict[str, Path], source: ModelSource) -> str:
+    """The commit a model was loaded at: its snapshot folder in the Hub cache (``snapshots/<sha>/``),
+    else the revision asked for; "" for a local folder."""
+    parent = next(iter(files.values())).parent
+    if source.repo_id is not None and parent.parent.name == "snapshots":
+        return parent.name
+    return source.revision or ""
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hub endpoint answers an HTTP request within ``timeout`` s, asked through
     huggingface_hub's session: the proxies, certificates and endpoint it would download with. Any

@@ -179,3 +179,90 @@ def test_shard_of_slurm_array_with_a_step():
 
     env = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "2"}
     assert shard_of(None, env) == (2, 3) and shard_of(None, {}) == (0, 1) and shard_of("1/4", env) == (1, 4)
+
+
+def _dataset_rows(folder) -> dict:
+    """{(scan, point): feature row} over every part of a parquet-dataset folder, with duplicates counted."""
+    import pyarrow.parquet as pq
+
+    rows, dup = {}, 0
+    for part in sorted(folder.glob("part-*.parquet")):
+        t = pq.read_table(part)
+        feats = np.asarray(t.column("features").combine_chunks().flatten()).reshape(len(t), -1)
+        for s, p, f in zip(t.column("scan").to_pylist(), t.column("point").to_pylist(), feats):
+            dup += (s, p) in rows
+            rows[s, p] = f
+    assert dup == 0, f"{dup} rows written twice"
+    return rows
+
+
+def test_embed_parquet_dataset_matches_per_file_output_and_reports_failures(scans, model_dir, tmp_path, small_street_points):
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(out), "--format", "parquet-dataset", "--scans-per-part", "2"])
+    assert res.exit_code == 1 and "broken.bin" in res.output, res.output  # the bad scan fails, the others finish
+    manifest = json.loads((out / "manifest-00000-of-00001.json").read_text())
+    assert manifest["scans_done"] == 3 and list(manifest["failed"]) == ["a/broken.bin"] and len(manifest["parts"]) == 2
+    assert manifest["model"] == str(model_dir.resolve()) and len(manifest["config_sha256"]) == 64 and manifest["feature_dim"] == "96"
+    meta = pq.read_schema(out / manifest["parts"][0]["file"]).metadata
+    assert meta[b"lima_zoo.config_sha256"].decode() == manifest["config_sha256"]
+    rows = _dataset_rows(out)
+    assert sum(p["points"] for p in manifest["parts"]) == len(rows) == manifest["points"]
+    per_file = tmp_path / "npy"
+    CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(per_file), "--prefetch", "0"])
+    for scan, n in (("a/000001.bin", len(small_street_points)), ("b/c.npy", 2000)):
+        ref = np.load(per_file / (scan.rsplit(".", 1)[0] + ".npy"))
+        got = np.stack([rows[scan, i] for i in range(n)])
+        np.testing.assert_array_equal(got, ref)  # same features, rows in input order
+
+
+def test_embed_parquet_dataset_shards_and_resume_without_duplicates(model_dir, tmp_path, small_street_points):
+    """Two shards into one folder write the rows of one run; a run killed between a part and its
+    manifest resumes with no scan twice; another model cannot append to the folder."""
+    import json
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i:06d}.bin").write_bytes(small_street_points[i * 300 : i * 300 + 1200, :4].tobytes())
+    base = ["embed", str(root), "--model", str(model_dir), "--format", "parquet-dataset", "--scans-per-part", "1"]
+    one = CliRunner().invoke(main, base + ["--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    for shard in ("0/2", "1/2"):
+        assert CliRunner().invoke(main, base + ["--out", str(tmp_path / "two"), "--shard", shard]).exit_code == 0
+    full, sharded = _dataset_rows(tmp_path / "one"), _dataset_rows(tmp_path / "two")
+    assert full.keys() == sharded.keys() and len({s for s, _ in full}) == 5
+    assert all(np.array_equal(full[k], sharded[k]) for k in full)
+    assert sorted(p.name for p in (tmp_path / "two").glob("manifest-*")) == ["manifest-00000-of-00002.json", "manifest-00001-of-00002.json"]
+    # A kill after the last part's rename but before its manifest: the part is on disk, unlisted.
+    mpath = tmp_path / "one" / "manifest-00000-of-00001.json"
+    manifest = json.loads(mpath.read_text())
+    lost = manifest["parts"].pop()
+    mpath.write_text(json.dumps(manifest))
+    again = CliRunner().invoke(main, base + ["--out", str(tmp_path / "one")])
+    assert again.exit_code == 0 and "embedded 1 scan(s)" in again.output and "skipped 4" in again.output, again.output
+    assert _dataset_rows(tmp_path / "one").keys() == full.keys() and lost["scans"] == json.loads(mpath.read_text())["parts"][-1]["scans"]
+    done = CliRunner().invoke(main, base + ["--out", str(tmp_path / "one"), "--float16"])
+    assert done.exit_code == 1 and "written by another model or dtype" in done.output and "float32" in done.output, done.output
+    assert "Traceback" not in done.output
+
+
+def test_embed_parquet_dataset_float16(model_dir, tmp_path, small_street_points):
+    import pyarrow.parquet as pq
+
+    scan = tmp_path / "s.bin"
+    kitti = small_street_points[:1500, :4].copy()
+    kitti[:, 3] /= 255.0  # a .bin scan is KITTI's: remission in 0-1
+    scan.write_bytes(kitti.tobytes())
+    res = CliRunner().invoke(main, ["embed", str(scan), "--model", str(model_dir), "--out", str(tmp_path / "h"), "--format", "parquet-dataset", "--float16"])
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(next((tmp_path / "h").glob("part-*.parquet")))
+    assert str(t.schema.field("features").type) == "fixed_size_list<element: halffloat>[96]"
+    ref = LiMAEncoder.from_pretrained(model_dir).embed(small_street_points[:1500, :4])
+    got = np.asarray(t.column("features").combine_chunks().flatten()).reshape(1500, 96)
+    np.testing.assert_allclose(got.astype(np.float32), ref, rtol=1e-2, atol=1e-2)
+    bad = CliRunner().invoke(main, ["embed", str(scan), "--model", str(model_dir), "--out", str(tmp_path / "x"), "--float16"])
+    assert bad.exit_code == 2 and "--float16 applies to --format parquet-dataset only" in bad.output

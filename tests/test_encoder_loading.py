@@ -271,14 +271,14 @@ def test_force_download_skips_the_cache(saved, tmp_path, monkeypatch):
 
 
 def test_a_batch_too_big_for_free_memory_is_refused_before_the_forward(saved, small_street_points, monkeypatch):
-    import lima_zoo.encoder as encoder_module
-    from lima_zoo.encoder import ensure_fits
+    import lima_zoo.features as features_module
+    from lima_zoo.features import ensure_fits
 
     ensure_fits(1000, torch.device("cpu"), free=10**9)  # 3.4 MB of 1 GB: fine
     with pytest.raises(ValueError, match=r"5,000,000 points -> 1,600,000 voxels would need ~5.1 GiB on cpu, but only 4.0 GiB is free"):
         ensure_fits(1_600_000, torch.device("cpu"), 5_000_000, free=4 * 2**30)
     enc, _ = saved
-    monkeypatch.setattr(encoder_module, "available_memory", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(features_module, "available_memory", lambda device: 2**20)  # 1 MiB free
     with pytest.raises(ValueError, match="crop the map into tiles"):
         enc.embed(small_street_points)
     assert enc.embed(small_street_points[:100], check_memory=False).shape == (100, 96)

@@ -55,7 +55,7 @@ def test_graph_is_opset17_plus_dynamic_and_has_no_scatter(minkunet34_export):
 
 def test_parity_on_a_nuscenes_size_scan_in_both_feature_spaces(minkunet34_export):
     enc, out = minkunet34_export
-    runner = LiMAEncoder.from_pretrained(out, runtime="onnx")
+    runner = OnnxEncoder.from_pretrained(out)
     assert isinstance(runner, OnnxEncoder)
     scan = street_scan(seed=3)[:, :4]  # ~34k points -> ~19k cylindrical voxels, like a nuScenes sweep
     assert len(scan) > 30000
@@ -104,12 +104,10 @@ def test_runner_errors_name_the_file(tmp_path):
     enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8))
     enc.save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="model.onnx.*--format onnx"):
-        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
+        OnnxEncoder.from_pretrained(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="model.onnx: onnxruntime cannot load"):
-        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
-    with pytest.raises(ValueError, match="runtime must be"):
-        LiMAEncoder.from_pretrained(tmp_path, runtime="tensorrt")
+        OnnxEncoder.from_pretrained(tmp_path)
     # a loadable ONNX model that is not our graph (e.g. an export from an older layout)
     import onnx
     from onnx import TensorProto, helper
@@ -118,7 +116,7 @@ def test_runner_errors_name_the_file(tmp_path):
     graph = helper.make_graph([helper.make_node("Identity", ["feats"], ["features"])], "other", io[:1], io[1:])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(tmp_path / "model.onnx"))
     with pytest.raises(ValueError, match="model.onnx: its inputs .* re-export it with `lima-zoo export`"):
-        LiMAEncoder.from_pretrained(tmp_path, runtime="onnx")
+        OnnxEncoder.from_pretrained(tmp_path)
 
 
 def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):

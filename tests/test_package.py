@@ -67,3 +67,44 @@ def test_wheel_ships_the_kernel_source_and_data(tmp_path):
     for needed in ("lima_zoo/sparse/csrc/fused_conv.cpp", "lima_zoo/model_cards/template.md"):
         assert needed in names, f"{needed} missing from {wheel.name}"
     assert any(n.startswith("lima_zoo/training/recipes/") and n.endswith(".yaml") for n in names)
+
+
+def _imported_lima_modules(path) -> set[str]:
+    """Every lima_zoo module a file imports, at module level or inside a function, resolved to its
+    absolute name (``from ..export import x`` in lima_zoo/cli/viz.py -> lima_zoo.export)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1]) if path.name != "__init__.py" else ".".join(path.relative_to(root).parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("lima_zoo")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            if name.startswith("lima_zoo"):
+                found.add(name)
+    return found
+
+
+def test_layers_import_downwards_only():
+    """Core never imports training, export or cli (not even lazily inside a function); export never
+    imports training or cli; training never imports cli (docs: architecture, layering)."""
+    from pathlib import Path
+
+    pkg = Path(__file__).parents[1] / "lima_zoo"
+    above = {"core": ("training", "export", "cli"), "export": ("training", "cli"), "training": ("cli",), "cli": ()}
+    wrong = []
+    for path in sorted(pkg.rglob("*.py")):
+        parts = path.relative_to(pkg).parts
+        layer = parts[0] if len(parts) > 1 and parts[0] in above else "core"
+        for name in _imported_lima_modules(path):
+            sub = name.split(".")[1] if name.count(".") else ""
+            if sub in above[layer]:
+                wrong.append(f"{path.relative_to(pkg)} ({layer}) imports {name}")
+    assert not wrong, "\n".join(wrong)

@@ -22,7 +22,8 @@ def main() -> None:
 # --model is required: no registered name has published weights yet, so a default would only fail later.
 @click.option("--model", "-m", required=True, help="A model folder (save_pretrained / export), org/repo[@rev] or a registered name (`lima-zoo models`).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--format", "fmt", type=click.Choice(["npy", "safetensors", "parquet", "ply"]), default="npy", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["npy", "safetensors", "parquet", "ply", "parquet-dataset"]), default="npy", show_default=True,
+              help="One file per scan, or parquet-dataset: one Parquet dataset in --out (part files + a manifest per shard; a rerun resumes).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--backend", default="torch", show_default=True, help="Sparse backend: torch | spconv | torchsparse")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Scans per forward pass.")
@@ -35,13 +36,18 @@ def main() -> None:
 @click.option("--keep-rows", is_flag=True, help="Points with NaN/Inf coordinates get NaN feature rows (output row i = input row i) instead of being left out.")
 @click.option("--inputs-from", type=click.Path(dir_okay=False, path_type=Path), help="A text file with one scan path per line (with or instead of PATHS).")
 @click.option("--shard", metavar="I/N", help="Embed only every N-th input from the I-th (default: torchrun's RANK/WORLD_SIZE or a Slurm array task, if set).")
+@click.option("--float16", is_flag=True, help="With --format parquet-dataset, store the features as float16 (half the bytes).")
+@click.option("--scans-per-part", default=64, show_default=True, type=click.IntRange(min=1), help="With --format parquet-dataset, scans per part file.")
+@click.option("--prefetch", default=2, show_default=True, type=click.IntRange(min=0), help="Batches read ahead while the model runs (0: read, embed, write in turn).")
 def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime, keep_rows,
-              inputs_from, shard):  # fmt: skip
+              inputs_from, shard, float16, scans_per_part, prefetch):  # fmt: skip
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
     from .embed import collect_inputs, inputs_from_list, run_embed, shard_of, take_shard
 
     if not paths and inputs_from is None:
         raise click.UsageError("give scans to embed: PATHS (files, globs, directories) and/or --inputs-from LIST")
+    if float16 and fmt != "parquet-dataset":
+        raise click.UsageError("--float16 applies to --format parquet-dataset only")
     ignored: list[Path] = []
     try:
         inputs = collect_inputs(list(paths), ignored) + (inputs_from_list(inputs_from) if inputs_from is not None else [])
@@ -56,9 +62,12 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
         click.echo(f"shard {index}/{count}: {len(inputs)} of {total} scans")
     _check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
     encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
-    report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features, keep_rows=keep_rows)
-    secs = report.seconds
-    total = sum(secs.values())
+    try:
+        report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features, keep_rows=keep_rows,
+                           prefetch=prefetch, shard=(index, count), float16=float16, scans_per_part=scans_per_part)  # fmt: skip
+    except ValueError as exc:  # a dataset folder written by another model, an unreadable manifest
+        raise click.ClickException(str(exc)) from None
+    total = report.wall
     click.echo(
         f"embedded {report.done} scan(s), {report.points:,} points into {out_dir}"
         + (f", skipped {report.skipped} existing" if report.skipped else "")
@@ -406,9 +415,12 @@ def _load_model(model: str, device: str, backend: str, local_files_only: bool, r
     if runtime == "onnx" and backend != "torch":
         raise click.UsageError("--backend applies to the torch runtime only")
     try:
-        dev = resolve_device(device) if runtime == "torch" else device
-        encoder = LiMAEncoder.from_pretrained(model, device=dev, backend=backend, local_files_only=local_files_only, runtime=runtime)
+        if runtime == "onnx":
+            from ..export.onnx_runtime import OnnxEncoder
+
+            encoder = OnnxEncoder.from_pretrained(model, device=device, local_files_only=local_files_only)
+        else:
+            encoder = LiMAEncoder.from_pretrained(model, device=resolve_device(device), backend=backend, local_files_only=local_files_only)
     except (ImportError, ValueError, OSError, OfflineError) as exc:
         raise click.ClickException(str(exc)) from None
-    encoder.name_or_path = model
     return encoder

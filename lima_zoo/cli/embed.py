@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class EmbedReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     dropped: int = 0  # non-finite points left out (organised clouds' no-return pixels)
     dropped_scans: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "embed": 0.0, "write": 0.0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "embed": 0.0, "write": 0.0})  # per stage (they overlap)
+    wall: float = 0.0  # seconds from the first read to the last write
 
 
 def _stem(path: Path) -> str:
@@ -121,70 +123,147 @@ def run_embed(
     ply_features: bool = False,
     progress: bool = True,
     keep_rows: bool = False,
+    prefetch: int = 2,
+    shard: tuple[int, int] = (0, 1),
+    float16: bool = False,
+    scans_per_part: int = 64,
 ) -> EmbedReport:
     """Embed every input into ``out_dir``; per-file errors are collected, never raised.
 
     Points with NaN / Inf coordinates are left out (counted in the report); with ``keep_rows`` their
-    rows stay in the output as NaN features, so output row i is input row i."""
-    import numpy as np
+    rows stay in the output as NaN features, so output row i is input row i.
+
+    prefetch: batches read ahead on a reader thread while the model runs (0: read, embed and write
+    in turn); the writes of a batch overlap the next batch's forward. fmt "parquet-dataset": one
+    Parquet dataset in ``out_dir`` (io/feature_dataset.py) for this ``shard``; a rerun resumes it
+    (scans already listed are skipped whatever ``skip_existing`` says), features in float16 when
+    asked."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    from ..io import PointCloudError, load_points, save_features
-
     report = EmbedReport()
+    dataset = None
+    if fmt == "parquet-dataset":
+        from ..io.feature_dataset import FeatureDatasetWriter
+
+        dataset = FeatureDatasetWriter(out_dir, _identity(encoder), shard, scans_per_part, float16)
     todo = []
     for src, rel in inputs:
-        dst = out_dir / rel.parent / f"{rel.name}.{fmt}"
-        if skip_existing and dst.exists():
+        # a dataset names each scan by its input path relative to where it was found (a/001.bin)
+        dst = out_dir / rel.parent / f"{rel.name}.{fmt}" if dataset is None else (rel.parent / src.name).as_posix()
+        if dataset is not None and dst in dataset.done or dataset is None and skip_existing and dst.exists():
             report.skipped += 1
         else:
             todo.append((src, dst))
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = tqdm(total=len(todo), unit="scan", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
-    for i in range(0, len(todo), batch_size):
-        batch = []
-        for src, dst in todo[i : i + batch_size]:
+    model = str(getattr(encoder, "name_or_path", ""))
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+        ahead: deque = deque()
+        read_next = lambda: ahead.append(reader.submit(_read_batch, batches[len(ahead) + done_batches], load_dim, use_dim))  # noqa: E731
+        done_batches, pending = 0, None  # pending: the previous batch's write (one in flight bounds memory)
+        while done_batches < len(batches):
+            while len(ahead) < max(prefetch, 0) + 1 and len(ahead) + done_batches < len(batches):
+                read_next()
+            loaded, failed, secs = ahead.popleft().result()
+            done_batches += 1
+            report.seconds["read"] += secs
+            _record_failures(report, dataset, failed)
+            bar.update(len(failed))
+            if not loaded:
+                continue
             t = time.perf_counter()
             try:
-                batch.append((load_points(src, load_dim=load_dim, use_dim=use_dim), src, dst))
-            except PointCloudError as exc:
-                report.failed.append((str(src), str(exc)))
-                bar.update(1)
-            report.seconds["read"] += time.perf_counter() - t
-        if not batch:
-            continue
-        t = time.perf_counter()
-        try:
-            feats = _embed_batch(encoder, [c for c, _, _ in batch])
-        except (ValueError, RuntimeError) as exc:
-            report.failed += [(str(src), f"{src}: {exc}") for _, src, _ in batch]
-            bar.update(len(batch))
-            continue
-        report.seconds["embed"] += time.perf_counter() - t
-        t = time.perf_counter()
-        for (cloud, src, dst), f in zip(batch, feats):
-            meta = {"source": str(src), "model": getattr(encoder, "name_or_path", ""), "feature_dim": str(f.shape[1])}
-            xyz = cloud.points[:, :3]
-            if cloud.origin is not None:  # georeferenced input, re-centred by the reader
-                meta["origin"] = ",".join(f"{v:.3f}" for v in cloud.origin)
-            if cloud.kept is not None:
-                report.dropped += int((~cloud.kept).sum())
-                report.dropped_scans += 1
-                meta["non_finite_rows"] = "kept as NaN" if keep_rows else "dropped"
-                if keep_rows:
-                    f, xyz = _expand(f, cloud.kept), _expand(xyz, cloud.kept)
-            try:
-                save_features(dst, f, xyz, meta, ply_features=ply_features)
-                report.done += 1
-                report.points += len(f)
-            except (OSError, ValueError) as exc:
-                report.failed.append((str(src), f"{dst}: {exc}"))
-            bar.update(1)
-        report.seconds["write"] += time.perf_counter() - t
-        bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
+                feats = _embed_batch(encoder, [c for c, _, _ in loaded])
+            except (ValueError, RuntimeError) as exc:
+                _record_failures(report, dataset, [(src, dst, f"{src}: {exc}") for _, src, dst in loaded])
+                bar.update(len(loaded))
+                continue
+            finally:
+                report.seconds["embed"] += time.perf_counter() - t
+            if pending is not None:
+                bar.update(pending.result())
+            pending = writer.submit(_write_batch, loaded, feats, report, model, ply_features, keep_rows, dataset)
+            if prefetch == 0:  # strictly one stage at a time
+                bar.update(pending.result())
+                pending = None
+            bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
+        if pending is not None:
+            bar.update(pending.result())
+    if dataset is not None:
+        dataset.flush()
     bar.close()
+    report.wall = time.perf_counter() - start
     return report
+
+
+def _identity(encoder) -> dict[str, str]:
+    """What a feature dataset records about the model that made it."""
+    import hashlib
+    import json
+
+    config = json.dumps(encoder.config.to_dict(), sort_keys=True).encode()
+    model = str(getattr(encoder, "name_or_path", ""))
+    if model and Path(model).is_dir():  # one folder, however the path was spelled
+        model = str(Path(model).resolve())
+    return {"model": model, "revision": str(getattr(encoder, "revision", "") or ""),
+            "config_sha256": hashlib.sha256(config).hexdigest(), "feature_dim": str(encoder.config.out_dim)}  # fmt: skip
+
+
+def _read_batch(batch, load_dim, use_dim):
+    """-> (loaded [(cloud, src, dst)], failed [(src, dst, message)], seconds). On the reader thread."""
+    from ..io import PointCloudError, load_points
+
+    t, loaded, failed = time.perf_counter(), [], []
+    for src, dst in batch:
+        try:
+            loaded.append((load_points(src, load_dim=load_dim, use_dim=use_dim), src, dst))
+        except PointCloudError as exc:
+            failed.append((src, dst, str(exc)))
+    return loaded, failed, time.perf_counter() - t
+
+
+def _record_failures(report: EmbedReport, dataset, failed) -> None:
+    for src, dst, why in failed:
+        report.failed.append((str(src), why))
+        if dataset is not None:
+            dataset.fail(dst, why)
+
+
+def _write_batch(loaded, feats, report: EmbedReport, model: str, ply_features: bool, keep_rows: bool, dataset) -> int:
+    """Write one embedded batch (per-file outputs, or into the dataset); returns scans handled. On
+    the writer thread; the report's counters are only touched here and after the pool is joined."""
+    import numpy as np
+
+    from ..io import save_features
+
+    t = time.perf_counter()
+    for (cloud, src, dst), f in zip(loaded, feats):
+        xyz = cloud.points[:, :3]
+        rows = np.arange(len(f)) if cloud.kept is None else np.flatnonzero(cloud.kept)
+        if cloud.kept is not None:
+            report.dropped += int((~cloud.kept).sum())
+            report.dropped_scans += 1
+            if keep_rows:
+                f, xyz, rows = _expand(f, cloud.kept), _expand(xyz, cloud.kept), np.arange(len(cloud.kept))
+        try:
+            if dataset is not None:
+                dataset.add(dst, f, xyz, rows)
+            else:
+                meta = {"source": str(src), "model": model, "feature_dim": str(f.shape[1])}
+                if cloud.origin is not None:  # georeferenced input, re-centred by the reader
+                    meta["origin"] = ",".join(f"{v:.3f}" for v in cloud.origin)
+                if cloud.kept is not None:
+                    meta["non_finite_rows"] = "kept as NaN" if keep_rows else "dropped"
+                save_features(dst, f, xyz, meta, ply_features=ply_features)
+            report.done += 1
+            report.points += len(f)
+        except (OSError, ValueError) as exc:
+            report.failed.append((str(src), f"{dst}: {exc}"))
+    report.seconds["write"] += time.perf_counter() - t
+    return len(loaded)
 
 
 def _expand(values, kept):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..encoder import FeatureExtractor, read_config
+from ..features import FeatureExtractor, read_config
 from ..voxelize import Voxels
 from .onnx_graph import input_names
 from .onnx_inputs import graph_inputs
@@ -64,11 +64,18 @@ class OnnxEncoder(FeatureExtractor):
         return cls(files["model.onnx"], read_config(files["config.json"]), device=device)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs) -> "OnnxEncoder":
-        """Same sources as LiMAEncoder.from_pretrained (folder, registered name, org/repo[@rev])."""
-        from ..encoder import LiMAEncoder
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None,
+                        local_files_only: bool = False, device: str | torch.device | None = None, token: str | bool | None = None,
+                        force_download: bool = False) -> "OnnxEncoder":  # fmt: skip
+        """The sources of :meth:`LiMAEncoder.from_pretrained` (registered name, org/repo[@rev], folder),
+        with the folder's (or repo's) model.onnx instead of its safetensors weights."""
+        from ..hub import fetch_model_files, loaded_revision, resolve_source
 
-        return LiMAEncoder.from_pretrained(name_or_path, device=device, runtime="onnx", **kwargs)
+        source = resolve_source(name_or_path, revision)
+        files = fetch_model_files(source, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download)
+        runner = cls.from_files(files, device=device)
+        runner.name_or_path, runner.revision = str(name_or_path), loaded_revision(files, source)
+        return runner
 
     @property
     def device(self) -> torch.device:

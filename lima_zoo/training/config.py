@@ -35,6 +35,12 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_image_scale: float = 0.15
     cameras: tuple[str, ...] = ()  # use only these cameras (e.g. [CAM_FRONT]); empty = every camera
+    workers: int = 0  # processes reading frames ahead of the step (training/loading.py); 0 = inline
+    prefetch: int = 2  # steps each worker reads ahead
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.prefetch < 1:
+            raise ValueError(f"data: invalid workers={self.workers} (>= 0) or prefetch={self.prefetch} (>= 1)")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .distributed import Placement, join, leave, placement
 from .datasets import open_dataset
 from .datasets.frame import Frame
+from .loading import FrameSource, StepFrames, step_frames
 from .long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, StreamTargets, recall, remember
 from .losses import averaged_loss, point_distances
 from .memory_bank import MemoryBank
@@ -39,7 +40,7 @@ from .mixing import mix
 from .schedule import one_cycle
 from .runlog import RunLog, last_checkpoint, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
-from .targets import frame_targets, sample_cameras, select_cameras
+from .targets import frame_targets, select_cameras
 from .teacher import build_teacher
 
 __all__ = ["train", "Distiller"]
@@ -120,6 +121,8 @@ class _Run:
         self.step_no = 0
         self.teacher_images = 0
         self._epochs: dict[int, list[list[StreamItem]]] = {}
+        self.frame = FrameSource(self.dataset, cfg.data.cameras, cfg.lima.cameras_per_frame, cfg.run.seed)
+        self._loader = None  # created at the first step, after a resume has set step_no
 
     # ---------------------------------------------------------------------------------- data
 
@@ -134,12 +137,17 @@ class _Run:
     def micro_per_epoch(self) -> int:
         return self.steps_per_epoch * self.cfg.optim.grad_accum
 
-    def frame(self, sequence: int, position: int, epoch: int) -> Frame:
-        """A frame with the cameras this run distils: ``data.cameras``, then ``lima.cameras_per_frame``
-        drawn from them (a function of seed, epoch and frame, so replays draw the same ones)."""
-        f = select_cameras(self.dataset.frame(sequence, position), self.cfg.data.cameras)
-        draw = ((self.cfg.run.seed * 1_000_003 + epoch) * 100_003 + sequence) * 10_007 + position
-        return sample_cameras(f, self.cfg.lima.cameras_per_frame, draw)
+    def next_frames(self, micro: int) -> tuple[list[StreamItem], list[Frame]]:
+        """The stream items of ``micro`` and their frames, from the loader (``data.workers`` processes
+        reading ahead, or inline), which starts at the first micro-step this run (or resume) takes."""
+        o = self.cfg.optim
+        if self._loader is None:
+            steps = StepFrames(self.frame, self.sampler, self.micro_per_epoch, micro, self.total_steps * o.grad_accum)
+            self._loader = step_frames(steps, self.cfg.data.workers, self.cfg.data.prefetch)
+        got, items, frames = next(self._loader)
+        if got != micro:
+            raise RuntimeError(f"the frame loader is at micro-step {got}, the trainer at {micro}")
+        return items, frames
 
     def _remembered(self, frames: list[Frame], keys: list[tuple[int, int]]) -> list:
         """Bank entries of past frames, the teacher run on them now (no-bank baseline, resume replay)."""
@@ -179,8 +187,8 @@ class _Run:
 
     def micro_step(self, micro: int, gen: torch.Generator) -> dict[str, float]:
         cfg, lima = self.cfg, self.cfg.lima
-        items, epoch = self.items(micro), micro // self.micro_per_epoch
-        frames = [self.frame(i.sequence, i.position, epoch) for i in items]
+        epoch = micro // self.micro_per_epoch
+        items, frames = self.next_frames(micro)
         for b, i in enumerate(items):
             if i.starts_sequence:
                 self.bank.reset(b)

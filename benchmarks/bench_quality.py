@@ -59,6 +59,8 @@ ROWS = {
 # (or other) scans than another's; cross-sequence mixing is an ablation (--lima-set lima.mixing=lasermix).
 BASE = ["lima.scans_per_stream=1"]
 FINETUNE_ROWS = ("random", "ScaLR-literal", "LiMA (reproject)")
+
+
 def student(width: float) -> list[str]:
     """The student of every row: MinkUNet-14 at ``width`` (--width), 0.2 m / 2 deg / 0.2 m cylindrical voxels."""
     return ["encoder.backbone=minkunet14", f"encoder.width={width}", "encoder.preprocess.voxel_size=[0.2, 2.0, 0.2]"]

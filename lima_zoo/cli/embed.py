@@ -161,14 +161,13 @@ def run_embed(
     start = time.perf_counter()
     model = str(getattr(encoder, "name_or_path", ""))
     with ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
-        ahead: deque = deque()
-        read_next = lambda: ahead.append(reader.submit(_read_batch, batches[len(ahead) + done_batches], load_dim, use_dim))  # noqa: E731
-        done_batches, pending = 0, None  # pending: the previous batch's write (one in flight bounds memory)
-        while done_batches < len(batches):
-            while len(ahead) < max(prefetch, 0) + 1 and len(ahead) + done_batches < len(batches):
-                read_next()
+        ahead: deque = deque()  # reads of batches i .. i + prefetch
+        submitted, pending = 0, None  # pending: the previous batch's write (one in flight bounds memory)
+        for i in range(len(batches)):
+            while submitted < len(batches) and submitted <= i + prefetch:
+                ahead.append(reader.submit(_read_batch, batches[submitted], load_dim, use_dim))
+                submitted += 1
             loaded, failed, secs = ahead.popleft().result()
-            done_batches += 1
             report.seconds["read"] += secs
             _record_failures(report, dataset, failed)
             bar.update(len(failed))

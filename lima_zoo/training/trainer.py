@@ -120,18 +120,10 @@ class _Run:
         self.stream_start = [0] * o.streams  # position where each stream entered its sequence
         self.step_no = 0
         self.teacher_images = 0
-        self._epochs: dict[int, list[list[StreamItem]]] = {}
         self.frame = FrameSource(self.dataset, cfg.data.cameras, cfg.lima.cameras_per_frame, cfg.run.seed)
         self._loader = None  # created at the first step, after a resume has set step_no
 
     # ---------------------------------------------------------------------------------- data
-
-    def items(self, micro: int) -> list[StreamItem]:
-        """The B stream items of micro-step ``micro`` (one frame per stream)."""
-        epoch = micro // self.micro_per_epoch
-        if epoch not in self._epochs:
-            self._epochs = {epoch: self.sampler.epoch(epoch)}
-        return self._epochs[epoch][micro % self.micro_per_epoch]
 
     @property
     def micro_per_epoch(self) -> int:
@@ -167,9 +159,8 @@ class _Run:
 
     def replay_bank(self, micro: int) -> None:
         """Rebuild each stream's bank (and sequence entry point) as they stood before ``micro``."""
-        self.items(micro)  # loads that epoch's schedule
         epoch = micro // self.micro_per_epoch
-        lanes = self._epochs[epoch]
+        lanes = self.sampler.epoch(epoch)
         for b in range(self.cfg.optim.streams):
             t = micro % self.micro_per_epoch
             history: list[StreamItem] = []  # this stream's earlier frames of the current sequence, newest first

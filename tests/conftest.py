@@ -42,3 +42,12 @@ def random_sparse(grid: int, density: float, batches: int = 2, channels: int = 3
     coords = occ.nonzero().to(torch.int32)
     feats = torch.randn(len(coords), channels, generator=g, dtype=dtype)
     return feats, coords
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's --master_port in tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

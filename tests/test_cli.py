@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from lima_zoo import LiMAEncoder
 from lima_zoo.cli import main
 
+from conftest import free_port
 from test_encoder_loading import TINY, fill_hub_cache
 
 
@@ -134,7 +135,7 @@ def test_real_subprocess_offline_hub_cache(scans, model_dir, tmp_path):
 
 
 def test_embed_inputs_from_a_list_and_shards_that_add_up_to_one_run(model_dir, tmp_path, small_street_points):
-    """Two shards (--shard and torchrun's RANK/WORLD_SIZE) write exactly the files and features of one run."""
+    """Two shards (--shard, RANK/WORLD_SIZE, a real 2-process torchrun) write exactly the files and features of one run."""
     root = tmp_path / "kitti"
     for seq in ("00", "01"):
         (root / seq / "velodyne").mkdir(parents=True)
@@ -152,11 +153,17 @@ def test_embed_inputs_from_a_list_and_shards_that_add_up_to_one_run(model_dir, t
     a = CliRunner().invoke(main, base + ["--out", str(tmp_path / "two"), "--shard", "0/2"])
     b = CliRunner(env={"RANK": "1", "WORLD_SIZE": "2"}).invoke(main, base + ["--out", str(tmp_path / "two")])
     assert a.exit_code == 0 and b.exit_code == 0 and "shard 0/2: 3 of 6" in a.output and "shard 1/2: 3 of 6" in b.output, a.output + b.output
+    # torchrun: two real processes, each taking its RANK's shard
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "lima_zoo.cli",
+           *base, "--out", str(tmp_path / "torchrun")]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "shard 1/2: 3 of 6" in done.stdout, done.stdout + done.stderr[-3000:]
     ones = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npy"))
-    twos = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.npy"))
-    assert ones == twos and len(ones) == 6
-    for rel in ones:
-        assert np.array_equal(np.load(tmp_path / "one" / rel), np.load(tmp_path / "two" / rel))
+    assert len(ones) == 6
+    for other in ("two", "torchrun"):
+        assert sorted(p.relative_to(tmp_path / other) for p in (tmp_path / other).rglob("*.npy")) == ones
+        for rel in ones:  # one thread or two: the same features within float tolerance
+            np.testing.assert_allclose(np.load(tmp_path / other / rel), np.load(tmp_path / "one" / rel), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -266,3 +273,29 @@ def test_embed_parquet_dataset_float16(model_dir, tmp_path, small_street_points)
     np.testing.assert_allclose(got.astype(np.float32), ref, rtol=1e-2, atol=1e-2)
     bad = CliRunner().invoke(main, ["embed", str(scan), "--model", str(model_dir), "--out", str(tmp_path / "x"), "--float16"])
     assert bad.exit_code == 2 and "--float16 applies to --format parquet-dataset only" in bad.output
+
+
+def test_embed_on_ray_data_matches_a_local_run_and_resumes(scans, model_dir, tmp_path):
+    """--engine ray on a local 2-CPU Ray instance, one model per actor: the dataset (parts, rows,
+    manifest with the corrupt scan listed) of a local run; a rerun skips every scan."""
+    pytest.importorskip("ray.data")
+    import json
+
+    base = [sys.executable, "-m", "lima_zoo.cli", "embed", str(scans), "--model", str(model_dir), "--format", "parquet-dataset", "--scans-per-part", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    local = subprocess.run(base + ["--out", str(tmp_path / "local")], capture_output=True, text=True, timeout=300, env=env)
+    ray = subprocess.run(base + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
+    for run in (local, ray):
+        assert run.returncode == 1 and "broken.bin" in run.stderr and "embedded 3 scan(s)" in run.stdout and "Traceback" not in run.stderr, run.stdout + run.stderr[-3000:]
+    manifests = [json.loads((tmp_path / d / "manifest-00000-of-00001.json").read_text()) for d in ("local", "ray")]
+    assert manifests[0]["parts"] == manifests[1]["parts"] and list(manifests[1]["failed"]) == ["a/broken.bin"]
+    want, got = _dataset_rows(tmp_path / "local"), _dataset_rows(tmp_path / "ray")
+    assert want.keys() == got.keys()
+    for key in want:  # the actors run on one thread each, the local run on two
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+    again = subprocess.run(base + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert "embedded 0 scan(s)" in again.stdout and "skipped 3" in again.stdout, again.stdout + again.stderr[-3000:]
+    bad = subprocess.run(base + ["--out", str(tmp_path / "x"), "--engine", "ray", "--workers", "64"], capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode == 1 and "--workers 64: the Ray cluster has" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(tmp_path / "y"), "--workers", "2"])
+    assert res.exit_code == 2 and "apply to --engine ray only" in res.output

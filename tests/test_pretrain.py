@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("timm")
 
+from conftest import free_port  # noqa: E402
 from lima_zoo.synth import generate  # noqa: E402
 from lima_zoo.training.config import load_recipe  # noqa: E402
 from lima_zoo.training.synthetic_teacher import make_synthetic_teacher  # noqa: E402
@@ -148,20 +149,43 @@ def test_config_errors_are_clear(tiny_world, tiny_teacher, tmp_path):
         assert cfg.lima.frames == 6 and cfg.encoder.backbone == "minkunet34" and cfg.teacher.name == cfg.encoder.teacher
 
 
-def test_ddp_two_cpu_processes(tiny_world, tiny_teacher, tmp_path):
-    out = tmp_path / "ddp"
+def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_path):
+    """torchrun, 2 gloo processes: a run SIGKILLed mid-way (every process at once) resumes from its
+    last checkpoint to the losses of an uninterrupted run; one process cannot resume it."""
+    import signal
+    import time
+
     sets = ["data.synthetic=false", f"teacher.weights={tiny_teacher}", "teacher.image_size=[56, 112]", "encoder.head_dim=32",
-            "encoder.preprocess.voxel_type=cartesian", "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]", "optim.max_steps=2",
-            "optim.streams=1", "lima.frames=2", "run.threads=1"]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "lima_zoo.cli", "train",
-           "synthetic-tiny", "--data", str(tiny_world), "--out", str(out)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+            "encoder.preprocess.voxel_type=cartesian", "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]", "optim.max_steps=6",
+            "run.checkpoint_every=2", "optim.streams=1", "lima.frames=2", "run.threads=1"]  # fmt: skip
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "lima_zoo.cli",
+                "train", "synthetic-tiny", "--data", str(tiny_world), "--out", str(out), *extra] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(cmd(tmp_path / "full"), capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "2 process(es)" in res.stdout
-    assert len(_losses(out)) == 2 and (out / "encoder" / "model.safetensors").exists()
-    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["world_size"] == 2 and ckpt["step"] == 2
+    full = _losses(tmp_path / "full")
+    assert len(full) == 6 and (tmp_path / "full" / "encoder" / "model.safetensors").exists()
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 600  # a hang guard, not a speed check
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (killed / "log.jsonl").exists() and len(_losses(killed)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, no chance to clean up
+    proc.wait(timeout=60)
+    ckpt = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and 2 <= ckpt["step"] < 6 and not (killed / "encoder").exists(), "the run was not killed mid-way"
+    res = subprocess.run(cmd(killed, "--resume"), capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    np.testing.assert_allclose(_losses(killed), full, rtol=1e-6)
+    with pytest.raises(ValueError, match="written by 2 processes, resuming with 1"):
+        train(load_recipe("synthetic-tiny", [f"data.path={tiny_world}", *sets]), killed, resume=True)
 
 
 def test_gradient_accumulation_walks_one_frame_per_micro_step(tiny_world, tiny_teacher, tmp_path):

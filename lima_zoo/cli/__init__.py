@@ -39,8 +39,12 @@ def main() -> None:
 @click.option("--float16", is_flag=True, help="With --format parquet-dataset, store the features as float16 (half the bytes).")
 @click.option("--scans-per-part", default=64, show_default=True, type=click.IntRange(min=1), help="With --format parquet-dataset, scans per part file.")
 @click.option("--prefetch", default=2, show_default=True, type=click.IntRange(min=0), help="Batches read ahead while the model runs (0: read, embed, write in turn).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: read and embed on a Ray cluster (RAY_ADDRESS or --ray-address, else a local one), one model per actor; outputs are written here.")
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: model replicas (default: one per GPU, else one per 2 CPUs).")
+@click.option("--ray-address", help="With --engine ray: the cluster to join (default: RAY_ADDRESS, else start one here).")
 def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim, use_dim, skip_existing, ply_features, local_files_only, runtime, keep_rows,
-              inputs_from, shard, float16, scans_per_part, prefetch):  # fmt: skip
+              inputs_from, shard, float16, scans_per_part, prefetch, engine, workers, ray_address):  # fmt: skip
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
     from .embed import collect_inputs, inputs_from_list, run_embed, shard_of, take_shard
 
@@ -48,6 +52,8 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
         raise click.UsageError("give scans to embed: PATHS (files, globs, directories) and/or --inputs-from LIST")
     if float16 and fmt != "parquet-dataset":
         raise click.UsageError("--float16 applies to --format parquet-dataset only")
+    if engine != "ray" and (workers is not None or ray_address is not None):
+        raise click.UsageError("--workers and --ray-address apply to --engine ray only")
     ignored: list[Path] = []
     try:
         inputs = collect_inputs(list(paths), ignored) + (inputs_from_list(inputs_from) if inputs_from is not None else [])
@@ -61,11 +67,17 @@ def embed_cmd(paths, model, out_dir, fmt, device, backend, batch_size, load_dim,
     if count > 1:
         click.echo(f"shard {index}/{count}: {len(inputs)} of {total} scans")
     _check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
-    encoder = _load_model(model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
+    # With Ray the actors run the model; this copy (on the CPU) checks --model and names the outputs.
+    encoder = _load_model(model, device="cpu" if engine == "ray" else device, backend=backend, local_files_only=local_files_only, runtime=runtime)
     try:
+        runner = None
+        if engine == "ray":
+            from .embed_ray import RayEngine
+
+            runner = RayEngine(model, device, backend, local_files_only, runtime, load_dim, use_dim, workers=workers, address=ray_address)
         report = run_embed(inputs, encoder, out_dir, fmt, batch_size, load_dim, use_dim, skip_existing, ply_features, keep_rows=keep_rows,
-                           prefetch=prefetch, shard=(index, count), float16=float16, scans_per_part=scans_per_part)  # fmt: skip
-    except ValueError as exc:  # a dataset folder written by another model, an unreadable manifest
+                           prefetch=prefetch, shard=(index, count), float16=float16, scans_per_part=scans_per_part, engine=runner)  # fmt: skip
+    except ValueError as exc:  # a dataset folder written by another model, an unreadable manifest, no Ray, a failed Ray run
         raise click.ClickException(str(exc)) from None
     total = report.wall
     click.echo(
@@ -409,18 +421,12 @@ def make_teacher_cmd(out, seed, scenes, frames, steps):
 
 
 def _load_model(model: str, device: str, backend: str, local_files_only: bool, runtime: str = "torch"):
-    from ..encoder import LiMAEncoder, resolve_device
     from ..hub import OfflineError
+    from .embed import load_encoder
 
     if runtime == "onnx" and backend != "torch":
         raise click.UsageError("--backend applies to the torch runtime only")
     try:
-        if runtime == "onnx":
-            from ..export.onnx_runtime import OnnxEncoder
-
-            encoder = OnnxEncoder.from_pretrained(model, device=device, local_files_only=local_files_only)
-        else:
-            encoder = LiMAEncoder.from_pretrained(model, device=resolve_device(device), backend=backend, local_files_only=local_files_only)
+        return load_encoder(model, device, backend, local_files_only, runtime)
     except (ImportError, ValueError, OSError, OfflineError) as exc:
         raise click.ClickException(str(exc)) from None
-    return encoder

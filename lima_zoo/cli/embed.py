@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["collect_inputs", "inputs_from_list", "shard_of", "take_shard", "run_embed", "EmbedReport"]
+__all__ = ["collect_inputs", "inputs_from_list", "shard_of", "take_shard", "run_embed", "load_encoder", "read_batch", "embed_loaded", "EmbedReport"]
 
 
 @dataclass
@@ -111,6 +111,17 @@ def take_shard(inputs: list[tuple[Path, Path]], index: int, count: int) -> list[
     return inputs[index::count]
 
 
+def load_encoder(model: str, device: str = "auto", backend: str = "torch", local_files_only: bool = False, runtime: str = "torch"):
+    """A LiMAEncoder (runtime "torch") or an OnnxEncoder (runtime "onnx") from a folder, repo id or name."""
+    if runtime == "onnx":
+        from ..export.onnx_runtime import OnnxEncoder
+
+        return OnnxEncoder.from_pretrained(model, device=device, local_files_only=local_files_only)
+    from ..encoder import LiMAEncoder, resolve_device
+
+    return LiMAEncoder.from_pretrained(model, device=resolve_device(device), backend=backend, local_files_only=local_files_only)
+
+
 def run_embed(
     inputs: list[tuple[Path, Path]],
     encoder,
@@ -127,6 +138,7 @@ def run_embed(
     shard: tuple[int, int] = (0, 1),
     float16: bool = False,
     scans_per_part: int = 64,
+    engine=None,
 ) -> EmbedReport:
     """Embed every input into ``out_dir``; per-file errors are collected, never raised.
 
@@ -137,7 +149,9 @@ def run_embed(
     in turn); the writes of a batch overlap the next batch's forward. fmt "parquet-dataset": one
     Parquet dataset in ``out_dir`` (io/feature_dataset.py) for this ``shard``; a rerun resumes it
     (scans already listed are skipped whatever ``skip_existing`` says), features in float16 when
-    asked."""
+    asked. engine: where batches are read and embedded, a callable ``engine(batches, report)``
+    yielding ``(loaded, failed, features)`` per batch, in order (embed_ray.RayEngine); None: here,
+    with ``encoder``. Outputs are written by this process either way."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -160,28 +174,14 @@ def run_embed(
     bar = tqdm(total=len(todo), unit="scan", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     model = str(getattr(encoder, "name_or_path", ""))
-    with ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
-        ahead: deque = deque()  # reads of batches i .. i + prefetch
-        submitted, pending = 0, None  # pending: the previous batch's write (one in flight bounds memory)
-        for i in range(len(batches)):
-            while submitted < len(batches) and submitted <= i + prefetch:
-                ahead.append(reader.submit(_read_batch, batches[submitted], load_dim, use_dim))
-                submitted += 1
-            loaded, failed, secs = ahead.popleft().result()
-            report.seconds["read"] += secs
+    produced = engine(batches, report) if engine is not None else _embed_here(batches, encoder, load_dim, use_dim, prefetch, report)
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+        pending = None  # the previous batch's write (one in flight bounds memory)
+        for loaded, failed, feats in produced:
             _record_failures(report, dataset, failed)
             bar.update(len(failed))
             if not loaded:
                 continue
-            t = time.perf_counter()
-            try:
-                feats = _embed_batch(encoder, [c for c, _, _ in loaded])
-            except (ValueError, RuntimeError) as exc:
-                _record_failures(report, dataset, [(src, dst, f"{src}: {exc}") for _, src, dst in loaded])
-                bar.update(len(loaded))
-                continue
-            finally:
-                report.seconds["embed"] += time.perf_counter() - t
             if pending is not None:
                 bar.update(pending.result())
             pending = writer.submit(_write_batch, loaded, feats, report, model, ply_features, keep_rows, dataset)
@@ -198,6 +198,37 @@ def run_embed(
     return report
 
 
+def _embed_here(batches, encoder, load_dim, use_dim, prefetch: int, report: EmbedReport):
+    """Batches read ``prefetch`` ahead on a thread and embedded here: yields (loaded, failed, features)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader:
+        ahead: deque = deque()  # reads of batches i .. i + prefetch
+        submitted = 0
+        for i in range(len(batches)):
+            while submitted < len(batches) and submitted <= i + prefetch:
+                ahead.append(reader.submit(read_batch, batches[submitted], load_dim, use_dim))
+                submitted += 1
+            loaded, failed, secs = ahead.popleft().result()
+            report.seconds["read"] += secs
+            loaded, rejected, feats, secs = embed_loaded(encoder, loaded)
+            report.seconds["embed"] += secs
+            yield loaded, failed + rejected, feats
+
+
+def embed_loaded(encoder, loaded: list) -> tuple[list, list, list, float]:
+    """Embed read scans -> (loaded, failed, features, seconds); a batch the model rejects (too large
+    for memory, a bad value) fails as a whole, with the reason, and the run goes on."""
+    t = time.perf_counter()
+    if not loaded:
+        return [], [], [], 0.0
+    try:
+        feats = _embed_batch(encoder, [c for c, _, _ in loaded])
+    except (ValueError, RuntimeError) as exc:
+        return [], [(src, dst, f"{src}: {exc}") for _, src, dst in loaded], [], time.perf_counter() - t
+    return loaded, [], feats, time.perf_counter() - t
+
+
 def _identity(encoder) -> dict[str, str]:
     """What a feature dataset records about the model that made it."""
     import hashlib
@@ -211,7 +242,7 @@ def _identity(encoder) -> dict[str, str]:
             "config_sha256": hashlib.sha256(config).hexdigest(), "feature_dim": str(encoder.config.out_dim)}  # fmt: skip
 
 
-def _read_batch(batch, load_dim, use_dim):
+def read_batch(batch, load_dim, use_dim):
     """-> (loaded [(cloud, src, dst)], failed [(src, dst, message)], seconds). On the reader thread."""
     from ..io import PointCloudError, load_points
 

@@ -19,7 +19,7 @@ def hwm():
     return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 2**20
 before = hwm()
 t = time.perf_counter()
-vox = enc.voxelize_points([torch.from_numpy(pts)], intensity_range=255.0)
+vox = enc.backbone_input([torch.from_numpy(pts)], intensity_range=255.0)
 tv = time.perf_counter() - t
 f = enc.embed(pts, check_memory=False)
 print(f"points {n:,} voxels {len(vox.feats):,}  voxelize {tv:.1f} s  embed {time.perf_counter() - t:.1f} s  peak RSS {hwm():.2f} GiB (before {before:.2f})", flush=True)

@@ -143,7 +143,7 @@ def main() -> None:
         rows, flops_total, fwd = [], 0.0, {"torch": [], "onnx": []}
         for i in range(args.scans):
             scan = street_scan(seed=200 + i)[:, :4]
-            vox = enc.voxelize_points([scan])
+            vox = enc.backbone_input([scan])
             shapes = layer_shapes(enc.backbone, vox)
             flops = 2 * sum(sum(p) * ci * co for p, ci, co in shapes)
             flops_total += flops

@@ -61,28 +61,30 @@ BASE = ["lima.scans_per_stream=1"]
 FINETUNE_ROWS = ("random", "ScaLR-literal", "LiMA (reproject)")
 
 
-def student(width: float) -> list[str]:
-    """The student of every row: MinkUNet-14 at ``width`` (--width), 0.2 m / 2 deg / 0.2 m cylindrical voxels."""
-    return ["encoder.backbone=minkunet14", f"encoder.width={width}", "encoder.preprocess.voxel_size=[0.2, 2.0, 0.2]"]
+def student(width: float, backbone: str = "minkunet14") -> list[str]:
+    """The student of every row: ``backbone`` (--backbone; MinkUNet-14 by default) at ``width`` (--width),
+    0.2 m / 2 deg / 0.2 m cylindrical voxels."""
+    return [f"encoder.backbone={backbone}", f"encoder.width={width}", "encoder.preprocess.voxel_size=[0.2, 2.0, 0.2]"]
 
 
-def pretrain(overrides: list[str], seed: int, data: Path, teacher: Path, cameras: tuple[str, ...], steps: int, out: Path, width: float) -> tuple[Path, dict]:
+def pretrain(overrides: list[str], seed: int, data: Path, teacher: Path, cameras: tuple[str, ...], steps: int, out: Path, width: float,
+             backbone: str = "minkunet14") -> tuple[Path, dict]:  # fmt: skip
     from lima_zoo.training.config import load_recipe
     from lima_zoo.training.trainer import train
 
     cfg = load_recipe("synthetic-tiny", [f"data.path={data}", "data.synthetic=false", f"teacher.weights={teacher}", f"optim.max_steps={steps}",
-                                         f"run.seed={seed}", "run.checkpoint_every=100000", f"data.cameras={list(cameras)}", *student(width), *overrides])  # fmt: skip
+                                         f"run.seed={seed}", "run.checkpoint_every=100000", f"data.cameras={list(cameras)}", *student(width, backbone), *overrides])  # fmt: skip
     enc = train(cfg, out)
     recs = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
     return enc, {k: statistics.mean(r[k] for r in recs) for k in ("target_fraction", "memory_only_fraction", "bank_depth")}
 
 
-def random_encoder(seed: int, out: Path, width: float) -> Path:
+def random_encoder(seed: int, out: Path, width: float, backbone: str = "minkunet14") -> Path:
     from lima_zoo.encoder import LiMAEncoder
     from lima_zoo.training.config import load_recipe
 
     torch.manual_seed(seed)
-    return LiMAEncoder(load_recipe("synthetic-tiny", student(width)).encoder).save_pretrained(out)
+    return LiMAEncoder(load_recipe("synthetic-tiny", student(width, backbone)).encoder).save_pretrained(out)
 
 
 def evaluate(model: Path, data: Path, cameras: tuple[str, ...], protocol: str, seed: int, steps: int, out: Path, percent: float = 100) -> dict:
@@ -147,9 +149,9 @@ def run_task(task: dict) -> dict:
     out, data, cams, seed = Path(task["out"]), Path(task["data"]), tuple(task["cameras"]), task["seed"]
     res: dict = {"diag": None, "ft": None}
     if task["overrides"] is None:
-        enc = random_encoder(seed, out, task["width"])
+        enc = random_encoder(seed, out, task["width"], task["backbone"])
     else:
-        enc, res["diag"] = pretrain(task["overrides"], seed, data, Path(task["teacher"]), cams, task["steps"], out, task["width"])
+        enc, res["diag"] = pretrain(task["overrides"], seed, data, Path(task["teacher"]), cams, task["steps"], out, task["width"], task["backbone"])
     res["lp"] = evaluate(enc, data, cams, "linear", seed, task["probe_steps"], Path(f"{out}-lp"))
     if task["finetune_steps"] > 0:
         res["ft"] = evaluate(enc, data, cams, "finetune", seed, task["finetune_steps"], Path(f"{out}-ft"), percent=1)["all"]
@@ -178,7 +180,7 @@ def run_world(key: str, args, tmp: Path, teacher: Path, rows: dict[str, list[str
     if len(w["cameras"]) == 1 and "ScaLR-literal" in rows:  # one camera: "1 frame" is ScaLR-literal
         rows = {k: v for k, v in rows.items() if k != "1 frame"}
     threads = max(1, THREADS // args.jobs)
-    common = {"data": str(data), "teacher": str(teacher), "cameras": list(w["cameras"]), "threads": threads, "width": args.width}
+    common = {"data": str(data), "teacher": str(teacher), "cameras": list(w["cameras"]), "threads": threads, "width": args.width, "backbone": args.backbone}
     res: dict = {name: {"lp": [], "ft": [], "diag": [], "acc": None} for name in rows}
     runs = [(name, seed) for seed in args.seeds_list for name in rows]
     # spawn, not fork: the parent already ran OpenMP threads, and a forked OpenMP runtime can hang
@@ -271,6 +273,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=180)
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument("--width", type=float, default=0.5, help="the student's channel multiplier (1.0: the full MinkUNet-14, ~2.5x the time)")
+    ap.add_argument("--backbone", default="minkunet14", help="the student of every row (e.g. spvcnn18: the same rows with a point-voxel student)")
     ap.add_argument("--finetune-steps", type=int, default=40, help="0 skips fine-tuning")
     ap.add_argument("--sweep", default="1,2,4,6,8", help="frames of table c)")
     ap.add_argument("--common", nargs="*", default=[], help="overrides for every pretrained row (after BASE)")
@@ -323,7 +326,7 @@ def main() -> None:
             sweep = {SWEEP_BASE: [*BASE, *args.common, *ROWS["ScaLR-literal"]]} if 1 in counts else {}
             sweep.update({f"{n} frames{' ' + args.label if args.label else ''}": [*best, f"lima.frames={n}"] for n in counts if n > 1})
             results["c"] = run_world("b", args, tmp, teacher, sweep, (), tag="c")
-    print(f"\n{len(args.seeds_list)} seeds {args.seeds_list}; student MinkUNet-14 x {args.width}, {args.jobs} job(s); pretraining {args.pretrain_steps} steps x 2 streams, linear probe {args.probe_steps} steps, "
+    print(f"\n{len(args.seeds_list)} seeds {args.seeds_list}; student {args.backbone} x {args.width}, {args.jobs} job(s); pretraining {args.pretrain_steps} steps x 2 streams, linear probe {args.probe_steps} steps, "
           f"1% fine-tune {args.finetune_steps} steps; common {args.common or '-'}; LiMA rows {args.lima_set or '-'}; {time.perf_counter() - START:.0f} s total")  # fmt: skip
     for key, res in results.items():
         if key in WORLDS:

@@ -16,11 +16,11 @@ __all__ = ["PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_
 
 FORMAT_VERSION = 1
 
-BACKBONES = ("minkunet14", "minkunet18", "minkunet34")
+BACKBONES = ("minkunet14", "minkunet18", "minkunet34", "spvcnn18", "spvcnn34")  # models/__init__.py builds each
 
 
 def backbone_out_dim(width: float = 1.0) -> int:
-    """Channels a MinkUNet of ``width`` outputs: its last plane, 96, scaled (models/minkunet.py)."""
+    """Channels a backbone of ``width`` outputs: the last plane of every one of them, 96, scaled."""
     return max(1, round(96 * width))
 
 
@@ -79,7 +79,7 @@ class EncoderConfig:
         if self.out_dim is None:
             object.__setattr__(self, "out_dim", backbone_out_dim(self.width))
         if self.out_dim != backbone_out_dim(self.width):
-            raise ValueError(f"a MinkUNet of width {self.width} outputs {backbone_out_dim(self.width)} channels; out_dim={self.out_dim}")
+            raise ValueError(f"a {self.backbone} of width {self.width} outputs {backbone_out_dim(self.width)} channels; out_dim={self.out_dim}")
         if self.head_dim < 0:
             raise ValueError(f"head_dim must be positive (or 0: no distillation head), got {self.head_dim}")
 

@@ -1,4 +1,4 @@
-"""LiMAEncoder: a MinkUNet backbone + distillation head + the preprocessing contract that feeds them.
+"""LiMAEncoder: a backbone (MinkUNet, SPVCNN) + distillation head + the preprocessing contract that feeds them.
 
     encoder = LiMAEncoder.from_pretrained("vit-b-minkunet34")   # or "org/repo@rev" or a folder
     feats = encoder.embed(points)                               # (N, 96), one row per input point
@@ -22,7 +22,7 @@ from torch import nn
 from .atomic import atomic_path
 from .config import EncoderConfig
 from .features import FeatureExtractor, read_config
-from .models import DistillationHead, MinkUNet
+from .models import DistillationHead, build_backbone
 from .sparse import SparseTensor, set_backend
 from .voxelize import Voxels
 
@@ -30,18 +30,23 @@ __all__ = ["LiMAEncoder", "FeatureExtractor", "create_encoder", "load_state_stri
 
 
 class LiMAEncoder(nn.Module, FeatureExtractor):
-    """LiDAR encoder.  forward: SparseTensor (M voxels, in_channels) -> SparseTensor (M, config.out_dim)."""
+    """LiDAR encoder.  backbone_rows: Voxels -> (R, config.out_dim), R voxels (MinkUNet) or R points (SPVCNN)."""
 
     def __init__(self, config: EncoderConfig | None = None):
         super().__init__()
         self.config = config or EncoderConfig()
         c = self.config
-        self.backbone = MinkUNet(c.backbone, in_channels=c.in_channels, width=c.width, bn_momentum=c.bn_momentum)
+        self.backbone = build_backbone(c.backbone, in_channels=c.in_channels, width=c.width, bn_momentum=c.bn_momentum)
+        self.point_output = bool(self.backbone.point_output)
         self.head = DistillationHead(c.out_dim, c.head_dim)
         self.backend = "torch"
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        return self.backbone(x)
+    def backbone_rows(self, batch: Voxels) -> torch.Tensor:
+        """Backbone features of ``batch`` in the current train/eval mode, with autograd:
+        (M voxels, D) for a voxel backbone, (N points, D) where ``point_output`` (rows_to_points maps either)."""
+        if self.point_output:
+            return self.backbone.point_features(batch)
+        return self.backbone(SparseTensor(batch.feats, batch.coords)).feats
 
     # ------------------------------------------------------------------------------- loading
 
@@ -105,11 +110,11 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
+    def feature_rows(self, batch: Voxels, space: str) -> torch.Tensor:
         was_training = self.training
         self.eval()
         try:
-            feats = self.backbone(SparseTensor(vox.feats, vox.coords)).feats
+            feats = self.backbone_rows(batch)
             return self.head(feats) if space == "teacher" else feats
         finally:
             self.train(was_training)

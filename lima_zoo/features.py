@@ -2,7 +2,7 @@
 
 :class:`FeatureExtractor` turns raw scans into the model's input (columns, intensity convention,
 finiteness), voxelizes them, refuses a batch too big for free memory, and maps voxel features back
-to points in input order. A runtime only says how voxels become features: the PyTorch
+to points in input order. A runtime only says how its input becomes feature rows: the PyTorch
 :class:`~lima_zoo.encoder.LiMAEncoder` and the onnxruntime
 :class:`~lima_zoo.export.onnx_runtime.OnnxEncoder` both build on it, and neither imports the other.
 """
@@ -28,20 +28,27 @@ ArrayLike = np.ndarray | torch.Tensor
 class FeatureExtractor:
     """Points -> per-point features, shared by the PyTorch encoder and the onnxruntime runner.
 
-    A subclass provides ``config`` (EncoderConfig), ``device`` and ``voxel_features(vox, space)``.
+    A subclass provides ``config`` (EncoderConfig), ``device`` and ``feature_rows(batch, space)``,
+    and sets ``point_output`` when its rows are points rather than voxels (SPVCNN).
     """
 
     config: EncoderConfig
     name_or_path: str = ""  # what it was loaded from (set by from_pretrained and the CLI)
     revision: str = ""  # the Hub commit it was loaded at ("" for a local folder)
+    point_output: bool = False  # rows of feature_rows: one per voxel (False) or one per input point (True)
 
     @property
     def device(self) -> torch.device:
         raise NotImplementedError
 
-    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
-        """(M, D) float features of the voxel batch ``vox`` in ``space`` ("backbone" | "teacher")."""
+    def feature_rows(self, batch: Voxels, space: str) -> torch.Tensor:
+        """(R, D) float features of ``batch`` in ``space`` ("backbone" | "teacher"): R voxels, or
+        R points where ``point_output``."""
         raise NotImplementedError
+
+    def rows_to_points(self, rows: torch.Tensor, batch: Voxels) -> torch.Tensor:
+        """(R, D) rows -> (N, D), one per input point in input order."""
+        return rows if self.point_output else rows[batch.inverse]
 
     def prepare(self, points: ArrayLike, intensity_range: float | None = None) -> torch.Tensor:
         """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
@@ -59,10 +66,11 @@ class FeatureExtractor:
         return pts
 
     def voxelize(self, scans: Sequence[torch.Tensor]) -> Voxels:
-        return voxelize(list(scans), self.config.preprocess)
+        """Prepared scans -> one voxel batch (with every point kept where the backbone reads points)."""
+        return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
 
-    def voxelize_points(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:
-        """Raw (N_i, >=3) scans -> one voxel batch on the encoder's device (``prepare`` each, then voxelize)."""
+    def backbone_input(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:
+        """Raw (N_i, >=3) scans -> the backbone's input batch on the encoder's device (``prepare`` each, then voxelize)."""
         return self.voxelize([self.prepare(s, intensity_range) for s in scans])
 
     @torch.inference_mode()
@@ -95,12 +103,14 @@ class FeatureExtractor:
         scans = list(points) if many else [points]
         if not scans:
             raise ValueError("no scans given")
+        if return_voxels and self.point_output:
+            raise ValueError(f"return_voxels: a {self.config.backbone} outputs one feature per point, not per voxel")
         as_numpy = isinstance(scans[0], np.ndarray)
-        vox = self.voxelize_points(scans, intensity_range)
+        vox = self.backbone_input(scans, intensity_range)
         if check_memory:
             ensure_fits(len(vox.feats), vox.feats.device, sum(len(s) for s in scans))
-        feats = self.voxel_features(vox, space)
-        per_point = feats[vox.inverse].float()
+        feats = self.feature_rows(vox, space)
+        per_point = self.rows_to_points(feats, vox).float()
         convert = (lambda t: t.cpu().numpy()) if as_numpy else (lambda t: t)
         outs = [convert(t) for t in torch.split(per_point, [len(s) for s in scans])]
         result = outs if many else outs[0]

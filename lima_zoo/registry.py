@@ -29,26 +29,25 @@ class ModelInfo:
     description: str = ""
 
 
-def _lima(teacher_size: str, teacher: str, head_dim: int) -> ModelInfo:
-    name = f"vit-{teacher_size}-minkunet34"
+# registered name's backbone part -> (EncoderConfig.backbone, how the description names it)
+_BACKBONES = {"minkunet34": ("minkunet34", "MinkUNet-34"), "spvcnn": ("spvcnn34", "SPVCNN (MinkUNet-34 voxel branch + point branch)")}
+_TEACHERS = {"s": ("vit_small_patch14_dinov2", 384), "b": ("vit_base_patch14_dinov2", 768), "l": ("vit_large_patch14_dinov2", 1024)}
+
+
+def _lima(teacher_size: str, backbone: str) -> ModelInfo:
+    name = f"vit-{teacher_size}-{backbone}"
+    (arch, title), (teacher, head_dim) = _BACKBONES[backbone], _TEACHERS[teacher_size]
     return ModelInfo(
         name=name,
-        config=EncoderConfig(backbone="minkunet34", head_dim=head_dim, teacher=teacher, preprocess=PreprocessConfig()),
+        config=EncoderConfig(backbone=arch, head_dim=head_dim, teacher=teacher, preprocess=PreprocessConfig()),
         hub_repo=f"lima-zoo/{name}",
         revision="main",
         license="apache-2.0",
-        description=f"MinkUNet-34 distilled from DINOv2 ViT-{teacher_size.upper()}/14 with LiMA on nuScenes",
+        description=f"{title} distilled from DINOv2 ViT-{teacher_size.upper()}/14 with LiMA on nuScenes",
     )
 
 
-MODELS: dict[str, ModelInfo] = {
-    info.name: info
-    for info in (
-        _lima("s", "vit_small_patch14_dinov2", 384),
-        _lima("b", "vit_base_patch14_dinov2", 768),
-        _lima("l", "vit_large_patch14_dinov2", 1024),
-    )
-}
+MODELS: dict[str, ModelInfo] = {info.name: info for info in (_lima(size, bb) for bb in _BACKBONES for size in _TEACHERS)}
 
 
 def list_models() -> list[str]:

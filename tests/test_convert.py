@@ -34,7 +34,7 @@ def _superflow_style_checkpoint(path, depth="minkunet14", head=True, wrap=True):
     return src
 
 
-@pytest.mark.parametrize("depth", ["minkunet14", "minkunet34"])
+@pytest.mark.parametrize("depth", ["minkunet14", "minkunet34", "spvcnn18", "spvcnn34"])
 def test_superflow_checkpoint_converts_to_identical_features(tmp_path, depth):
     src = _superflow_style_checkpoint(tmp_path / "epoch_100.pth", depth=depth)
     enc, report = convert_checkpoint(tmp_path / "epoch_100.pth")
@@ -73,7 +73,7 @@ def test_incomplete_or_foreign_checkpoints_are_refused_clearly(tmp_path):
     state = {f"backbone_3d.{k}": v for k, v in LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).backbone.state_dict().items()}
     state.pop("backbone_3d.block3.0.conv2.kernel")
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="no complete MinkUNet backbone"):
+    with pytest.raises(ValueError, match="no complete MinkUNet or SPVCNN backbone"):
         convert_checkpoint(tmp_path / "partial.pth")
 
     import argparse

@@ -127,7 +127,7 @@ def test_strict_load_lists_every_problem(saved, tmp_path):
         (lambda c: c["preprocess"].update(voxel_size=[0.1, 1.0]), r"voxel_size: expected a list of 3 values"),
         (lambda c: c["preprocess"].update(voxel_size=[0.1, "1", 0.1]), r"voxel_size\[1\]: expected a number"),
         (lambda c: c["preprocess"].update(use_dim=5), r"config.json.preprocess: use_dim must be 3"),
-        (lambda c: c.update(width=0.5), r"config.json: a MinkUNet of width 0.5 outputs 48 channels; out_dim=96"),
+        (lambda c: c.update(width=0.5), r"config.json: a minkunet14 of width 0.5 outputs 48 channels; out_dim=96"),
         (lambda c: c.update(width="half"), r"config.json.width: expected a number"),
     ],
 )

@@ -75,7 +75,7 @@ def test_parity_on_a_nuscenes_size_scan_in_both_feature_spaces(minkunet34_export
 def test_onnx_runtime_is_deterministic_across_thread_counts(minkunet34_export):
     enc, out = minkunet34_export
     scan = street_scan(seed=5)[:15000, :4]
-    vox = enc.voxelize_points([scan])
+    vox = enc.backbone_input([scan])
     feeds = graph_inputs(vox.feats, vox.coords)
     one = OnnxEncoder(out / "model.onnx", enc.config, threads=1).run(feeds)
     two = OnnxEncoder(out / "model.onnx", enc.config, threads=2).run(feeds)

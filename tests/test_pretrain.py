@@ -188,6 +188,27 @@ def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_
         train(load_recipe("synthetic-tiny", [f"data.path={tiny_world}", *sets]), killed, resume=True)
 
 
+def test_spvcnn_student_trains_and_resumes_exactly(tiny_world, tiny_teacher, tmp_path):
+    """The backbone is one config field: an SPVCNN (per-point rows) goes through the same loop, memory and resume."""
+    cfg = _cfg(tiny_world, tiny_teacher, "encoder.backbone=spvcnn18", "encoder.width=0.25")
+    train(cfg, tmp_path / "a")
+
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", on_step=interrupt)
+    train(cfg, tmp_path / "b", resume=True)
+    full = _losses(tmp_path / "a")
+    assert len(full) == 4 and full[-1] < full[0] * 1.5
+    np.testing.assert_allclose(_losses(tmp_path / "b"), full, rtol=1e-6)
+    from lima_zoo import LiMAEncoder
+
+    enc = LiMAEncoder.from_pretrained(tmp_path / "a" / "encoder")
+    assert enc.config.backbone == "spvcnn18" and enc.config.out_dim == 24
+
+
 def test_gradient_accumulation_walks_one_frame_per_micro_step(tiny_world, tiny_teacher, tmp_path):
     train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=2", "optim.grad_accum=2"), tmp_path / "acc")
     recs = [json.loads(r) for r in (tmp_path / "acc" / "log.jsonl").read_text().splitlines()]

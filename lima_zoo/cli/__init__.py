@@ -356,8 +356,8 @@ def export_cmd(source, out_dir, formats):
 @click.option("--voxel-size", default="0.1,1.0,0.1", show_default=True, help="Voxel size the weights were trained with (rho m, phi deg, z m for cylindrical).")
 @click.option("--intensity-scale", default=255.0, show_default=True, type=float, help="Intensity range the weights expect (255 nuScenes, 1 KITTI).")
 def convert_cmd(checkpoint, out_dir, prefix, head, voxel_type, voxel_size, intensity_scale):
-    """Convert a torchsparse-lineage MinkUNet checkpoint (SuperFlow / LiMA key names, .pth read with
-    weights_only, or .safetensors) into an encoder folder, reporting every key left out."""
+    """Convert a torchsparse-lineage MinkUNet or SPVCNN checkpoint (SuperFlow / LiMA / SPVNAS key names,
+    .pth read with weights_only, or .safetensors) into an encoder folder, reporting every key left out."""
     from ..atomic import atomic_dir
     from ..config import PreprocessConfig
     from ..export import export_safetensors

@@ -7,7 +7,7 @@ import json
 
 def _param_count(config) -> int:
     """Backbone parameters of a variant."""
-    from ..models.minkunet import parameter_count
+    from ..models import parameter_count
 
     return parameter_count(config.backbone, config.in_channels, config.width)
 

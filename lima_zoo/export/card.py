@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..encoder import read_config
-from ..models.minkunet import parameter_count
+from ..models import parameter_count
 
 __all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
 

@@ -1,9 +1,11 @@
-"""Convert a torchsparse-lineage MinkUNet checkpoint (SuperFlow / LiMA-style) into a lima-zoo encoder.
+"""Convert a torchsparse-lineage MinkUNet or SPVCNN checkpoint (SuperFlow / LiMA / SPVNAS) into a lima-zoo encoder.
 
-Those checkpoints (mmengine/mmdet3d training runs with a torchsparse ``MinkUNetBackbone``) keep the
-backbone under a prefix such as ``backbone_3d.`` (pretraining) or ``backbone.`` (segmentation), with
-the same module names and kernel-offset order as ours (``conv0.0.conv.kernel``,
-``block1.0.norm1.weight``, ...; see ``lima_zoo.sparse.kmap``). The 3D projection head of a
+Those checkpoints (mmengine/mmdet3d training runs with a torchsparse ``MinkUNetBackbone``, or
+SPVNAS's ``SPVCNN``) keep the backbone under a prefix such as ``backbone_3d.`` (pretraining) or
+``backbone.`` (segmentation), with the same module names and kernel-offset order as ours
+(``conv0.0.conv.kernel``, ``block1.0.norm1.weight``, ... for MinkUNet; ``stem.0.kernel``,
+``stage1.1.net.0.kernel``, ``point_transforms.0.0.weight``, ... for SPVCNN; see
+``lima_zoo.sparse.kmap``); the backbone and its depth are detected from the keys. The 3D projection head of a
 pretraining run (SuperFlow: ``head_3d.conv_seg``, a Linear 96 -> 64) becomes our distillation head.
 
 Reading is safe: ``.safetensors`` directly, ``.pth``/``.pt`` only with
@@ -24,7 +26,7 @@ import torch
 
 from ..config import EncoderConfig, PreprocessConfig
 from ..encoder import LiMAEncoder, load_safetensors, load_state_strict, load_weights_only
-from ..models.minkunet import LAYERS, MinkUNet, convert_torchsparse_state_dict
+from ..models import BACKBONE_LAYERS, build_backbone, convert_torchsparse_state_dict
 
 __all__ = ["convert_checkpoint", "read_state_dict", "ConversionReport", "BACKBONE_PREFIXES", "HEAD_PREFIXES"]
 
@@ -80,14 +82,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 @functools.cache  # asked for per prefix and depth while detecting, then once more
 def _own_backbone_keys(backbone: str) -> frozenset[str]:
     with torch.device("meta"):  # names only: no memory, no initialisation
-        return frozenset(MinkUNet(backbone).state_dict())
+        return frozenset(build_backbone(backbone).state_dict())
 
 
 def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:
-    """(prefix, depth) under which the file's keys best match one of our MinkUNets."""
+    """(prefix, backbone) under which the file's keys best match one of our backbones."""
     prefixes = [prefix] if prefix is not None else list(BACKBONE_PREFIXES)
-    # Deepest first: a MinkUNet-34's keys contain every key of the shallower nets.
-    depths = sorted(LAYERS, key=lambda d: sum(LAYERS[d]), reverse=True)
+    # Deepest first: a -34's keys contain every key of the shallower nets of its family.
+    depths = sorted(BACKBONE_LAYERS, key=lambda d: sum(BACKBONE_LAYERS[d]), reverse=True)
     best = (0, "", "")
     for p in prefixes:
         names = {k[len(p):] for k in state if k.startswith(p)}
@@ -99,7 +101,7 @@ def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:
     hits, p, depth = best
     where = f"prefix {prefix!r}" if prefix is not None else f"any of the prefixes {', '.join(repr(x) for x in BACKBONE_PREFIXES)}"
     raise ValueError(
-        f"no complete MinkUNet backbone under {where}: best match {hits} tensors of {depth} under {p!r}; "
+        f"no complete MinkUNet or SPVCNN backbone under {where}: best match {hits} tensors of {depth} under {p!r}; "
         "pass --prefix if the backbone lives elsewhere"
     )
 
@@ -154,7 +156,7 @@ def convert_checkpoint(
         report.head_keys = [head_prefix + "weight", head_prefix + "bias"]
     used = set(backbone_state) | set(report.head_keys)
     report.unmapped = sorted(k for k in state if k not in used)
-    in_channels = int(weights["backbone.conv0.0.conv.kernel"].shape[1])
+    in_channels = int(weights["backbone.conv0.0.conv.kernel" if "backbone.conv0.0.conv.kernel" in weights else "backbone.stem.0.kernel"].shape[1])
     pre = preprocess or PreprocessConfig()
     if pre.use_dim != in_channels:
         pre = dataclasses.replace(pre, use_dim=in_channels)

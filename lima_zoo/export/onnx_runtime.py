@@ -85,7 +85,7 @@ class OnnxEncoder(FeatureExtractor):
         """One session run: graph inputs -> (M, D) features of ``space``."""
         return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
 
-    def voxel_features(self, vox: Voxels, space: str) -> torch.Tensor:
+    def feature_rows(self, vox: Voxels, space: str) -> torch.Tensor:
         return torch.from_numpy(self.run(graph_inputs(vox.feats, vox.coords), space))
 
     def __repr__(self) -> str:

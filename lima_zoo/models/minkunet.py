@@ -21,7 +21,7 @@ from torch import nn
 
 from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn
 
-__all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict", "parameter_count"]
+__all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict"]
 
 STEM = 32
 PLANES = (32, 64, 128, 256, 256, 128, 96, 96)
@@ -71,6 +71,8 @@ class BasicBlock(nn.Module):
 class MinkUNet(nn.Module):
     """Sparse U-Net.  forward: SparseTensor (N voxels, in_channels) -> SparseTensor (N, round(96 * width))."""
 
+    point_output = False  # rows are voxels; the encoder maps them back to points
+
     def __init__(self, depth: str = "minkunet34", in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05):
         super().__init__()
         if depth not in LAYERS:
@@ -111,12 +113,6 @@ class MinkUNet(nn.Module):
             out = getattr(self, f"conv{i}")(out)
             out = getattr(self, f"block{i}")(cat([out, skips[8 - i]]))
         return out
-
-
-def parameter_count(depth: str, in_channels: int = 4, width: float = 1.0) -> int:
-    """Parameters of a MinkUNet, counted on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in MinkUNet(depth, in_channels=in_channels, width=width).parameters())
 
 
 def convert_torchsparse_state_dict(state: dict[str, torch.Tensor], prefix: str = "") -> tuple[dict, list[str]]:

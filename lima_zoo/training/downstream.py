@@ -24,7 +24,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..config import EncoderConfig
 from ..encoder import LiMAEncoder, resolve_device
-from ..sparse import SparseTensor
+from ..voxelize import Voxels
 from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
@@ -61,9 +61,10 @@ class Segmenter(nn.Module):
             self.encoder.eval()  # a probe never updates the backbone's BatchNorm statistics
         return self
 
-    def features(self, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def features(self, batch: Voxels) -> torch.Tensor:
+        """(N points, out_dim) backbone features of ``batch``, in input order."""
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
-            return self.encoder.backbone(SparseTensor(feats, coords)).feats
+            return self.encoder.rows_to_points(self.encoder.backbone_rows(batch), batch)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.norm(features))
@@ -94,9 +95,8 @@ def evaluate(model: Segmenter, dataset: FrameDataset, batch: int = 2, camera_spl
     index = dataset.index()
     for i in range(0, len(index), batch):
         frames = [dataset.frame(s, k) for s, k in index[i : i + batch]]
-        vox = model.encoder.voxelize_points([f.points for f in frames], intensity_range=255.0)
-        logits = model.head(model.features(vox.feats, vox.coords))
-        pred = logits.argmax(1)[vox.inverse] + 1
+        inputs = model.encoder.backbone_input([f.points for f in frames], intensity_range=255.0)
+        pred = model.head(model.features(inputs)).argmax(1) + 1
         labels = torch.cat([torch.from_numpy(f.labels) for f in frames])
         cms["all"].update(pred, labels)
         if camera_split is not None:
@@ -115,8 +115,7 @@ class _FeatureCache:
         with torch.no_grad():
             for s, k in dataset.index():
                 f = dataset.frame(s, k)
-                vox = model.encoder.voxelize_points([f.points], intensity_range=255.0)
-                self.feats.append(model.features(vox.feats, vox.coords)[vox.inverse].half().cpu())
+                self.feats.append(model.features(model.encoder.backbone_input([f.points], intensity_range=255.0)).half().cpu())
                 self.labels.append(torch.from_numpy(f.labels))
 
 
@@ -178,8 +177,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
                 pts = [torch.from_numpy(f.points) for f in frames]
                 if cfg.augment:
                     pts = [augment_points(p, aug, gen) for p in pts]
-                vox = encoder.voxelize_points(pts, intensity_range=255.0)
-                logits = model.head(model.features(vox.feats, vox.coords)[vox.inverse])  # per point, like the cached path
+                logits = model.head(model.features(encoder.backbone_input(pts, intensity_range=255.0)))  # per point, like the cached path
                 labels = torch.cat([torch.from_numpy(f.labels) for f in frames]).to(device)
             target = labels - 1  # classes 1..C -> 0..C-1; the ignore id 0 becomes -1
             ce = F.cross_entropy(logits, target, ignore_index=-1) if bool((target >= 0).any()) else logits.sum() * 0

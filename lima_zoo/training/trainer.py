@@ -25,7 +25,7 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..encoder import LiMAEncoder
-from ..sparse import SparseTensor
+from ..voxelize import Voxels
 from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
 from .config import TrainConfig
@@ -47,14 +47,14 @@ __all__ = ["train", "Distiller"]
 
 
 class Distiller(nn.Module):
-    """What DDP wraps: voxels (M, C) + coords (M, 4) -> head outputs (M, D) (unit rows)."""
+    """What DDP wraps: the backbone's input batch -> head outputs (R, D), unit rows (R voxels or points)."""
 
     def __init__(self, encoder: LiMAEncoder):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.encoder.head(self.encoder.backbone(SparseTensor(feats, coords)).feats)
+    def forward(self, batch: Voxels) -> torch.Tensor:
+        return self.encoder.head(self.encoder.backbone_rows(batch))
 
 
 def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
@@ -213,11 +213,11 @@ class _Run:
                 second.append((torch.cat([points[b][keep_a], points[c][keep_b]]), tg, rows))
         groups = [plain, second] if lima.scans_per_stream == 2 else [second]
         scans = [augment_points(p, cfg.augment, gen) for group in groups for p, _, _ in group]
-        vox = self.encoder.voxelize_points(scans, intensity_range=255.0)  # frames carry 0-255 intensity
+        batch = self.encoder.backbone_input(scans, intensity_range=255.0)  # frames carry 0-255 intensity
         amp = self.device.type == "cuda" and cfg.run.amp
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            per_voxel = self.model(vox.feats, vox.coords)
-        per_point = per_voxel[vox.inverse]
+            rows = self.model(batch)
+        per_point = self.encoder.rows_to_points(rows, batch)
         losses, at = [], 0
         for group in groups:
             n = sum(len(p) for p, _, _ in group)

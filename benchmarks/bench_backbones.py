@@ -1,0 +1,122 @@
+"""Every backbone on the same scan: parameters, forward and train-step time, peak memory.
+
+One ray-cast 32-beam street scan (~34k points), the LiMA voxelization (cylindrical 0.1 m x 1 deg x
+0.1 m), random weights, this machine's threads. Per backbone, interleaved, median of --repeats:
+
+* forward: ``encoder.embed``-style eval forward to one feature per point (voxelize included);
+* train step: train-mode forward through the distillation head + backward;
+* peak RSS of one forward above the loaded model, in a fresh process per backbone.
+
+The ratio column is each backbone's forward against MinkUNet-34's, measured in the same run.
+
+    python benchmarks/bench_backbones.py [--threads 2] [--repeats 5] [--backbones minkunet34,spvcnn34,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lima_zoo import LiMAEncoder
+from lima_zoo.config import BACKBONES, EncoderConfig
+from lima_zoo.models import parameter_count
+from lima_zoo.sparse.fused import fused_module
+from lima_zoo.synth.scan import street_scan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_sparse import machine_summary, rss_mb  # noqa: E402
+
+
+def make(backbone: str) -> LiMAEncoder:
+    torch.manual_seed(0)
+    return LiMAEncoder(EncoderConfig(backbone=backbone)).eval()
+
+
+def scan() -> torch.Tensor:
+    return torch.from_numpy(street_scan(seed=0))[:, :4]
+
+
+def forward_seconds(enc: LiMAEncoder, pts: torch.Tensor) -> float:
+    t = time.perf_counter()
+    with torch.inference_mode():
+        batch = enc.backbone_input([pts], intensity_range=255.0)
+        feats = enc.rows_to_points(enc.backbone_rows(batch), batch)
+    assert feats.shape[0] == len(pts)
+    return time.perf_counter() - t
+
+
+def train_step_seconds(enc: LiMAEncoder, pts: torch.Tensor) -> float:
+    enc.train()
+    t = time.perf_counter()
+    batch = enc.backbone_input([pts], intensity_range=255.0)
+    out = enc.rows_to_points(enc.head(enc.backbone_rows(batch)), batch)
+    out.square().sum().backward()
+    secs = time.perf_counter() - t
+    enc.zero_grad(set_to_none=True)
+    enc.eval()
+    return secs
+
+
+def memory_probe(backbone: str, threads: int) -> None:
+    """In a fresh process: peak RSS of one forward above the loaded model and scan."""
+    torch.set_num_threads(threads)
+    enc, pts = make(backbone), scan()
+    fused_module()  # loading the kernel is not scan memory
+    base = rss_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    forward_seconds(enc, pts)
+    print(json.dumps({"peak_mb": rss_mb("VmHWM") - base}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--memory-probe", metavar="BACKBONE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args.threads)
+    torch.set_num_threads(args.threads)
+    names = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKBONES]
+    if unknown:
+        sys.exit(f"--backbones: unknown {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
+    fused_module()
+    pts = scan()
+    encs = {b: make(b) for b in names}
+    for enc in encs.values():  # warm-up: kernel maps' first allocations, the fused kernel's first call
+        forward_seconds(enc, pts)
+    fwd = {b: [] for b in names}
+    step = {b: [] for b in names}
+    for _ in range(args.repeats):  # interleaved, so a machine's slow minute hits every backbone alike
+        for b, enc in encs.items():
+            fwd[b].append(forward_seconds(enc, pts))
+            step[b].append(train_step_seconds(enc, pts))
+    peaks = {}
+    for b in names:
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", b, "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        peaks[b] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    with torch.no_grad():
+        voxels = len(encs[names[0]].backbone_input([pts], intensity_range=255.0).coords)
+    print(f"backbones on one 32-beam street scan: {len(pts):,} points, {voxels:,} voxels (cylindrical 0.1 m x 1 deg x 0.1 m), "
+          f"{args.threads} threads, median of {args.repeats}\n{machine_summary()}\n")  # fmt: skip
+    ref = statistics.median(fwd["minkunet34"]) if "minkunet34" in fwd else None
+    print("| backbone | params | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |")
+    print("|---|---|---|---|---|---|")
+    for b in names:
+        f, s = statistics.median(fwd[b]), statistics.median(step[b])
+        ratio = f"{f / ref:.2f}x" if ref else "-"
+        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

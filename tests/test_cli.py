@@ -299,3 +299,13 @@ def test_embed_on_ray_data_matches_a_local_run_and_resumes(scans, model_dir, tmp
     assert bad.returncode == 1 and "--workers 64: the Ray cluster has" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     res = CliRunner().invoke(main, ["embed", str(scans), "--model", str(model_dir), "--out", str(tmp_path / "y"), "--workers", "2"])
     assert res.exit_code == 2 and "apply to --engine ray only" in res.output
+
+
+def test_embed_progress_rate_counts_the_last_write(model_dir, tmp_path, small_street_points, capsys):
+    from lima_zoo.cli.embed import run_embed
+
+    src = tmp_path / "one.npy"
+    np.save(src, small_street_points[:, :3])
+    report = run_embed([(src, src.relative_to(tmp_path))], LiMAEncoder.from_pretrained(model_dir), tmp_path / "out", progress=True)
+    rates = [part.split("=")[1].rstrip("]\r\n ") for part in capsys.readouterr().err.split("points_per_s")[1:]]
+    assert report.points == len(small_street_points) and rates and rates[-1] != "0", rates

@@ -271,3 +271,35 @@ def test_frame_loader_workers_give_the_same_run_and_resume(tiny_world, tiny_teac
     assert _losses(tmp_path / "workers") == _losses(tmp_path / "inline")
     with pytest.raises(ValueError, match="data: invalid workers=-1"):
         _cfg(tiny_world, tiny_teacher, "data.workers=-1")
+
+
+def test_synthetic_run_copies_the_packaged_teacher_and_makes_one_for_other_sizes(tiny_world, tmp_path, monkeypatch):
+    import inspect
+
+    from lima_zoo.training import synthetic_teacher
+    from lima_zoo.training.teacher import build_teacher
+    from lima_zoo.training.trainer import _resolve_inputs
+
+    # The shipped teacher is what `make-teacher` makes with its current defaults: a changed default must re-make it.
+    meta = json.loads((synthetic_teacher.PACKAGED_TEACHER / "teacher.json").read_text())
+    defaults = {k: p.default for k, p in inspect.signature(synthetic_teacher.make_synthetic_teacher).parameters.items()}
+    vit = meta["vit"]
+    assert (vit["img_size"], vit["embed_dim"], vit["depth"], vit["patch_size"]) == (list(defaults["image_size"]), defaults["dim"], defaults["depth"], defaults["patch"])
+    assert meta["trained_on"] == {"seed": defaults["seed"], "scenes": defaults["scenes"], "frames": defaults["frames"], "images": meta["trained_on"]["images"]}
+    assert f"trained {defaults['steps']} steps" in meta["description"] and meta["heldout_patch_accuracy"] > 0.8
+
+    made = []
+    monkeypatch.setattr(synthetic_teacher, "make_synthetic_teacher", lambda out, **kw: made.append(kw) or (_ for _ in ()).throw(RuntimeError("made")))
+    cfg = load_recipe("synthetic-tiny", [f"data.path={tiny_world}", "data.synthetic=false"])
+    resolved = _resolve_inputs(cfg, tmp_path / "run", rank=0, world=1)
+    folder = tmp_path / "run" / "teacher"
+    assert resolved.teacher.weights == str(folder) and not made
+    for name in ("teacher.json", "model.safetensors"):
+        assert (folder / name).read_bytes() == (synthetic_teacher.PACKAGED_TEACHER / name).read_bytes()
+    assert build_teacher(resolved.teacher).dim == 128  # loads strictly
+    assert _resolve_inputs(cfg, tmp_path / "run", rank=0, world=1) == resolved  # a second start reuses the run's copy
+
+    other = load_recipe("synthetic-tiny", [f"data.path={tiny_world}", "data.synthetic=false", "teacher.image_size=[56, 112]"])
+    with pytest.raises(RuntimeError, match="made"):
+        _resolve_inputs(other, tmp_path / "other", rank=0, world=1)
+    assert made and made[0]["image_size"] == (56, 112)

@@ -175,6 +175,11 @@ def run_embed(
     start = time.perf_counter()
     model = str(getattr(encoder, "name_or_path", ""))
     produced = engine(batches, report) if engine is not None else _embed_here(batches, encoder, load_dim, use_dim, prefetch, report)
+
+    def advance(scans: int) -> None:  # the rate counts written points, so it is refreshed after each write lands
+        bar.update(scans)
+        bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
+
     with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
         pending = None  # the previous batch's write (one in flight bounds memory)
         for loaded, failed, feats in produced:
@@ -183,14 +188,13 @@ def run_embed(
             if not loaded:
                 continue
             if pending is not None:
-                bar.update(pending.result())
+                advance(pending.result())
             pending = writer.submit(_write_batch, loaded, feats, report, model, ply_features, keep_rows, dataset)
             if prefetch == 0:  # strictly one stage at a time
-                bar.update(pending.result())
+                advance(pending.result())
                 pending = None
-            bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
         if pending is not None:
-            bar.update(pending.result())
+            advance(pending.result())
     if dataset is not None:
         dataset.flush()
     bar.close()

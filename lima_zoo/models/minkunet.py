@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn
+from .common import check_architecture, scaled
 
 __all__ = ["MinkUNet", "LAYERS", "PLANES", "convert_torchsparse_state_dict"]
 
@@ -30,10 +31,6 @@ LAYERS = {
     "minkunet18": (2, 2, 2, 2, 2, 2, 2, 2),
     "minkunet34": (2, 3, 4, 6, 2, 2, 2, 2),
 }
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 class ConvModule(nn.Module):
@@ -75,12 +72,8 @@ class MinkUNet(nn.Module):
 
     def __init__(self, depth: str = "minkunet34", in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05):
         super().__init__()
-        if depth not in LAYERS:
-            raise ValueError(f"unknown MinkUNet depth {depth!r}; choose one of {sorted(LAYERS)}")
-        if not 0 < width <= 4:
-            raise ValueError(f"MinkUNet width must be in (0, 4], got {width}")
-        layers, m = LAYERS[depth], bn_momentum
-        planes, base_channels = [_scaled(p, width) for p in PLANES], _scaled(STEM, width)
+        layers, m = check_architecture("MinkUNet", depth, LAYERS, width), bn_momentum
+        planes, base_channels = [scaled(p, width) for p in PLANES], scaled(STEM, width)
         self.out_channels = planes[-1]
         self.conv0 = nn.Sequential(
             ConvModule(in_channels, base_channels, 3, bn_momentum=m),

@@ -28,6 +28,7 @@ from torch import nn
 from ..sparse import BatchNorm, Conv3d, ReLU, SparseTensor, cat, conv_bn
 from ..sparse.points import PointFeatures, devoxelize, voxelize_mean
 from ..voxelize import Voxels
+from .common import check_architecture, scaled
 
 __all__ = ["SPVCNN", "SPVCNN_LAYERS", "CHANNELS"]
 
@@ -81,12 +82,8 @@ class SPVCNN(nn.Module):
 
     def __init__(self, depth: str = "spvcnn34", in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05):
         super().__init__()
-        if depth not in SPVCNN_LAYERS:
-            raise ValueError(f"unknown SPVCNN depth {depth!r}; choose one of {sorted(SPVCNN_LAYERS)}")
-        if not 0 < width <= 4:
-            raise ValueError(f"SPVCNN width must be in (0, 4], got {width}")
-        layers, m = SPVCNN_LAYERS[depth], bn_momentum
-        cs = [max(1, round(c * width)) for c in CHANNELS]
+        layers, m = check_architecture("SPVCNN", depth, SPVCNN_LAYERS, width), bn_momentum
+        cs = [scaled(c, width) for c in CHANNELS]
         self.out_channels = cs[8]
         self.stem = _Stem(Conv3d(in_channels, cs[0], 3), BatchNorm(cs[0], momentum=m), ReLU(),
                           Conv3d(cs[0], cs[0], 3), BatchNorm(cs[0], momentum=m), ReLU())  # fmt: skip

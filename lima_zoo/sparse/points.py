@@ -86,6 +86,6 @@ def devoxelize(x: SparseTensor, points: PointFeatures) -> torch.Tensor:
     rows, weights = _corners(points, x)
     weights = weights.to(x.feats.dtype)
     out = x.feats[rows[:, 0]] * weights[:, :1]
-    for k in range(1, 8):  # one corner at a time: (N, C) of memory, not (N, 8, C)
-        out = out + x.feats[rows[:, k]] * weights[:, k : k + 1]
+    for k in range(1, 8):  # one corner at a time, accumulated in place: (N, C) of memory, not (N, 8, C)
+        out.addcmul_(x.feats[rows[:, k]], weights[:, k : k + 1])
     return out

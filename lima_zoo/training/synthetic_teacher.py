@@ -55,6 +55,22 @@ def _patch_targets(labels: torch.Tensor, image_size: tuple[int, int], patch: int
 TEACHER_STEPS = 300  # optimizer steps of the teacher (lima-zoo make-teacher, and a run that makes its own)
 
 
+PACKAGED_TEACHER = Path(__file__).with_name("packaged_teacher")  # `lima-zoo make-teacher DIR` with its defaults, shipped
+
+
+def packaged_teacher(image_size: tuple[int, int]) -> Path | None:
+    """The shipped synthetic teacher's folder when it was trained at ``image_size`` (H, W), else None.
+
+    A run whose recipe keeps make-teacher's defaults copies it instead of spending minutes training the
+    same ViT; any other image size falls back to making one.
+    """
+    meta_file = PACKAGED_TEACHER / "teacher.json"
+    if not meta_file.is_file() or not (PACKAGED_TEACHER / "model.safetensors").is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    return PACKAGED_TEACHER if tuple(meta["vit"]["img_size"]) == tuple(image_size) else None
+
+
 def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, frames: int = 6, steps: int = TEACHER_STEPS, batch: int = 16,
                            image_size: tuple[int, int] = (112, 224), dim: int = 128, depth: int = 4, patch: int = 8,
                            progress: Callable[[int, float], None] | None = None) -> dict:  # fmt: skip

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_dir, atomic_path
 from ..encoder import LiMAEncoder
 from ..voxelize import Voxels
 from ..sparse.allocator import reuse_freed_memory
@@ -70,20 +70,30 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
             from ..synth import generate
 
             print(f"generating a synthetic nuScenes-format world in {root} ...", flush=True)
-            with tqdm(total=data.synthetic_scenes, unit="scene", desc="synthetic world") as bar:
+            with tqdm(total=data.synthetic_scenes * data.synthetic_frames, unit="frame", desc="synthetic world") as bar:
                 generate(root, "nuscenes", data.synthetic_scenes, data.synthetic_frames, data.synthetic_seed, data.synthetic_image_scale,
                          progress=bar.update)  # fmt: skip
         data = dataclasses.replace(data, path=str(root))
     if teacher.name == "synthetic" and not teacher.weights:
         folder = out / "teacher"
         if rank == 0 and not (folder / "teacher.json").exists():
-            from .synthetic_teacher import TEACHER_STEPS, make_synthetic_teacher
+            from .synthetic_teacher import TEACHER_STEPS, make_synthetic_teacher, packaged_teacher
 
-            print(f"making the synthetic teacher in {folder} (a ViT trained on other synthetic worlds) ...", flush=True)
-            with tqdm(total=TEACHER_STEPS, unit="step", desc="synthetic teacher") as bar:
-                meta = make_synthetic_teacher(folder, steps=TEACHER_STEPS, image_size=tuple(teacher.image_size),
-                                              progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))  # fmt: skip
-            print(f"  held-out patch accuracy {meta['heldout_patch_accuracy']:.3f}", flush=True)
+            packaged = packaged_teacher(tuple(teacher.image_size))
+            if packaged is not None:  # the shipped make-teacher default: a first run skips minutes of ViT training
+                names = ("teacher.json", "model.safetensors")
+                with atomic_dir(folder, names) as stage:
+                    for name in names:
+                        (stage / name).write_bytes((packaged / name).read_bytes())
+                meta = json.loads((folder / "teacher.json").read_text())
+                print(f"synthetic teacher: the packaged one ({meta['description']}; held-out patch accuracy "
+                      f"{meta['heldout_patch_accuracy']:.3f}), copied to {folder}", flush=True)  # fmt: skip
+            else:
+                print(f"making the synthetic teacher in {folder} (a ViT trained on other synthetic worlds) ...", flush=True)
+                with tqdm(total=TEACHER_STEPS, unit="step", desc="synthetic teacher") as bar:
+                    meta = make_synthetic_teacher(folder, steps=TEACHER_STEPS, image_size=tuple(teacher.image_size),
+                                                  progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))  # fmt: skip
+                print(f"  held-out patch accuracy {meta['heldout_patch_accuracy']:.3f}", flush=True)
         teacher = dataclasses.replace(teacher, weights=str(folder))
     if world > 1:
         dist.barrier()

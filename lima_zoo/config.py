@@ -12,16 +12,48 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_dim", "config_from_dict"]
+__all__ = ["RangeImageConfig", "PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_dim", "config_from_dict",
+           "RANGE_VIEW_BACKBONES", "KITTI_RANGE_IMAGE"]  # fmt: skip
 
 FORMAT_VERSION = 1
 
-BACKBONES = ("minkunet14", "minkunet18", "minkunet34", "spvcnn18", "spvcnn34")  # models/__init__.py builds each
+RANGE_VIEW_BACKBONES = ("frnet18", "frnet34")  # read a range image (preprocess.range_image), not voxels
+BACKBONES = ("minkunet14", "minkunet18", "minkunet34", "spvcnn18", "spvcnn34", *RANGE_VIEW_BACKBONES)  # models/__init__.py builds each
 
 
 def backbone_out_dim(width: float = 1.0) -> int:
     """Channels a backbone of ``width`` outputs: the last plane of every one of them, 96, scaled."""
     return max(1, round(96 * width))
+
+
+@dataclass(frozen=True)
+class RangeImageConfig:
+    """The range image a range-view backbone (FRNet) reads, from the sensor's beam geometry.
+
+    A point at yaw = -atan2(y, x) and pitch = asin(z / range) (sensor frame, degrees) falls in column
+    ``floor((yaw / 180 + 1) / 2 * width)`` (straight ahead in the middle, as FRNet) and row
+    ``floor((fov_up - pitch) / (fov_up - fov_down) * height)`` (row 0 at the top), both clamped
+    into the image, so a beam just outside the field of view lands on the edge row.
+    Defaults: nuScenes' 32-beam HDL-32E as FRNet sets it up (32 x 480, +10 / -30 degrees);
+    ``KITTI_RANGE_IMAGE`` is its 64-beam HDL-64E setting. height and width are multiples of 8
+    (the 2-D CNN halves them three times and puts the levels back together).
+    """
+
+    height: int = 32
+    width: int = 480
+    fov_up: float = 10.0
+    fov_down: float = -30.0
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v < 8 or v % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {v}")
+        if not -90.0 <= self.fov_down < self.fov_up <= 90.0:
+            raise ValueError(f"need -90 <= fov_down < fov_up <= 90 degrees, got fov_up={self.fov_up}, fov_down={self.fov_down}")
+
+
+KITTI_RANGE_IMAGE = RangeImageConfig(height=64, width=512, fov_up=3.0, fov_down=-25.0)  # FRNet's SemanticKITTI setting
 
 
 @dataclass(frozen=True)
@@ -32,12 +64,15 @@ class PreprocessConfig:
     use_dim: input columns fed to the network: x, y, z and, with 4, the intensity column.
     intensity_scale: the range the model expects intensity in: 255.0 (nuScenes, 0-255) or 1.0
         (KITTI remission, 0-1). Readers rescale a scan whose convention differs.
+    range_image: where a range-view backbone's points go (rows x columns of the sensor's beams);
+        None for voxel backbones, which read voxel_type / voxel_size instead.
     """
 
     voxel_type: str = "cylindrical"
     voxel_size: tuple[float, float, float] = (0.1, 1.0, 0.1)
     use_dim: int = 4
     intensity_scale: float = 255.0
+    range_image: RangeImageConfig | None = None
 
     def __post_init__(self) -> None:
         if self.voxel_type not in ("cylindrical", "cartesian"):
@@ -72,6 +107,11 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        range_view = self.backbone in RANGE_VIEW_BACKBONES
+        if range_view and self.preprocess.range_image is None:  # recorded in config.json, so embed projects every scan alike
+            object.__setattr__(self, "preprocess", dataclasses.replace(self.preprocess, range_image=RangeImageConfig()))
+        if not range_view and self.preprocess.range_image is not None:
+            raise ValueError(f"preprocess.range_image is for range-view backbones ({', '.join(RANGE_VIEW_BACKBONES)}); a {self.backbone} reads voxels")
         if self.in_channels != self.preprocess.use_dim:
             raise ValueError(f"in_channels={self.in_channels} but preprocess.use_dim={self.preprocess.use_dim}")
         if not 0 < self.width <= 4:
@@ -120,6 +160,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             try:
                 return _coerce(arm, value, where)
             except ValueError:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arm):
+                    raise  # a section that is there but wrong: its own message says what is wrong
                 continue
         raise ValueError(f"{where}: expected {' or '.join(_name(a) for a in args)}, got {value!r}")
     if origin is tuple:

@@ -1,4 +1,4 @@
-"""LiMAEncoder: a backbone (MinkUNet, SPVCNN) + distillation head + the preprocessing contract that feeds them.
+"""LiMAEncoder: a backbone (MinkUNet, SPVCNN, FRNet) + distillation head + the preprocessing contract that feeds them.
 
     encoder = LiMAEncoder.from_pretrained("vit-b-minkunet34")   # or "org/repo@rev" or a folder
     feats = encoder.embed(points)                               # (N, 96), one row per input point
@@ -30,13 +30,13 @@ __all__ = ["LiMAEncoder", "FeatureExtractor", "create_encoder", "load_state_stri
 
 
 class LiMAEncoder(nn.Module, FeatureExtractor):
-    """LiDAR encoder.  backbone_rows: Voxels -> (R, config.out_dim), R voxels (MinkUNet) or R points (SPVCNN)."""
+    """LiDAR encoder.  backbone_rows: Voxels -> (R, config.out_dim), R voxels (MinkUNet) or R points (SPVCNN, FRNet)."""
 
     def __init__(self, config: EncoderConfig | None = None):
         super().__init__()
         self.config = config or EncoderConfig()
         c = self.config
-        self.backbone = build_backbone(c.backbone, in_channels=c.in_channels, width=c.width, bn_momentum=c.bn_momentum)
+        self.backbone = build_backbone(c.backbone, c.in_channels, c.width, c.bn_momentum, range_image=c.preprocess.range_image)
         self.point_output = bool(self.backbone.point_output)
         self.head = DistillationHead(c.out_dim, c.head_dim)
         self.backend = "torch"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import EncoderConfig, config_from_dict
+from .range_view import range_project
 from .voxelize import Voxels, voxelize
 
 __all__ = ["FeatureExtractor", "read_config", "ensure_fits", "available_memory", "INFERENCE_BYTES_PER_VOXEL"]
@@ -29,7 +30,7 @@ class FeatureExtractor:
     """Points -> per-point features, shared by the PyTorch encoder and the onnxruntime runner.
 
     A subclass provides ``config`` (EncoderConfig), ``device`` and ``feature_rows(batch, space)``,
-    and sets ``point_output`` when its rows are points rather than voxels (SPVCNN).
+    and sets ``point_output`` when its rows are points rather than voxels (SPVCNN, FRNet).
     """
 
     config: EncoderConfig
@@ -66,7 +67,10 @@ class FeatureExtractor:
         return pts
 
     def voxelize(self, scans: Sequence[torch.Tensor]) -> Voxels:
-        """Prepared scans -> one voxel batch (with every point kept where the backbone reads points)."""
+        """Prepared scans -> one batch of the backbone's cells: range-image pixels where the config
+        has a range image (FRNet), else voxels (with every point kept where the backbone reads points)."""
+        if self.config.preprocess.range_image is not None:
+            return range_project(list(scans), self.config.preprocess)
         return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
 
     def backbone_input(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:

@@ -15,7 +15,7 @@ import torch
 from .config import PreprocessConfig
 from .sparse.kmap import CoordinateKeys, unique_first
 
-__all__ = ["Voxels", "voxelize", "grid_indices", "grid_positions"]
+__all__ = ["Voxels", "voxelize", "grid_indices", "grid_positions", "input_columns"]
 
 
 @dataclass
@@ -64,6 +64,16 @@ def grid_positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> tuple[torch.Tens
     return pos, cells
 
 
+def input_columns(pts: torch.Tensor, cfg: PreprocessConfig, b: int) -> torch.Tensor:
+    """Scan ``b``'s (N, >=3) points -> (N, cfg.use_dim) float32 model inputs; a missing intensity
+    column reads as 0 (the model still gets its 4 inputs). Any other shape is a ValueError."""
+    if pts.dim() != 2 or pts.shape[1] < 3:
+        raise ValueError(f"scan {b}: expected (N, >=3) points, got shape {tuple(pts.shape)}")
+    if cfg.use_dim == 4 and pts.shape[1] < 4:
+        pts = torch.cat([pts[:, :3], pts.new_zeros(len(pts), 1)], dim=1)
+    return pts[:, : cfg.use_dim].to(torch.float32)
+
+
 def voxelize(scans: list[torch.Tensor], cfg: PreprocessConfig, keep_points: bool = False) -> Voxels:
     """Voxelize scans into one sparse batch.
 
@@ -74,15 +84,11 @@ def voxelize(scans: list[torch.Tensor], cfg: PreprocessConfig, keep_points: bool
     device = scans[0].device
     cells, feats, grids = [], [], []
     for b, pts in enumerate(scans):
-        if pts.dim() != 2 or pts.shape[1] < 3:
-            raise ValueError(f"scan {b}: expected (N, >=3) points, got shape {tuple(pts.shape)}")
-        if cfg.use_dim == 4 and pts.shape[1] < 4:
-            # No intensity column: the model still gets 4 inputs, intensity 0.
-            pts = torch.cat([pts[:, :3], pts.new_zeros(len(pts), 1)], dim=1)
+        cols = input_columns(pts, cfg, b)
         batch = torch.full((len(pts), 1), b, dtype=torch.int64, device=device)
         pos, cell = grid_positions(pts[:, :3], cfg)
         cells.append(torch.cat([batch, cell], dim=1))
-        feats.append(pts[:, : cfg.use_dim].to(torch.float32))
+        feats.append(cols)
         if keep_points:
             grids.append(torch.cat([batch.to(torch.float64), pos], dim=1).to(torch.float32))
     all_cells = torch.cat(cells)

@@ -126,16 +126,17 @@ def test_camera_split_partitions_the_validation_points(labelled_world, tmp_path)
     assert 0 < int(front.sum()) < int(every.sum()) < len(frame.points) and bool((every | ~front).all())  # front within all cameras
 
 
-def test_spvcnn_probe_and_finetune_steps(labelled_world, tmp_path):
-    """The downstream loop is backbone-agnostic: an SPVCNN's per-point rows go straight to the head."""
+@pytest.mark.parametrize("backbone", ["spvcnn18", "frnet18"])
+def test_point_output_probe_and_finetune_steps(backbone, labelled_world, tmp_path):
+    """The downstream loop is backbone-agnostic: SPVCNN's and FRNet's per-point rows go straight to the head."""
     from lima_zoo import LiMAEncoder
     from lima_zoo.config import EncoderConfig, PreprocessConfig
     from lima_zoo.training.config import DownstreamConfig
     from lima_zoo.training.downstream import run_downstream
 
     torch.manual_seed(0)
-    cfg = EncoderConfig(backbone="spvcnn18", width=0.25, head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5)))
-    enc = LiMAEncoder(cfg).save_pretrained(tmp_path / "spv")
+    cfg = EncoderConfig(backbone=backbone, width=0.25, head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5)))
+    enc = LiMAEncoder(cfg).save_pretrained(tmp_path / backbone)
     for protocol in ("linear", "finetune"):
         # batch 1: the evaluation walks the 2 validation frames in two batches
         cfg = DownstreamConfig(protocol=protocol, augment=protocol == "finetune", max_steps=3, lr=0.01, batch=1)

@@ -188,9 +188,11 @@ def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_
         train(load_recipe("synthetic-tiny", [f"data.path={tiny_world}", *sets]), killed, resume=True)
 
 
-def test_spvcnn_student_trains_and_resumes_exactly(tiny_world, tiny_teacher, tmp_path):
-    """The backbone is one config field: an SPVCNN (per-point rows) goes through the same loop, memory and resume."""
-    cfg = _cfg(tiny_world, tiny_teacher, "encoder.backbone=spvcnn18", "encoder.width=0.25")
+@pytest.mark.parametrize("backbone", ["spvcnn18", "frnet18"])
+def test_point_output_students_train_and_resume_exactly(backbone, tiny_world, tiny_teacher, tmp_path):
+    """The backbone is one config field: SPVCNN (point-voxel) and FRNet (range view), per-point rows
+    both, go through the same loop, memory and resume."""
+    cfg = _cfg(tiny_world, tiny_teacher, f"encoder.backbone={backbone}", "encoder.width=0.25")
     train(cfg, tmp_path / "a")
 
     def interrupt(rec: dict) -> None:
@@ -206,7 +208,7 @@ def test_spvcnn_student_trains_and_resumes_exactly(tiny_world, tiny_teacher, tmp
     from lima_zoo import LiMAEncoder
 
     enc = LiMAEncoder.from_pretrained(tmp_path / "a" / "encoder")
-    assert enc.config.backbone == "spvcnn18" and enc.config.out_dim == 24
+    assert enc.config.backbone == backbone and enc.config.out_dim == 24
 
 
 def test_gradient_accumulation_walks_one_frame_per_micro_step(tiny_world, tiny_teacher, tmp_path):

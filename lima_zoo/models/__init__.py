@@ -11,23 +11,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import RangeImageConfig
+from .frnet import FRNET_LAYERS, FRNet
 from .heads import DistillationHead
 from .minkunet import LAYERS, MinkUNet, convert_torchsparse_state_dict
 from .spvcnn import SPVCNN, SPVCNN_LAYERS
 
-__all__ = ["MinkUNet", "SPVCNN", "LAYERS", "SPVCNN_LAYERS", "BACKBONE_LAYERS", "DistillationHead", "build_backbone", "parameter_count",
+__all__ = ["MinkUNet", "SPVCNN", "FRNet", "LAYERS", "SPVCNN_LAYERS", "FRNET_LAYERS", "BACKBONE_LAYERS", "DistillationHead", "build_backbone", "parameter_count",
            "convert_torchsparse_state_dict"]  # fmt: skip
 
 # name -> residual blocks per stage, for every backbone (the converter matches checkpoints deepest first)
-BACKBONE_LAYERS: dict[str, tuple[int, ...]] = {**LAYERS, **SPVCNN_LAYERS}
+BACKBONE_LAYERS: dict[str, tuple[int, ...]] = {**LAYERS, **SPVCNN_LAYERS, **FRNET_LAYERS}
 
 
-def build_backbone(name: str, in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05) -> nn.Module:
-    """The backbone ``name`` (minkunet14/18/34, spvcnn18/34) with fresh weights."""
+def build_backbone(name: str, in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05, range_image: RangeImageConfig | None = None) -> nn.Module:
+    """The backbone ``name`` (minkunet14/18/34, spvcnn18/34, frnet18/34) with fresh weights;
+    ``range_image``: the image a range-view backbone reads (default: nuScenes')."""
     if name in LAYERS:
         return MinkUNet(name, in_channels=in_channels, width=width, bn_momentum=bn_momentum)
     if name in SPVCNN_LAYERS:
         return SPVCNN(name, in_channels=in_channels, width=width, bn_momentum=bn_momentum)
+    if name in FRNET_LAYERS:
+        return FRNet(name, in_channels=in_channels, width=width, bn_momentum=bn_momentum, range_image=range_image)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_LAYERS)}")
 
 

@@ -1,0 +1,150 @@
+"""FRNet: the range projection against a direct numpy projection, then the network as an encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lima_zoo import LiMAEncoder
+from lima_zoo.config import KITTI_RANGE_IMAGE, EncoderConfig, PreprocessConfig, RangeImageConfig, config_from_dict
+from lima_zoo.range_view import range_pixels, range_project
+
+SMALL = EncoderConfig(backbone="frnet18", width=0.25, head_dim=16)
+
+
+def _numpy_pixel(x: float, y: float, z: float, h: int, w: int, up_deg: float, down_deg: float) -> tuple[int, int]:
+    """One point, straight from the definition: column from the azimuth, row from the inclination, clamped."""
+    r = math.sqrt(x * x + y * y + z * z)
+    yaw = -math.atan2(y, x)
+    pitch = math.asin(z / r) if r > 0 else 0.0
+    up, down = math.radians(up_deg), math.radians(down_deg)
+    col = math.floor(0.5 * (yaw / math.pi + 1.0) * w)
+    row = math.floor((1.0 - (pitch - down) / (up - down)) * h)
+    return min(max(row, 0), h - 1), min(max(col, 0), w - 1)
+
+
+@pytest.mark.parametrize("image", [RangeImageConfig(), KITTI_RANGE_IMAGE, RangeImageConfig(16, 64, 15.0, -15.0)])
+def test_range_pixels_match_a_direct_numpy_projection(image):
+    rng = np.random.default_rng(0)
+    rng_dirs = rng.normal(size=(3000, 3)) * [20, 20, 4]
+    edges = np.array([[10, 0, 0], [-10, 1e-9, 0], [-10, -1e-9, 0], [0, 5, 0], [0, -5, 0], [1, 0, 50], [1, 0, -50], [0, 0, 0]])
+    xyz = np.concatenate([rng_dirs, edges])
+    rows, cols = range_pixels(torch.from_numpy(xyz).float(), image)
+    want = np.array([_numpy_pixel(*map(float, p), image.height, image.width, image.fov_up, image.fov_down) for p in xyz.astype(np.float32)])
+    np.testing.assert_array_equal(np.stack([rows.numpy(), cols.numpy()], 1), want)
+    # ahead: the middle column; behind (left / right of the seam): the first / last; left a quarter, right three quarters
+    assert want[-8:-3, 1].tolist() == [image.width // 2, 0, image.width - 1, image.width // 4, 3 * image.width // 4]
+    horizon = math.floor(image.fov_up / (image.fov_up - image.fov_down) * image.height)
+    assert want[-8:-3, 0].tolist() == [horizon] * 5
+    assert want[-3][0] == 0 and want[-2][0] == image.height - 1  # above / below the field of view: the edge rows
+
+
+def test_range_project_groups_points_by_pixel_in_order():
+    rng = np.random.default_rng(1)
+    scans = [torch.from_numpy(rng.normal(size=(n, 4)) * [15, 15, 2, 50]).float() for n in (900, 600)]
+    pre = PreprocessConfig(range_image=RangeImageConfig(16, 64))
+    vox = range_project(scans, pre)
+    keys = vox.coords[:, 0].long() * 16 * 64 + vox.coords[:, 1].long() * 64 + vox.coords[:, 2].long()
+    assert bool((keys[1:] > keys[:-1]).all()) and bool((vox.coords[:, 3] == 0).all())  # sorted, unique pixels
+    assert vox.grid is None and torch.equal(vox.point_feats, torch.cat(scans))
+    for b, scan in enumerate(scans):
+        rows, cols = range_pixels(scan[:, :3], pre.range_image)
+        start = 0 if b == 0 else 900
+        at = vox.coords[vox.inverse[start : start + len(scan)]].long()
+        assert bool((at[:, 0] == b).all()) and torch.equal(at[:, 1], rows) and torch.equal(at[:, 2], cols)
+    first = torch.full((len(vox.coords),), 10**9).scatter_reduce(0, vox.inverse, torch.arange(1500), "amin")
+    assert torch.equal(vox.feats, vox.point_feats[first])  # each pixel's feature: its first point's columns
+
+
+def test_config_records_the_range_image_and_refuses_it_for_voxel_backbones(tmp_path):
+    assert SMALL.preprocess.range_image == RangeImageConfig(32, 480, 10.0, -30.0)  # nuScenes' by default, written out
+    folder = LiMAEncoder(SMALL).save_pretrained(tmp_path / "fr")
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["preprocess"]["range_image"] == {"height": 32, "width": 480, "fov_up": 10.0, "fov_down": -30.0}
+    with pytest.raises(ValueError, match="range_image is for range-view backbones .*a minkunet34 reads voxels"):
+        EncoderConfig(preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE))
+    with pytest.raises(ValueError, match=r"config.preprocess.range_image: height must be a positive multiple of 8, got 30"):
+        config_from_dict(EncoderConfig, {"backbone": "frnet18", "preprocess": {"range_image": {"height": 30}}})
+    with pytest.raises(ValueError, match="fov_down < fov_up"):
+        RangeImageConfig(fov_up=-30.0, fov_down=10.0)
+
+
+def test_frnet_encoder_one_row_per_point_in_order_deterministic_and_strict(tmp_path, small_street_points):
+    torch.manual_seed(0)
+    enc = LiMAEncoder(SMALL).eval()
+    pts = small_street_points[:4000, :4]
+    feats = enc.embed(pts)
+    assert feats.shape == (4000, 24) and np.isfinite(feats).all()
+    assert np.array_equal(enc.embed(pts), feats)
+    perm = np.random.default_rng(1).permutation(len(pts))
+    np.testing.assert_allclose(enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5)
+    inverse = range_project([torch.from_numpy(pts)], SMALL.preprocess).inverse.numpy()
+    shared = np.flatnonzero(np.bincount(inverse)[inverse] > 1)
+    a = shared[0]
+    b = shared[inverse[shared] == inverse[a]][1]
+    assert not np.allclose(feats[a], feats[b])  # two points of one pixel keep their own features
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        np.testing.assert_allclose(enc.embed(pts), feats, rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+    folder = enc.save_pretrained(tmp_path / "fr")
+    again = LiMAEncoder.from_pretrained(folder)
+    assert again.config == SMALL and np.array_equal(again.embed(pts), feats)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    state.pop("backbone.head.mlps.3.0.weight")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"missing \(1\): backbone.head.mlps.3.0.weight"):
+        LiMAEncoder.from_pretrained(folder)
+
+
+def test_a_kitti_range_image_changes_the_projection_not_the_weights(small_street_points):
+    """The image size is preprocessing: the same weights run on a 64 x 512 KITTI image (config.json says which)."""
+    torch.manual_seed(0)
+    nus = LiMAEncoder(SMALL).eval()
+    kitti = LiMAEncoder(EncoderConfig(backbone="frnet18", width=0.25, head_dim=16, preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE))).eval()
+    kitti.load_state_dict(nus.state_dict())
+    pts = small_street_points[:3000, :4]
+    a, b = nus.embed(pts), kitti.embed(pts)
+    assert a.shape == b.shape and not np.allclose(a, b)
+    with pytest.raises(ValueError, match="pixels outside this FRNet's 32 x 480 range image"):
+        nus.backbone.point_features(range_project([torch.from_numpy(pts)], kitti.config.preprocess))
+
+
+def test_frnet_gradients_reach_every_parameter(small_street_points):
+    torch.manual_seed(0)
+    enc = LiMAEncoder(SMALL).train()
+    batch = enc.backbone_input([small_street_points[:2000, :4], small_street_points[2000:3500, :4]])
+    rows = enc.head(enc.backbone_rows(batch))
+    assert rows.shape == (3500, 16)
+    rows.square().sum().backward()
+    dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+    assert not dead, dead
+
+
+def test_frnet_names_and_sizes():
+    """FRNet's layout at full width (frnet34: (3, 4, 6, 3) basic blocks of 128 channels), names written out by hand."""
+    state = LiMAEncoder(EncoderConfig(backbone="frnet34")).backbone.state_dict()
+    expected = {"frustum_encoder.pre_norm.weight": (8,), "frustum_encoder.ffe_layers.0.0.weight": (96, 8), "frustum_encoder.ffe_layers.3.weight": (256, 256),
+                "frustum_encoder.compression_layers.0.weight": (16, 256), "stem.0.weight": (64, 16, 3, 3), "stem.6.weight": (128, 128, 3, 3),
+                "point_stem.0.weight": (128, 384), "fusion_stem.0.weight": (128, 256, 3, 3), "layer1.2.conv2.weight": (128, 128, 3, 3),
+                "layer2.0.downsample.0.weight": (128, 128, 1, 1), "layer3.5.bn2.running_var": (128,), "layer4.2.conv1.weight": (128, 128, 3, 3),
+                "point_fusion_layers.3.0.weight": (128, 256), "attention_layers.0.3.weight": (128, 128, 3, 3), "fuse_layer1.0.weight": (256, 640, 3, 3),
+                "point_fuse_layer2.0.weight": (128, 256), "head.mlps.1.0.weight": (256, 128), "head.mlps.3.0.weight": (96, 128)}  # fmt: skip
+    assert {k: tuple(state[k].shape) for k in expected} == expected
+    assert "layer1.0.downsample.0.weight" not in state and "layer4.3.conv1.weight" not in state
+
+
+def test_onnx_export_of_frnet_is_refused_clearly(tmp_path):
+    pytest.importorskip("onnx")
+    from lima_zoo.export import export_onnx
+
+    with pytest.raises(ValueError, match="ONNX export supports MinkUNet backbones; this encoder is a frnet18"):
+        export_onnx(LiMAEncoder(SMALL).eval(), tmp_path)

@@ -30,7 +30,11 @@ class ModelInfo:
 
 
 # registered name's backbone part -> (EncoderConfig.backbone, how the description names it)
-_BACKBONES = {"minkunet34": ("minkunet34", "MinkUNet-34"), "spvcnn": ("spvcnn34", "SPVCNN (MinkUNet-34 voxel branch + point branch)")}
+_BACKBONES = {
+    "minkunet34": ("minkunet34", "MinkUNet-34"),
+    "spvcnn": ("spvcnn34", "SPVCNN (MinkUNet-34 voxel branch + point branch)"),
+    "frnet": ("frnet34", "FRNet-34 (range view, the 32 x 480 nuScenes range image)"),
+}
 _TEACHERS = {"s": ("vit_small_patch14_dinov2", 384), "b": ("vit_base_patch14_dinov2", 768), "l": ("vit_large_patch14_dinov2", 1024)}
 
 

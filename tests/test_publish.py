@@ -55,6 +55,14 @@ def test_every_card_parses_with_the_required_metadata(model_dir, data):
     assert "cylindrical, voxel size 0.1 x 1 x 0.1" in text  # from config.json, not from the card data
 
 
+def test_frnet_card_states_its_range_image(tmp_path):
+    """The preprocessing contract of a range-view encoder is its range image (from config.json), not voxels."""
+    LiMAEncoder(EncoderConfig(backbone="frnet18", width=0.25, head_dim=16)).save_pretrained(tmp_path)
+    text = ModelCard(render_card(tmp_path, "lima-zoo/vit-b-frnet", "vit-b-frnet")).text
+    assert "| range image | 32 x 480 pixels, 10 to -30 degrees inclination;" in text and "voxel size" not in text
+    assert "Backbone: frnet18 (range-view FRNet, " in text and "FRNet-34" in text
+
+
 def test_card_without_evaluations_says_so_and_has_no_model_index(model_dir):
     card = ModelCard(render_card(model_dir, "me/tiny"))
     assert "model-index" not in card.data.to_dict() and "Not evaluated yet" in card.text

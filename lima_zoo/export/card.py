@@ -87,7 +87,6 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         datasets=list(data["datasets"]) or None, model_name=repo_id.split("/")[-1], eval_results=results or None,
     )  # fmt: skip
     pre = config.preprocess
-    cylindrical = pre.voxel_type == "cylindrical"
     card = ModelCard.from_template(
         meta,
         template_path=str(CARDS_DIR / "template.md"),
@@ -102,13 +101,25 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         out_dim=config.out_dim,
         head_dim=config.head_dim,
         backbone=config.backbone,
+        backbone_family=_FAMILIES[config.backbone.rstrip("0123456789")],
         params=f"{parameter_count(config.backbone, config.in_channels, config.width) / 1e6:.1f}M",
         teacher=config.teacher,
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",
-        voxel_type=pre.voxel_type,
-        voxel_size=" x ".join(f"{v:g}" for v in pre.voxel_size),
-        voxel_units="rho m, phi degrees, z m" if cylindrical else "x, y, z in m",
+        grid_kind="range image" if pre.range_image else "voxelization",
+        grid=_grid_text(pre),
     )
     return str(card)
+
+
+_FAMILIES = {"minkunet": "torchsparse-lineage MinkUNet", "spvcnn": "SPVNAS-lineage point-voxel SPVCNN", "frnet": "range-view FRNet"}
+
+
+def _grid_text(pre) -> str:
+    """How the card states the points -> cells step of ``pre`` (PreprocessConfig)."""
+    if pre.range_image:
+        r = pre.range_image
+        return f"{r.height} x {r.width} pixels, {r.fov_up:g} to {r.fov_down:g} degrees inclination; the points of a pixel keep their own features"
+    units = "rho m, phi degrees, z m" if pre.voxel_type == "cylindrical" else "x, y, z in m"
+    return f"{pre.voxel_type}, voxel size {' x '.join(f'{v:g}' for v in pre.voxel_size)} ({units}), first point of each voxel"
 

@@ -224,9 +224,10 @@ def build_onnx_model(encoder) -> "onnx.ModelProto":
 
     backbone = encoder.backbone
     if not isinstance(backbone, MinkUNet):
-        raise ValueError(f"ONNX export supports MinkUNet backbones; this encoder is a {encoder.config.backbone}, whose point branch "
-                         "(trilinear voxel look-ups per point) the graph builder does not write yet. Export --format safetensors "
-                         "and embed with the torch runtime")  # fmt: skip
+        what = {"spvcnn": "point branch (trilinear voxel look-ups per point)", "frnet": "range-image network (frustum max-pooling, 2-D convolutions)"}
+        raise ValueError(f"ONNX export supports MinkUNet backbones; this encoder is a {encoder.config.backbone}, whose "
+                         f"{what[encoder.config.backbone.rstrip('0123456789')]} the graph builder does not write yet. "
+                         "Export --format safetensors and embed with the torch runtime")  # fmt: skip
     g = _Graph()
     rows = g.op("Gather", ["feats", "voxel_order"], "rows", axis=0)  # into the graph's row order
     backbone_out = g.op("Gather", [g.minkunet(rows, backbone), "voxel_rank"], "backbone", axis=0)

@@ -51,3 +51,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def with_bn_statistics(enc, seed: int = 0):
+    """Non-trivial BatchNorm statistics and affine weights (fresh BN is the identity in eval mode), so
+    folding and eval-mode normalisation are exercised; returns ``enc`` in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+    return enc.eval()

@@ -15,24 +15,13 @@ from lima_zoo import LiMAEncoder  # noqa: E402
 from lima_zoo.config import EncoderConfig, PreprocessConfig  # noqa: E402
 from lima_zoo.export import OnnxEncoder, build_onnx_model, export_onnx, graph_inputs  # noqa: E402
 from lima_zoo.synth.scan import street_scan  # noqa: E402
-
-
-def _with_bn_statistics(enc: LiMAEncoder, seed: int = 0) -> LiMAEncoder:
-    """Non-trivial BN statistics, so folding is exercised (fresh BN is the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-    return enc.eval()
+from conftest import with_bn_statistics  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def minkunet34_export(tmp_path_factory):
     torch.manual_seed(0)
-    enc = _with_bn_statistics(LiMAEncoder())  # MinkUNet-34, cylindrical nuScenes voxels
+    enc = with_bn_statistics(LiMAEncoder())  # MinkUNet-34, cylindrical nuScenes voxels
     out = tmp_path_factory.mktemp("onnx34")
     enc.save_pretrained(out)
     export_onnx(enc, out)
@@ -85,7 +74,7 @@ def test_onnx_runtime_is_deterministic_across_thread_counts(minkunet34_export):
 def test_small_depth_exports_and_verification_failure_leaves_nothing(tmp_path):
     torch.manual_seed(1)
     cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
-    enc = _with_bn_statistics(LiMAEncoder(cfg), seed=1)
+    enc = with_bn_statistics(LiMAEncoder(cfg), seed=1)
     path = export_onnx(enc, tmp_path / "ok")
     assert path.name == "model.onnx" and OnnxEncoder(path, cfg).embed(street_scan(seed=0)[:, :4]).shape[1] == 96
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
@@ -126,7 +115,7 @@ def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
 
     torch.manual_seed(2)
     cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
-    src = _with_bn_statistics(LiMAEncoder(cfg), seed=2).save_pretrained(tmp_path / "src")
+    src = with_bn_statistics(LiMAEncoder(cfg), seed=2).save_pretrained(tmp_path / "src")
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "model"), "--format", "safetensors,onnx"])
     assert res.exit_code == 0, res.output

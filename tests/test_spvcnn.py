@@ -127,7 +127,7 @@ def test_onnx_export_of_spvcnn_is_refused_clearly(tmp_path):
     pytest.importorskip("onnx")
     from lima_zoo.export import export_onnx
 
-    with pytest.raises(ValueError, match="ONNX export supports MinkUNet backbones; this encoder is a spvcnn18"):
+    with pytest.raises(ValueError, match="ONNX export supports MinkUNet and FRNet backbones; this encoder is a spvcnn18, whose point branch"):
         export_onnx(LiMAEncoder(SMALL).eval(), tmp_path)
 
 

@@ -48,13 +48,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..config import RANGE_VIEW_BACKBONES
 from ..models.minkunet import BasicBlock, ConvModule, MinkUNet
 from ..sparse.nn import _folded
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["build_onnx_model", "export_onnx", "OPSET", "NUM_LEVELS", "input_names"]
+__all__ = ["build_onnx_model", "export_onnx", "add_head", "finish_model", "OPSET", "NUM_LEVELS", "input_names"]
 
 OPSET = 18  # every op used exists since opset 13; 18 is what onnxruntime >= 1.14 fully covers
 NUM_LEVELS = 5  # MinkUNet strides 1, 2, 4, 8, 16
@@ -218,19 +219,11 @@ def _index_shape(name: str) -> list:
     return [f"voxels_{level + 1 if tail == 'parents' else level}"]
 
 
-def build_onnx_model(encoder) -> "onnx.ModelProto":
-    """The encoder (eval mode, BN folded) as an ONNX model; see the module docstring for the I/O."""
+def add_head(g: _Graph, encoder, backbone_out: str) -> None:
+    """Append the ``features`` output: ``If(teacher_space)`` the distillation head on
+    ``backbone_out`` (Linear + L2 normalisation), else ``backbone_out`` itself."""
     from onnx import TensorProto, helper
 
-    backbone = encoder.backbone
-    if not isinstance(backbone, MinkUNet):
-        what = {"spvcnn": "point branch (trilinear voxel look-ups per point)", "frnet": "range-image network (frustum max-pooling, 2-D convolutions)"}
-        raise ValueError(f"ONNX export supports MinkUNet backbones; this encoder is a {encoder.config.backbone}, whose "
-                         f"{what[encoder.config.backbone.rstrip('0123456789')]} the graph builder does not write yet. "
-                         "Export --format safetensors and embed with the torch runtime")  # fmt: skip
-    g = _Graph()
-    rows = g.op("Gather", ["feats", "voxel_order"], "rows", axis=0)  # into the graph's row order
-    backbone_out = g.op("Gather", [g.minkunet(rows, backbone), "voxel_rank"], "backbone", axis=0)
     # The head runs only when asked for: onnxruntime executes every node of a graph whatever outputs
     # are requested, so a second output would cost ~5% of every backbone-only run.
     head, h = encoder.head.proj, _Graph(prefix="head/")
@@ -244,16 +237,42 @@ def build_onnx_model(encoder) -> "onnx.ModelProto":
                                         [], [helper.make_tensor_value_info("backbone_out", TensorProto.FLOAT, None)])
     g.op("If", ["teacher_space"], output="features", then_branch=teacher_branch, else_branch=backbone_branch)
 
+
+def finish_model(g: _Graph, inputs: list, rows: str) -> "onnx.ModelProto":
+    """``g``'s nodes and initializers with ``inputs`` (value infos) as a model whose one output is
+    ``features`` (``rows`` x channels), at this package's opset and IR version."""
+    from onnx import TensorProto, helper
+
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [rows, "channels"])]
+    graph = helper.make_graph(g.nodes, "lima_encoder", inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lima-zoo")
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    return model
+
+
+def build_onnx_model(encoder) -> "onnx.ModelProto":
+    """The encoder (eval mode, BN folded) as an ONNX model; see the module docstring for the I/O
+    (FRNet's range-view graph: ``onnx_frnet.py``)."""
+    from onnx import TensorProto, helper
+
+    backbone = encoder.backbone
+    if encoder.config.backbone in RANGE_VIEW_BACKBONES:
+        from .onnx_frnet import build_frnet_onnx
+
+        return build_frnet_onnx(encoder)
+    if not isinstance(backbone, MinkUNet):
+        raise ValueError(f"ONNX export supports MinkUNet and FRNet backbones; this encoder is a {encoder.config.backbone}, whose "
+                         "point branch (trilinear voxel look-ups per point) the graph builder does not write yet. "
+                         "Export --format safetensors and embed with the torch runtime")  # fmt: skip
+    g = _Graph()
+    rows = g.op("Gather", ["feats", "voxel_order"], "rows", axis=0)  # into the graph's row order
+    add_head(g, encoder, g.op("Gather", [g.minkunet(rows, backbone), "voxel_rank"], "backbone", axis=0))
     c_in = encoder.config.in_channels
     inputs = [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["voxels_0", c_in]),
               helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, [])]
     for name in input_names()[2:]:
         inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, _index_shape(name)))
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["voxels_0", "channels"])]
-    graph = helper.make_graph(g.nodes, "lima_encoder", inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lima-zoo")
-    model.ir_version = 8  # readable by onnxruntime >= 1.14
-    return model
+    return finish_model(g, inputs, "voxels_0")
 
 
 def export_onnx(encoder, out_dir: str | Path, tolerance: float = 1e-4) -> Path:

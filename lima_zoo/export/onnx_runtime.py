@@ -1,7 +1,8 @@
 """Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
 
-The documented pre-processing step of this runtime is
-:func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
+The documented pre-processing step of this runtime is, for FRNet, the range projection
+(:func:`~lima_zoo.export.onnx_frnet.range_feeds` lays one scan's points and pixels out), and for
+the voxel nets :func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
 kernel maps of the five levels with the engine's own map builder (``lima_zoo.sparse``) and lay them
 out as the graph's index inputs. Those index arrays, not raw coordinates, are what the graph takes
 (see ``onnx_graph.py`` for why). Everything after that — every convolution, the skip connections
@@ -21,6 +22,7 @@ import torch
 
 from ..features import FeatureExtractor, read_config
 from ..voxelize import Voxels
+from .onnx_frnet import RANGE_INPUT_NAMES, range_feeds
 from .onnx_graph import input_names
 from .onnx_inputs import graph_inputs
 
@@ -54,10 +56,13 @@ class OnnxEncoder(FeatureExtractor):
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ValueError(f"{self.path}: onnxruntime cannot load this model ({type(e).__name__}: {e})") from None
+        # a range-view model runs FRNet's graph (points in, points out), the others the sparse voxel graph
+        self.point_output = config.preprocess.range_image is not None
+        expected = RANGE_INPUT_NAMES if self.point_output else input_names()
         got = [i.name for i in self.session.get_inputs()]
-        if got != input_names():
-            raise ValueError(f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's encoder graph layout "
-                             f"({input_names()[:4]}...); re-export it with `lima-zoo export`")
+        if got != expected:
+            raise ValueError(f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's {config.backbone} graph layout "
+                             f"({expected[:4]}...); re-export it with `lima-zoo export`")
 
     @classmethod
     def from_files(cls, files: dict[str, Path], device: str | torch.device | None = None) -> "OnnxEncoder":
@@ -86,6 +91,8 @@ class OnnxEncoder(FeatureExtractor):
         return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
 
     def feature_rows(self, vox: Voxels, space: str) -> torch.Tensor:
+        if self.point_output:  # FRNet's graph takes one scan per run
+            return torch.from_numpy(np.concatenate([self.run(feeds, space) for feeds in range_feeds(vox)]))
         return torch.from_numpy(self.run(graph_inputs(vox.feats, vox.coords), space))
 
     def __repr__(self) -> str:

@@ -86,8 +86,9 @@ class _FrustumEncoder(nn.Module):
         """cols (N, C) point columns, frustum (N,) each point's occupied pixel in [0, frustums) ->
         (every layer's point features, (frustums, compressed) frustum features)."""
         xyz = cols[:, :3]
-        count = torch.zeros(frustums, device=cols.device, dtype=cols.dtype).index_add_(0, frustum, torch.ones_like(xyz[:, 0]))
-        mean = torch.zeros(frustums, 3, device=cols.device, dtype=cols.dtype).index_add_(0, frustum, xyz) / count[:, None]
+        ones = torch.ones_like(xyz[:, :1])  # scatter_add (not index_add_): it exports to ONNX
+        count = torch.zeros(frustums, 1, device=cols.device, dtype=cols.dtype).scatter_add(0, frustum[:, None], ones)
+        mean = torch.zeros(frustums, 3, device=cols.device, dtype=cols.dtype).scatter_add(0, frustum[:, None].expand_as(xyz), xyz) / count
         x = self.pre_norm(torch.cat([cols, torch.linalg.vector_norm(xyz, dim=1, keepdim=True), xyz - mean[frustum]], dim=1))
         point_feats = []
         for layer in self.ffe_layers:
@@ -97,9 +98,14 @@ class _FrustumEncoder(nn.Module):
 
 
 def scatter_max(feats: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
-    """(N, C) feats -> (rows, C): the max over the entries of each row of ``index`` (N,), 0 where none."""
-    out = feats.new_zeros(rows, feats.shape[1])
-    return out.scatter_reduce(0, index[:, None].expand_as(feats), feats, "amax", include_self=False)
+    """(N, C) feats -> (rows, C): the max over the entries of each row of ``index`` (N,), 0 where none.
+
+    The max over -inf and the entries, then -inf -> 0 (not ``include_self=False``, which ONNX cannot
+    express): the same values and the same gradients, since -inf is never the max of a row with entries.
+    """
+    out = feats.new_full((rows, feats.shape[1]), float("-inf"))
+    out = out.scatter_reduce(0, index[:, None].expand_as(feats), feats, "amax", include_self=True)
+    return torch.where(out == float("-inf"), torch.zeros_like(out), out)
 
 
 class FRNet(nn.Module):
@@ -138,22 +144,32 @@ class FRNet(nn.Module):
             raise ValueError("FRNet reads range-image pixels: project the points with range_view.range_project")
         h, w = self.image.height, self.image.width
         coords = vox.coords.to(torch.int64)  # (M, 4) [b, row, col, 0] of the occupied pixels
-        batch = int(coords[-1, 0]) + 1
         if int(coords[:, 1].max()) >= h or int(coords[:, 2].max()) >= w:
             raise ValueError(f"pixels outside this FRNet's {h} x {w} range image: project with its config's range_image")
+        return self.range_forward(vox.point_feats, vox.inverse, coords, batch=int(coords[-1, 0]) + 1)
+
+    def range_forward(self, point_feats: torch.Tensor, inverse: torch.Tensor, coords: torch.Tensor, batch: int) -> torch.Tensor:
+        """point_feats (N, C) every point's columns, inverse (N,) int64 its pixel's row of ``coords``
+        (M, 4) int64 [b, row, col, 0] (occupied pixels of ``batch`` images) -> (N, out_channels).
+
+        Tensor ops only, with ``batch`` the one Python number, so it traces to ONNX (export/onnx_frnet.py).
+        """
+        h, w = self.image.height, self.image.width
 
         def flat(stride: int, pixel: torch.Tensor) -> torch.Tensor:  # rows of the stride-s image, flattened over the batch
             return (pixel[:, 0] * (h // stride) + pixel[:, 1] // stride) * (w // stride) + pixel[:, 2] // stride
 
         def to_image(rows: torch.Tensor, stride: int) -> torch.Tensor:  # (B*H*W, C) -> (B, C, H, W)
-            return rows.view(batch, h // stride, w // stride, -1).permute(0, 3, 1, 2)
+            # contiguous NCHW: a channels-last view here would carry that layout through every conv, whose CPU backward is ~2x slower in it
+            return rows.view(batch, h // stride, w // stride, -1).permute(0, 3, 1, 2).contiguous()
 
         def at_points(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (N, C) at each point's pixel
             return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])[index]
 
-        index = {s: flat(s, coords)[vox.inverse] for s in (1, 2, 4, 8)}  # each point's pixel at every stride
-        ffe, frustums = self.frustum_encoder(vox.point_feats, vox.inverse, len(coords))
-        x = self.stem(to_image(frustums.new_zeros(batch * h * w, frustums.shape[1]).index_copy(0, flat(1, coords), frustums), 1))
+        index = {s: flat(s, coords)[inverse] for s in (1, 2, 4, 8)}  # each point's pixel at every stride
+        ffe, frustums = self.frustum_encoder(point_feats, inverse, coords.shape[0])  # shape[0], not len(): it stays symbolic when traced
+        image = frustums.new_zeros(batch * h * w, frustums.shape[1]).index_put((flat(1, coords),), frustums)  # empty pixels 0
+        x = self.stem(to_image(image, 1))
         p = self.point_stem(torch.cat([at_points(x, index[1]), ffe[-1]], dim=1))
         x = self.fusion_stem(torch.cat([to_image(scatter_max(p, index[1], batch * h * w), 1), x], dim=1))
         maps, points, stride = [x], [p], 1

@@ -1,7 +1,7 @@
 """Every backbone on the same scan: parameters, forward and train-step time, peak memory.
 
 One ray-cast 32-beam street scan (~34k points), the LiMA voxelization (cylindrical 0.1 m x 1 deg x
-0.1 m), random weights, this machine's threads. Per backbone, interleaved, median of --repeats:
+0.1 m) or, for FRNet, the nuScenes range image (32 x 480), random weights, this machine's threads. Per backbone, interleaved, median of --repeats:
 
 * forward: ``encoder.embed``-style eval forward to one feature per point (voxelize included);
 * train step: train-mode forward through the distillation head + backward;
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lima_zoo import LiMAEncoder
-from lima_zoo.config import BACKBONES, EncoderConfig
+from lima_zoo.config import BACKBONES, RANGE_VIEW_BACKBONES, EncoderConfig
 from lima_zoo.models import parameter_count
 from lima_zoo.sparse.fused import fused_module
 from lima_zoo.synth.scan import street_scan
@@ -105,17 +105,18 @@ def main() -> None:
     for b in names:
         out = subprocess.run([sys.executable, __file__, "--memory-probe", b, "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         peaks[b] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
-    with torch.no_grad():
-        voxels = len(encs[names[0]].backbone_input([pts], intensity_range=255.0).coords)
-    print(f"backbones on one 32-beam street scan: {len(pts):,} points, {voxels:,} voxels (cylindrical 0.1 m x 1 deg x 0.1 m), "
-          f"{args.threads} threads, median of {args.repeats}\n{machine_summary()}\n")  # fmt: skip
+    with torch.no_grad():  # the rows each backbone's input has: voxels, or occupied range-image pixels
+        cells = {b: len(enc.backbone_input([pts], intensity_range=255.0).coords) for b, enc in encs.items()}
+    print(f"backbones on one 32-beam street scan: {len(pts):,} points (voxel nets: cylindrical 0.1 m x 1 deg x 0.1 m; range view: "
+          f"32 x 480, +10 / -30 deg), {args.threads} threads, median of {args.repeats}\n{machine_summary()}\n")  # fmt: skip
     ref = statistics.median(fwd["minkunet34"]) if "minkunet34" in fwd else None
-    print("| backbone | params | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |")
-    print("|---|---|---|---|---|---|")
+    print("| backbone | params | input cells | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |")
+    print("|---|---|---|---|---|---|---|")
     for b in names:
         f, s = statistics.median(fwd[b]), statistics.median(step[b])
         ratio = f"{f / ref:.2f}x" if ref else "-"
-        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |")
+        kind = "pixels" if b in RANGE_VIEW_BACKBONES else "voxels"
+        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |")
 
 
 if __name__ == "__main__":

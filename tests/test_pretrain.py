@@ -312,3 +312,18 @@ def test_synthetic_run_copies_the_packaged_teacher_and_makes_one_for_other_sizes
     with pytest.raises(RuntimeError, match="made"):
         _resolve_inputs(other, tmp_path / "other", rank=0, world=1)
     assert made and made[0]["image_size"] == (56, 112)
+
+
+def test_sparse_backend_is_one_run_field(tiny_world, tiny_teacher, tmp_path):
+    """run.sparse_backend=spconv trains the same network (same losses as the torch engine, to float
+    rounding); on CPU it needs one thread (spconv#679) and says so before any work; an unknown name is refused."""
+    pytest.importorskip("spconv")
+    sets = ("optim.max_steps=2", "run.threads=1", "lima.frames=1")
+    train(_cfg(tiny_world, tiny_teacher, *sets), tmp_path / "torch")
+    train(_cfg(tiny_world, tiny_teacher, *sets, "run.sparse_backend=spconv"), tmp_path / "spconv")
+    np.testing.assert_allclose(_losses(tmp_path / "spconv"), _losses(tmp_path / "torch"), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"spconv backend's CPU backward is wrong with more than one thread.*run.threads=1"):
+        train(_cfg(tiny_world, tiny_teacher, "run.threads=2", "run.sparse_backend=spconv"), tmp_path / "two")
+    assert not (tmp_path / "two").exists()
+    with pytest.raises(ValueError, match="unknown sparse backend 'spconvv'"):
+        _cfg(tiny_world, tiny_teacher, "run.sparse_backend=spconvv")

@@ -85,3 +85,23 @@ def test_backward_through_every_backend(foreign):
     set_backend(net, "torch")
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("spconv") is None, reason="spconv not installed")
+def test_spconv_on_cpu_is_right_at_two_threads_or_refuses(street_points):
+    """spconv's CPU kernels race at >1 thread (spconv#679): its forward runs on one thread (same
+    features as the torch engine, torch's thread count restored); a conv autograd would differentiate
+    at 2 threads is refused instead of training on wrong gradients."""
+    vox = voxelize([torch.from_numpy(street_points)], PreprocessConfig())
+    torch.manual_seed(0)
+    net = MinkUNet("minkunet14", width=0.5).eval()
+    with num_threads(2), torch.inference_mode():
+        want = net(SparseTensor(vox.feats, vox.coords)).feats
+        set_backend(net, "spconv")
+        got = net(SparseTensor(vox.feats, vox.coords)).feats
+        assert torch.get_num_threads() == 2
+    assert (want - got).abs().max().item() < 1e-4
+    net.train()
+    with num_threads(2), pytest.raises(ValueError, match=r"CPU backward is wrong with more than one thread.*run.threads=1"):
+        net(SparseTensor(vox.feats, vox.coords))
+    set_backend(net, "torch")

@@ -15,11 +15,13 @@ spconv adapter facts (checked by tests against the torch backend and dense conv3
 * spconv drops voxels at the edge of a ``spatial_shape`` that is not divisible by 2 at every level;
   the shape is rounded up to a multiple of 64.
 * spconv 2.3.8's CPU compute gives wrong, run-to-run varying results with more than one torch
-  thread (traveller59/spconv#679); compare against it with ``torch.set_num_threads(1)``.
+  thread (traveller59/spconv#679, checked: 0.22 max error at 2 threads): its CPU forward runs on one
+  thread here, and a CPU conv that autograd would differentiate with more is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from typing import Any
 
@@ -29,7 +31,7 @@ from .functional import epilogue, sparse_conv
 from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "conv3d", "kernel_map", "BACKENDS"]
+__all__ = ["available_backends", "check_backend", "check_trainable", "conv3d", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 INSTALL_HINTS = {
@@ -48,6 +50,15 @@ def check_backend(name: str) -> None:
         raise ValueError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "torch" and importlib.util.find_spec(name) is None:
         raise ValueError(f"sparse backend {name!r} is not installed ({INSTALL_HINTS[name]}); available: {available_backends()}")
+
+
+def check_trainable(name: str, device: torch.device) -> None:
+    """Raise ValueError where ``name`` cannot compute gradients correctly on ``device`` now: spconv's
+    CPU backward races with more than one torch thread (traveller59/spconv#679)."""
+    check_backend(name)
+    if name == "spconv" and torch.device(device).type == "cpu" and torch.get_num_threads() > 1:
+        raise ValueError(f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
+                         f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the torch backend")
 
 
 def conv3d(
@@ -166,6 +177,21 @@ def _import_spconv():
     return spconv
 
 
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device):
+    """spconv 2.3's CPU kernels give wrong, run-to-run varying sums with more than one torch thread
+    (traveller59/spconv#679), so its CPU forward runs on one (torch's count is restored after)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
     spconv = _import_spconv()
 
@@ -199,7 +225,10 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
     def run(kind, key, feats, indices):
         mod = _spconv_module(kind, c_in, c_out, k, dilation, key)
         inp = spconv.SparseConvTensor(feats, indices, shape, state["batch_size"], indice_dict=state["indice_dict"])
-        out = functional_call(mod, {"weight": weight}, (inp,))
+        if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad):
+            check_trainable("spconv", feats.device)  # its backward runs later, outside any thread guard
+        with _one_thread_on_cpu(feats.device):
+            out = functional_call(mod, {"weight": weight}, (inp,))
         state["indice_dict"] = out.indice_dict
         return out
 

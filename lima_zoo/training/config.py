@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EncoderConfig, config_from_dict
+from ..sparse.backends import check_backend
 
 __all__ = ["DataConfig", "DownstreamConfig", "TeacherConfig", "LimaConfig", "AugmentConfig", "OptimConfig", "RunConfig", "TrainConfig",
            "load_recipe", "apply_overrides", "list_recipes", "RECIPE_DIR"]  # fmt: skip
@@ -124,6 +125,12 @@ class RunConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     threads: int = 0  # torch threads per process; 0 = leave torch's default
+    # which library runs the sparse convs: torch (our engine: the fused kernel on CPU, gather-mm-scatter
+    # on CUDA; deterministic) | spconv (its CUDA wheels' implicit GEMM on GPU; one thread on CPU) | torchsparse
+    sparse_backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        check_backend(self.sparse_backend)
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,10 @@ class DownstreamConfig:
     cache_mb: int = 2048  # largest feature cache a linear probe may keep in memory
     camera_split: bool = False  # also report mIoU on points inside / outside the current cameras
     cameras: tuple[str, ...] = ()  # the cameras of that split (empty = every camera)
+    sparse_backend: str = "torch"  # as RunConfig.sparse_backend
 
     def __post_init__(self) -> None:
+        check_backend(self.sparse_backend)
         if self.protocol not in ("linear", "finetune"):
             raise ValueError(f"protocol must be 'linear' or 'finetune', got {self.protocol!r}")
         if self.batch < 1 or self.lr <= 0:

@@ -24,6 +24,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..config import EncoderConfig
 from ..encoder import LiMAEncoder, resolve_device
+from ..sparse.backends import check_trainable
 from ..voxelize import Voxels
 from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
@@ -132,7 +133,9 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     val_ds = open_dataset(data, cfg.eval_split, labels=True)
     if not train_ds.class_names:
         raise ValueError(f"{data}: the dataset names no classes (a sequence folder needs 'class_names' in calibration.json)")
-    encoder = load_backbone(model_name, cfg, device)
+    if not linear:
+        check_trainable(cfg.sparse_backend, device)
+    encoder = load_backbone(model_name, cfg, device).set_backend(cfg.sparse_backend)
     model = Segmenter(encoder, len(train_ds.class_names), frozen=linear, bn_momentum=cfg.bn_momentum).to(device)
     index = train_ds.index()
     steps_per_epoch = max(1, len(index) // cfg.batch)
@@ -144,7 +147,7 @@ def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out
     config = {"downstream": dataclasses.asdict(cfg), "model": str(model_name), "data": str(data)}
     step = 0
     if resume:
-        state = load_checkpoint(ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every"))
+        state = load_checkpoint(ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every", "downstream.sparse_backend"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..atomic import atomic_dir, atomic_path
 from ..encoder import LiMAEncoder
+from ..sparse.backends import check_trainable
 from ..voxelize import Voxels
 from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
@@ -115,7 +116,7 @@ class _Run:
         if cfg.encoder.head_dim != self.teacher.dim:
             raise ValueError(f"encoder.head_dim={cfg.encoder.head_dim} but the teacher outputs {self.teacher.dim}-d features; set encoder.head_dim={self.teacher.dim}")
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        self.encoder = LiMAEncoder(cfg.encoder).to(self.device).train()
+        self.encoder = LiMAEncoder(cfg.encoder).to(self.device).train().set_backend(cfg.run.sparse_backend)
         model = Distiller(self.encoder)
         self.model = nn.parallel.DistributedDataParallel(model, **place.ddp_kwargs()) if world > 1 else model
         o = cfg.optim
@@ -309,6 +310,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, on_step, place: Placement,
     rank, world = place.rank, place.world
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    check_trainable(cfg.run.sparse_backend, place.device)  # before minutes of world / teacher generation
     reuse_freed_memory()  # large per-point tensors would otherwise page-fault afresh every step
     cfg = _resolve_inputs(cfg, out, rank, world)
     run = _Run(cfg, out, place)

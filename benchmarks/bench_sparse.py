@@ -36,7 +36,7 @@ import torch
 from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet
 from lima_zoo.sparse import Conv3d, SparseTensor, set_backend
-from lima_zoo.sparse.backends import kernel_map
+from lima_zoo.sparse.backends import kernel_map, spconv_cpu_unguarded
 from lima_zoo.sparse.fused import KERNEL_ENV, fused_module
 from lima_zoo.sparse.kmap import CoordinateKeys, build_submanifold_map
 from lima_zoo.synth.scan import street_scan
@@ -309,4 +309,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # spconv is timed as its users run it, on every thread (lima-zoo's own spconv backend would run
+    # its CPU forward on one thread and refuse its multi-thread backward: spconv#679)
+    with spconv_cpu_unguarded():
+        main()

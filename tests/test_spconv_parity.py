@@ -13,6 +13,7 @@ import torch
 from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet
 from lima_zoo.sparse import Conv3d, SparseTensor, set_backend
+from lima_zoo.sparse.backends import spconv_cpu_unguarded
 from lima_zoo.voxelize import voxelize
 
 from conftest import num_threads, random_sparse
@@ -104,4 +105,6 @@ def test_spconv_on_cpu_is_right_at_two_threads_or_refuses(street_points):
     net.train()
     with num_threads(2), pytest.raises(ValueError, match=r"CPU backward is wrong with more than one thread.*run.threads=1"):
         net(SparseTensor(vox.feats, vox.coords))
+    with num_threads(2), spconv_cpu_unguarded():  # benchmarks time spconv as its users run it
+        net(SparseTensor(vox.feats, vox.coords)).feats.sum().backward()
     set_backend(net, "torch")

@@ -31,7 +31,7 @@ from .functional import epilogue, sparse_conv
 from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "check_trainable", "conv3d", "kernel_map", "BACKENDS"]
+__all__ = ["available_backends", "check_backend", "check_trainable", "spconv_cpu_unguarded", "conv3d", "kernel_map", "BACKENDS"]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 INSTALL_HINTS = {
@@ -56,7 +56,7 @@ def check_trainable(name: str, device: torch.device) -> None:
     """Raise ValueError where ``name`` cannot compute gradients correctly on ``device`` now: spconv's
     CPU backward races with more than one torch thread (traveller59/spconv#679)."""
     check_backend(name)
-    if name == "spconv" and torch.device(device).type == "cpu" and torch.get_num_threads() > 1:
+    if name == "spconv" and torch.device(device).type == "cpu" and torch.get_num_threads() > 1 and _SPCONV_CPU_GUARD[0]:
         raise ValueError(f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
                          f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the torch backend")
 
@@ -177,12 +177,26 @@ def _import_spconv():
     return spconv
 
 
+_SPCONV_CPU_GUARD = [True]  # False only inside spconv_cpu_unguarded()
+
+
+@contextlib.contextmanager
+def spconv_cpu_unguarded():
+    """Let spconv's CPU kernels run on every torch thread, wrong sums included: for benchmarks that
+    time spconv as its users run it (bench_sparse.py); never for features anyone keeps."""
+    _SPCONV_CPU_GUARD[0] = False
+    try:
+        yield
+    finally:
+        _SPCONV_CPU_GUARD[0] = True
+
+
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device):
     """spconv 2.3's CPU kernels give wrong, run-to-run varying sums with more than one torch thread
     (traveller59/spconv#679), so its CPU forward runs on one (torch's count is restored after)."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1 or not _SPCONV_CPU_GUARD[0]:
         yield
         return
     torch.set_num_threads(1)

@@ -64,3 +64,46 @@ def with_bn_statistics(enc, seed: int = 0):
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
     return enc.eval()
+
+
+def check_point_output_encoder(enc, pts: np.ndarray, cell_of_point: np.ndarray, folder, drop_key: str) -> np.ndarray:
+    """What every point-output backbone (SPVCNN, FRNet) must do: one finite row per point in input
+    order (a permuted scan gives the permuted rows), bit-identical reruns, the same features at
+    another thread count, two points of one cell (voxel / pixel: ``cell_of_point``) with their own
+    features, and a strict save / load (``drop_key`` removed from the weights is named). Returns the features."""
+    from safetensors.torch import load_file, save_file
+
+    from lima_zoo import LiMAEncoder
+
+    feats = enc.embed(pts)
+    assert feats.shape == (len(pts), enc.config.out_dim) and np.isfinite(feats).all()
+    assert np.array_equal(enc.embed(pts), feats)
+    perm = np.random.default_rng(1).permutation(len(pts))
+    np.testing.assert_allclose(enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5)  # every point, not only lone ones
+    shared = np.flatnonzero(np.bincount(cell_of_point)[cell_of_point] > 1)
+    a = shared[0]
+    b = shared[cell_of_point[shared] == cell_of_point[a]][1]
+    assert not np.allclose(feats[a], feats[b])  # two points of one cell keep their own features
+    with num_threads(1 if torch.get_num_threads() > 1 else 2):
+        np.testing.assert_allclose(enc.embed(pts), feats, rtol=1e-4, atol=1e-5)
+    folder = enc.save_pretrained(folder)
+    again = LiMAEncoder.from_pretrained(folder)
+    assert again.config == enc.config and np.array_equal(again.embed(pts), feats)
+    state = load_file(folder / "model.safetensors")
+    state.pop(drop_key)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"missing \(1\): {drop_key}"):
+        LiMAEncoder.from_pretrained(folder)
+    return feats
+
+
+def check_gradients_reach_every_parameter(enc, pts: np.ndarray) -> None:
+    """A train-mode batch of two scans (points 0-2000 and 2000-3500) through the backbone and the
+    head: one row per point, and every parameter gets a non-zero gradient."""
+    enc.train()
+    batch = enc.backbone_input([pts[:2000, :4], pts[2000:3500, :4]])
+    rows = enc.head(enc.backbone_rows(batch))
+    assert rows.shape == (3500, enc.config.head_dim)
+    rows.square().sum().backward()
+    dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+    assert not dead, dead

@@ -13,6 +13,8 @@ from lima_zoo import LiMAEncoder
 from lima_zoo.config import KITTI_RANGE_IMAGE, EncoderConfig, PreprocessConfig, RangeImageConfig, config_from_dict
 from lima_zoo.range_view import range_pixels, range_project
 
+from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
+
 SMALL = EncoderConfig(backbone="frnet18", width=0.25, head_dim=16)
 
 
@@ -77,32 +79,9 @@ def test_frnet_encoder_one_row_per_point_in_order_deterministic_and_strict(tmp_p
     torch.manual_seed(0)
     enc = LiMAEncoder(SMALL).eval()
     pts = small_street_points[:4000, :4]
-    feats = enc.embed(pts)
-    assert feats.shape == (4000, 24) and np.isfinite(feats).all()
-    assert np.array_equal(enc.embed(pts), feats)
-    perm = np.random.default_rng(1).permutation(len(pts))
-    np.testing.assert_allclose(enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5)
-    inverse = range_project([torch.from_numpy(pts)], SMALL.preprocess).inverse.numpy()
-    shared = np.flatnonzero(np.bincount(inverse)[inverse] > 1)
-    a = shared[0]
-    b = shared[inverse[shared] == inverse[a]][1]
-    assert not np.allclose(feats[a], feats[b])  # two points of one pixel keep their own features
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if threads > 1 else 2)
-    try:
-        np.testing.assert_allclose(enc.embed(pts), feats, rtol=1e-4, atol=1e-5)
-    finally:
-        torch.set_num_threads(threads)
-    folder = enc.save_pretrained(tmp_path / "fr")
-    again = LiMAEncoder.from_pretrained(folder)
-    assert again.config == SMALL and np.array_equal(again.embed(pts), feats)
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(folder / "model.safetensors")
-    state.pop("backbone.head.mlps.3.0.weight")
-    save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"missing \(1\): backbone.head.mlps.3.0.weight"):
-        LiMAEncoder.from_pretrained(folder)
+    pixel = range_project([torch.from_numpy(pts)], SMALL.preprocess).inverse.numpy()
+    feats = check_point_output_encoder(enc, pts, pixel, tmp_path / "fr", "backbone.head.mlps.3.0.weight")
+    assert feats.shape == (4000, 24)
 
 
 def test_a_kitti_range_image_changes_the_projection_not_the_weights(small_street_points):
@@ -120,13 +99,7 @@ def test_a_kitti_range_image_changes_the_projection_not_the_weights(small_street
 
 def test_frnet_gradients_reach_every_parameter(small_street_points):
     torch.manual_seed(0)
-    enc = LiMAEncoder(SMALL).train()
-    batch = enc.backbone_input([small_street_points[:2000, :4], small_street_points[2000:3500, :4]])
-    rows = enc.head(enc.backbone_rows(batch))
-    assert rows.shape == (3500, 16)
-    rows.square().sum().backward()
-    dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
-    assert not dead, dead
+    check_gradients_reach_every_parameter(LiMAEncoder(SMALL), small_street_points)
 
 
 def test_frnet_names_and_sizes():

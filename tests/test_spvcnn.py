@@ -13,6 +13,8 @@ from lima_zoo.sparse import SparseTensor
 from lima_zoo.sparse.points import PointFeatures, devoxelize, voxelize_mean
 from lima_zoo.voxelize import voxelize
 
+from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
+
 SMALL = EncoderConfig(backbone="spvcnn18", width=0.25, head_dim=16, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
 
 
@@ -81,46 +83,16 @@ def test_spvcnn_encoder_one_row_per_point_in_order_deterministic_and_strict(tmp_
     torch.manual_seed(0)
     enc = LiMAEncoder(SMALL).eval()
     pts = small_street_points[:3000, :4]
-    feats = enc.embed(pts)
-    assert feats.shape == (3000, 24) and np.isfinite(feats).all()
-    assert np.array_equal(enc.embed(pts), feats)
-    perm = np.random.default_rng(1).permutation(len(pts))
-    np.testing.assert_allclose(enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5)  # every point, not only lone ones
-    vox = voxelize([torch.from_numpy(pts)], SMALL.preprocess)
-    shared = np.bincount(vox.inverse.numpy())[vox.inverse.numpy()] > 1
-    first = vox.inverse.numpy()
-    a = np.flatnonzero(shared)[0]
-    b = np.flatnonzero(shared & (first == first[a]))[1]
-    assert not np.allclose(feats[a], feats[b])  # two points of one voxel keep their own features
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if threads > 1 else 2)
-    try:
-        np.testing.assert_allclose(enc.embed(pts), feats, rtol=1e-4, atol=1e-5)
-    finally:
-        torch.set_num_threads(threads)
-    folder = enc.save_pretrained(tmp_path / "spv")
-    again = LiMAEncoder.from_pretrained(folder)
-    assert again.config.backbone == "spvcnn18" and np.array_equal(again.embed(pts), feats)
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(folder / "model.safetensors")
-    state.pop("backbone.point_transforms.1.0.weight")
-    save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"missing \(1\): backbone.point_transforms.1.0.weight"):
-        LiMAEncoder.from_pretrained(folder)
+    voxel = voxelize([torch.from_numpy(pts)], SMALL.preprocess).inverse.numpy()
+    feats = check_point_output_encoder(enc, pts, voxel, tmp_path / "spv", "backbone.point_transforms.1.0.weight")
+    assert feats.shape == (3000, 24)
     with pytest.raises(ValueError, match="outputs one feature per point"):
         enc.embed(pts, return_voxels=True)
 
 
 def test_spvcnn_gradients_reach_every_parameter(small_street_points):
     torch.manual_seed(0)
-    enc = LiMAEncoder(SMALL).train()
-    batch = enc.backbone_input([small_street_points[:2000, :4], small_street_points[2000:3500, :4]])
-    rows = enc.head(enc.backbone_rows(batch))
-    assert rows.shape == (3500, 16)
-    rows.square().sum().backward()
-    dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
-    assert not dead, dead
+    check_gradients_reach_every_parameter(LiMAEncoder(SMALL), small_street_points)
 
 
 def test_onnx_export_of_spvcnn_is_refused_clearly(tmp_path):

@@ -5,11 +5,13 @@ One ray-cast 32-beam street scan (~34k points), the LiMA voxelization (cylindric
 
 * forward: ``encoder.embed``-style eval forward to one feature per point (voxelize included);
 * train step: train-mode forward through the distillation head + backward;
-* peak RSS of one forward above the loaded model, in a fresh process per backbone.
+* peak RSS of one forward above the loaded model, in a fresh process per backbone;
+* with --onnx: ``embed(points)`` with PyTorch and with onnxruntime (the exported model.onnx), for
+  the backbones that export (MinkUNet, FRNet; SPVCNN is refused and shows "-").
 
 The ratio column is each backbone's forward against MinkUNet-34's, measured in the same run.
 
-    python benchmarks/bench_backbones.py [--threads 2] [--repeats 5] [--backbones minkunet34,spvcnn34,...]
+    python benchmarks/bench_backbones.py [--threads 2] [--repeats 5] [--backbones minkunet34,spvcnn34,...] [--onnx]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +67,26 @@ def train_step_seconds(enc: LiMAEncoder, pts: torch.Tensor) -> float:
     return secs
 
 
+def seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def onnx_runners(encs: dict[str, LiMAEncoder], folder: Path, threads: int) -> dict:
+    """backbone -> OnnxEncoder of its verified export, for those that export."""
+    from lima_zoo.export import OnnxEncoder, export_onnx
+
+    runners = {}
+    for b, enc in encs.items():
+        try:
+            path = export_onnx(enc, folder / b)
+        except ValueError:  # a backbone whose graph is not written (SPVCNN): the table shows "-"
+            continue
+        runners[b] = OnnxEncoder(path, enc.config, threads=threads)
+    return runners
+
+
 def memory_probe(backbone: str, threads: int) -> None:
     """In a fresh process: peak RSS of one forward above the loaded model and scan."""
     torch.set_num_threads(threads)
@@ -81,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--onnx", action="store_true", help="also time embed() with onnxruntime for the backbones that export")
     ap.add_argument("--memory-probe", metavar="BACKBONE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
@@ -93,14 +117,23 @@ def main() -> None:
     fused_module()
     pts = scan()
     encs = {b: make(b) for b in names}
-    for enc in encs.values():  # warm-up: kernel maps' first allocations, the fused kernel's first call
+    tmp = tempfile.TemporaryDirectory()
+    runners = onnx_runners(encs, Path(tmp.name), args.threads) if args.onnx else {}
+    for b, enc in encs.items():  # warm-up: kernel maps' first allocations, the fused kernel's first call
         forward_seconds(enc, pts)
+        if b in runners:
+            runners[b].embed(pts)
     fwd = {b: [] for b in names}
     step = {b: [] for b in names}
+    embed = {b: {"torch": [], "onnx": []} for b in runners}
     for _ in range(args.repeats):  # interleaved, so a machine's slow minute hits every backbone alike
         for b, enc in encs.items():
             fwd[b].append(forward_seconds(enc, pts))
             step[b].append(train_step_seconds(enc, pts))
+            if b in runners:
+                embed[b]["torch"].append(seconds(lambda: enc.embed(pts)))
+                embed[b]["onnx"].append(seconds(lambda: runners[b].embed(pts)))
+    tmp.cleanup()
     peaks = {}
     for b in names:
         out = subprocess.run([sys.executable, __file__, "--memory-probe", b, "--threads", str(args.threads)], capture_output=True, text=True, check=True)
@@ -110,13 +143,18 @@ def main() -> None:
     print(f"backbones on one 32-beam street scan: {len(pts):,} points (voxel nets: cylindrical 0.1 m x 1 deg x 0.1 m; range view: "
           f"32 x 480, +10 / -30 deg), {args.threads} threads, median of {args.repeats}\n{machine_summary()}\n")  # fmt: skip
     ref = statistics.median(fwd["minkunet34"]) if "minkunet34" in fwd else None
-    print("| backbone | params | input cells | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |")
-    print("|---|---|---|---|---|---|---|")
+    onnx_head = " embed torch / onnxruntime ms | onnxruntime vs torch |" if args.onnx else ""
+    print("| backbone | params | input cells | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |" + onnx_head)
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.onnx else ""))
     for b in names:
         f, s = statistics.median(fwd[b]), statistics.median(step[b])
         ratio = f"{f / ref:.2f}x" if ref else "-"
         kind = "pixels" if b in RANGE_VIEW_BACKBONES else "voxels"
-        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |")
+        onnx = ""
+        if args.onnx:
+            e = {k: statistics.median(v) for k, v in embed[b].items()} if b in embed else None
+            onnx = f" {e['torch'] * 1e3:.0f} / {e['onnx'] * 1e3:.0f} | {e['onnx'] / e['torch']:.2f}x |" if e else " - | - |"
+        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |" + onnx)
 
 
 if __name__ == "__main__":

@@ -36,15 +36,22 @@ class RangeImageConfig:
     into the image, so a beam just outside the field of view lands on the edge row.
     Defaults: nuScenes' 32-beam HDL-32E as FRNet sets it up (32 x 480, +10 / -30 degrees);
     ``KITTI_RANGE_IMAGE`` is its 64-beam HDL-64E setting. height and width are multiples of 8
-    (the 2-D CNN halves them three times and puts the levels back together).
+    (the 2-D CNN halves them three times and puts the levels back together). ``origin``: the
+    sensor's position in the frame the points are given in, subtracted before the angles (0 for
+    scans in the sensor frame, as nuScenes' and KITTI's are; Waymo's readers give vehicle-frame
+    points, its TOP LiDAR sits at about (1.43, 0, 2.18)).
     """
 
     height: int = 32
     width: int = 480
     fov_up: float = 10.0
     fov_down: float = -30.0
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
+        if len(self.origin) != 3:
+            raise ValueError(f"origin must be three numbers (x, y, z in m), got {self.origin}")
+        object.__setattr__(self, "origin", tuple(float(v) for v in self.origin))
         for name in ("height", "width"):
             v = getattr(self, name)
             if v < 8 or v % 8:

@@ -22,11 +22,12 @@ __all__ = ["range_pixels", "range_project"]
 
 
 def range_pixels(xyz: torch.Tensor, cfg: RangeImageConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3) sensor-frame xyz -> (rows (N,), cols (N,)) int64 pixels of a ``cfg.height`` x ``cfg.width`` image.
+    """(N, 3) xyz -> (rows (N,), cols (N,)) int64 pixels of a ``cfg.height`` x ``cfg.width`` image,
+    seen from ``cfg.origin`` (the sensor's position in the points' frame).
 
     A point at the sensor itself (range 0) gets pitch 0: the horizon row of the forward column.
     """
-    p = xyz.to(torch.float64)
+    p = xyz.to(torch.float64) - torch.tensor(cfg.origin, dtype=torch.float64, device=xyz.device)
     depth = torch.linalg.vector_norm(p, dim=1)
     yaw = -torch.atan2(p[:, 1], p[:, 0])  # [-pi, pi]: 0 straight ahead, positive to the right
     pitch = torch.asin((p[:, 2] / depth.clamp_min(1e-12)).clamp(-1.0, 1.0))

@@ -45,6 +45,22 @@ def test_range_pixels_match_a_direct_numpy_projection(image):
     assert want[-3][0] == 0 and want[-2][0] == image.height - 1  # above / below the field of view: the edge rows
 
 
+def test_range_image_origin_is_the_sensor_position_in_the_points_frame():
+    """Vehicle-frame points (Waymo's) seen from the LiDAR at ``origin``: the pixels of the points
+    moved into the sensor frame, against the numpy projection too."""
+    xyz = np.random.default_rng(2).normal(size=(500, 3)) * [20, 20, 3]
+    origin = (1.43, 0.0, 2.18)
+    image = RangeImageConfig(64, 512, 2.4, -17.6, origin=origin)
+    rows, cols = range_pixels(torch.from_numpy(xyz), image)
+    local = xyz - np.array(origin)
+    want = np.array([_numpy_pixel(*p, 64, 512, 2.4, -17.6) for p in local])
+    np.testing.assert_array_equal(np.stack([rows.numpy(), cols.numpy()], 1), want)
+    same = range_pixels(torch.from_numpy(local), RangeImageConfig(64, 512, 2.4, -17.6))
+    assert torch.equal(rows, same[0]) and torch.equal(cols, same[1])
+    with pytest.raises(ValueError, match="origin must be three numbers"):
+        RangeImageConfig(origin=(1.0, 2.0))
+
+
 def test_range_project_groups_points_by_pixel_in_order():
     rng = np.random.default_rng(1)
     scans = [torch.from_numpy(rng.normal(size=(n, 4)) * [15, 15, 2, 50]).float() for n in (900, 600)]
@@ -66,7 +82,7 @@ def test_config_records_the_range_image_and_refuses_it_for_voxel_backbones(tmp_p
     assert SMALL.preprocess.range_image == RangeImageConfig(32, 480, 10.0, -30.0)  # nuScenes' by default, written out
     folder = LiMAEncoder(SMALL).save_pretrained(tmp_path / "fr")
     saved = json.loads((folder / "config.json").read_text())
-    assert saved["preprocess"]["range_image"] == {"height": 32, "width": 480, "fov_up": 10.0, "fov_down": -30.0}
+    assert saved["preprocess"]["range_image"] == {"height": 32, "width": 480, "fov_up": 10.0, "fov_down": -30.0, "origin": [0.0, 0.0, 0.0]}
     with pytest.raises(ValueError, match="range_image is for range-view backbones .*a minkunet34 reads voxels"):
         EncoderConfig(preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE))
     with pytest.raises(ValueError, match=r"config.preprocess.range_image: height must be a positive multiple of 8, got 30"):

@@ -107,6 +107,9 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",
         grid_kind="range image" if pre.range_image else "voxelization",
+        onnx_inputs=("Its inputs are one scan's points, their pixels and the occupied pixels, which the lima-zoo runtime lays out "
+                     "(`lima_zoo.export.onnx_frnet.range_feeds`); it runs one scan per call.") if pre.range_image else
+                    "Its inputs are the voxel features and the kernel maps, which the lima-zoo runtime builds (`lima_zoo.export.graph_inputs`).",
         grid=_grid_text(pre),
     )
     return str(card)
@@ -119,7 +122,8 @@ def _grid_text(pre) -> str:
     """How the card states the points -> cells step of ``pre`` (PreprocessConfig)."""
     if pre.range_image:
         r = pre.range_image
-        return f"{r.height} x {r.width} pixels, {r.fov_up:g} to {r.fov_down:g} degrees inclination; the points of a pixel keep their own features"
+        seen_from = f", seen from ({', '.join(f'{v:g}' for v in r.origin)}) m" if any(r.origin) else ""
+        return f"{r.height} x {r.width} pixels, {r.fov_up:g} to {r.fov_down:g} degrees inclination{seen_from}; the points of a pixel keep their own features"
     units = "rho m, phi degrees, z m" if pre.voxel_type == "cylindrical" else "x, y, z in m"
     return f"{pre.voxel_type}, voxel size {' x '.join(f'{v:g}' for v in pre.voxel_size)} ({units}), first point of each voxel"
 

@@ -4,6 +4,8 @@
     python benchmarks/bench_quality.py --tables c            # the frames sweep (1, 2, 4, 6, 8)
     python benchmarks/bench_quality.py --world-seed 5 --seeds 4 --teacher DIR
     python benchmarks/bench_quality.py --quick               # the CI-size pipeline check (numbers meaningless)
+    python benchmarks/bench_quality.py --tables a --rows "random,LiMA (reproject)" --backbone frnet18 --json fr.json
+    python benchmarks/bench_quality.py --render mink.json spv.json fr.json --baseline random   # a table per student
 
 Worlds (nuScenes format, generated from ``--world-seed``; every fourth scene is validation):
   a) six cameras, 8 scenes x 10 keyframes;
@@ -283,19 +285,27 @@ def main() -> None:
     ap.add_argument("--label", default="", help="appended to the LiMA rows' names (to tell ablations apart)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, each with 2 / jobs threads (2 jobs of 1 thread: ~1.15x the throughput of 1 job of 2)")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--render", type=Path, nargs="+", help="print the tables of earlier --json files (rows merged, same seeds) and exit")
+    ap.add_argument("--render", type=Path, nargs="+", help="print the tables of earlier --json files (rows merged, same seeds; one set of tables per student backbone) and exit")
+    ap.add_argument("--baseline", default="ScaLR-literal", help="--render: the row the paired differences are taken against (e.g. random)")
     args = ap.parse_args()
     if args.render:
-        merged: dict = {}
+        students: dict[str, dict] = {}  # the files' student backbone -> its tables, rows merged
         for f in args.render:
-            for key, res in json.loads(f.read_text())["results"].items():
+            saved = json.loads(f.read_text())
+            merged = students.setdefault(saved["args"].get("backbone", "minkunet14"), {})
+            for key, res in saved["results"].items():
                 merged.setdefault(key, {}).update(res)
-        if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points are table b's runs (same seeds)
-            b = {SWEEP_BASE: merged["b"].get("ScaLR-literal"), "6 frames": merged["b"].get("LiMA (reproject)")}
-            rows = {**{k: v for k, v in b.items() if v is not None}, **merged["c"]}
-            merged["c"] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split()[0])))
-        for key, res in merged.items():
-            print_table(WORLDS[key]["title"], res) if key in WORLDS else print_table("c) frames sweep on world b (LiMA reproject)", res, baseline=SWEEP_BASE)
+        for backbone, merged in students.items():
+            if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points are table b's runs (same seeds)
+                b = {SWEEP_BASE: merged["b"].get("ScaLR-literal"), "6 frames": merged["b"].get("LiMA (reproject)")}
+                rows = {**{k: v for k, v in b.items() if v is not None}, **merged["c"]}
+                merged["c"] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split()[0])))
+            student_note = f", student {backbone}" if len(students) > 1 else ""
+            for key, res in merged.items():
+                if key in WORLDS:
+                    print_table(WORLDS[key]["title"] + student_note, res, baseline=args.baseline)
+                else:
+                    print_table("c) frames sweep on world b (LiMA reproject)" + student_note, res, baseline=SWEEP_BASE)
         return
     args.seeds_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
     if args.quick:

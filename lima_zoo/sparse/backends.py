@@ -56,9 +56,8 @@ def check_trainable(name: str, device: torch.device) -> None:
     """Raise ValueError where ``name`` cannot compute gradients correctly on ``device`` now: spconv's
     CPU backward races with more than one torch thread (traveller59/spconv#679)."""
     check_backend(name)
-    if name == "spconv" and torch.device(device).type == "cpu" and torch.get_num_threads() > 1 and _SPCONV_CPU_GUARD[0]:
-        raise ValueError(f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
-                         f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the torch backend")
+    if name == "spconv":
+        _refuse_racy_backward(device)
 
 
 def conv3d(
@@ -191,14 +190,25 @@ def spconv_cpu_unguarded():
         _SPCONV_CPU_GUARD[0] = True
 
 
+def _spconv_races(device: torch.device) -> bool:
+    """Whether spconv would run its CPU kernels on more than one thread here: wrong, run-to-run
+    varying sums (traveller59/spconv#679), unless inside spconv_cpu_unguarded()."""
+    return torch.device(device).type == "cpu" and torch.get_num_threads() > 1 and _SPCONV_CPU_GUARD[0]
+
+
+def _refuse_racy_backward(device: torch.device) -> None:
+    if _spconv_races(device):
+        raise ValueError(f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
+                         f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the torch backend")
+
+
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device):
-    """spconv 2.3's CPU kernels give wrong, run-to-run varying sums with more than one torch thread
-    (traveller59/spconv#679), so its CPU forward runs on one (torch's count is restored after)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or not _SPCONV_CPU_GUARD[0]:
+    """spconv's CPU forward on one thread where it would race (torch's count is restored after)."""
+    if not _spconv_races(device):
         yield
         return
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
@@ -240,7 +250,7 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
         mod = _spconv_module(kind, c_in, c_out, k, dilation, key)
         inp = spconv.SparseConvTensor(feats, indices, shape, state["batch_size"], indice_dict=state["indice_dict"])
         if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad):
-            check_trainable("spconv", feats.device)  # its backward runs later, outside any thread guard
+            _refuse_racy_backward(feats.device)  # its backward runs later, outside any thread guard
         with _one_thread_on_cpu(feats.device):
             out = functional_call(mod, {"weight": weight}, (inp,))
         state["indice_dict"] = out.indice_dict

@@ -6,8 +6,7 @@ One ray-cast 32-beam street scan (~34k points), the LiMA voxelization (cylindric
 * forward: ``encoder.embed``-style eval forward to one feature per point (voxelize included);
 * train step: train-mode forward through the distillation head + backward;
 * peak RSS of one forward above the loaded model, in a fresh process per backbone;
-* with --onnx: ``embed(points)`` with PyTorch and with onnxruntime (the exported model.onnx), for
-  the backbones that export (MinkUNet, FRNet; SPVCNN is refused and shows "-").
+* with --onnx: ``embed(points)`` with PyTorch and with onnxruntime (the exported, verified model.onnx).
 
 The ratio column is each backbone's forward against MinkUNet-34's, measured in the same run.
 
@@ -74,17 +73,10 @@ def seconds(fn) -> float:
 
 
 def onnx_runners(encs: dict[str, LiMAEncoder], folder: Path, threads: int) -> dict:
-    """backbone -> OnnxEncoder of its verified export, for those that export."""
+    """backbone -> OnnxEncoder of its verified export."""
     from lima_zoo.export import OnnxEncoder, export_onnx
 
-    runners = {}
-    for b, enc in encs.items():
-        try:
-            path = export_onnx(enc, folder / b)
-        except ValueError:  # a backbone whose graph is not written (SPVCNN): the table shows "-"
-            continue
-        runners[b] = OnnxEncoder(path, enc.config, threads=threads)
-    return runners
+    return {b: OnnxEncoder(export_onnx(enc, folder / b), enc.config, threads=threads) for b, enc in encs.items()}
 
 
 def memory_probe(backbone: str, threads: int) -> None:
@@ -104,7 +96,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--onnx", action="store_true", help="also time embed() with onnxruntime for the backbones that export")
+    ap.add_argument("--onnx", action="store_true", help="also time embed() with onnxruntime (each backbone exported and verified first)")
     ap.add_argument("--memory-probe", metavar="BACKBONE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
@@ -152,8 +144,8 @@ def main() -> None:
         kind = "pixels" if b in RANGE_VIEW_BACKBONES else "voxels"
         onnx = ""
         if args.onnx:
-            e = {k: statistics.median(v) for k, v in embed[b].items()} if b in embed else None
-            onnx = f" {e['torch'] * 1e3:.0f} / {e['onnx'] * 1e3:.0f} | {e['onnx'] / e['torch']:.2f}x |" if e else " - | - |"
+            e = {k: statistics.median(v) for k, v in embed[b].items()}
+            onnx = f" {e['torch'] * 1e3:.0f} / {e['onnx'] * 1e3:.0f} | {e['onnx'] / e['torch']:.2f}x |"
         print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |" + onnx)
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["RangeImageConfig", "PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_dim", "config_from_dict",
-           "RANGE_VIEW_BACKBONES", "KITTI_RANGE_IMAGE"]  # fmt: skip
+           "RANGE_VIEW_BACKBONES", "POINT_VOXEL_BACKBONES", "KITTI_RANGE_IMAGE"]  # fmt: skip
 
 FORMAT_VERSION = 1
 
 RANGE_VIEW_BACKBONES = ("frnet18", "frnet34")  # read a range image (preprocess.range_image), not voxels
-BACKBONES = ("minkunet14", "minkunet18", "minkunet34", "spvcnn18", "spvcnn34", *RANGE_VIEW_BACKBONES)  # models/__init__.py builds each
+POINT_VOXEL_BACKBONES = ("spvcnn18", "spvcnn34")  # voxels plus every point (voxelize(..., keep_points=True))
+BACKBONES = ("minkunet14", "minkunet18", "minkunet34", *POINT_VOXEL_BACKBONES, *RANGE_VIEW_BACKBONES)  # models/__init__.py builds each
 
 
 def backbone_out_dim(width: float = 1.0) -> int:

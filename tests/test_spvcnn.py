@@ -95,12 +95,43 @@ def test_spvcnn_gradients_reach_every_parameter(small_street_points):
     check_gradients_reach_every_parameter(LiMAEncoder(SMALL), small_street_points)
 
 
-def test_onnx_export_of_spvcnn_is_refused_clearly(tmp_path):
-    pytest.importorskip("onnx")
-    from lima_zoo.export import export_onnx
+def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
+    """The point-voxel graph against the PyTorch encoder: a batch of two scans, both feature spaces,
+    non-trivial BN statistics (conv and point-MLP folding), a voxel holding 60 points (a wide sum
+    bucket); and the runner refuses a MinkUNet graph under an SPVCNN config."""
+    pytest.importorskip("onnxruntime")
+    from conftest import with_bn_statistics
+    from lima_zoo.export import OnnxEncoder, export_onnx
 
-    with pytest.raises(ValueError, match="ONNX export supports MinkUNet and FRNet backbones; this encoder is a spvcnn18, whose point branch"):
-        export_onnx(LiMAEncoder(SMALL).eval(), tmp_path)
+    torch.manual_seed(0)
+    enc = with_bn_statistics(LiMAEncoder(SMALL))
+    enc.save_pretrained(tmp_path)
+    export_onnx(enc, tmp_path)  # verifies a nuScenes-size scan itself (max abs diff <= 1e-4)
+    runner = OnnxEncoder.from_pretrained(tmp_path)
+    assert runner.point_output
+    pile = small_street_points[:1, :4] + np.random.default_rng(0).uniform(0, 0.05, (60, 4)).astype(np.float32)
+    scans = [np.concatenate([small_street_points[:3000, :4], pile]), small_street_points[3000:, :4]]
+    for space in ("backbone", "teacher"):
+        got, want = runner.embed(scans, space=space), enc.embed(scans, space=space)
+        dim = 96 // 4 if space == "backbone" else 16
+        assert [g.shape for g in got] == [w.shape for w in want] == [(3060, dim), (len(small_street_points) - 3000, dim)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+    voxel_graph = tmp_path / "voxel"
+    export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
+    (tmp_path / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())
+    with pytest.raises(ValueError, match="model.onnx: its inputs .* not this lima-zoo's spvcnn18 graph layout"):
+        OnnxEncoder.from_pretrained(tmp_path)
+
+
+def test_onnx_inputs_refuse_a_voxel_beyond_the_widest_sum():
+    """More points in one voxel than the graph's widest cell bucket: a clear error, not a wrong sum."""
+    pytest.importorskip("onnx")
+    from lima_zoo.export.onnx_spvcnn import CELL_WIDTHS, point_voxel_inputs
+
+    pile = torch.full((CELL_WIDTHS[-1] + 1, 4), 1.0)
+    with pytest.raises(ValueError, match=f"a voxel holds {CELL_WIDTHS[-1] + 1} points; the ONNX graph sums at most {CELL_WIDTHS[-1]}"):
+        point_voxel_inputs(voxelize([pile], SMALL.preprocess, keep_points=True))
 
 
 def test_converted_spvnas_checkpoint_reports_the_classifier(tmp_path):

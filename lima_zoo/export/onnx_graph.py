@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..config import RANGE_VIEW_BACKBONES
+from ..config import POINT_VOXEL_BACKBONES, RANGE_VIEW_BACKBONES
 from ..models.minkunet import BasicBlock, ConvModule, MinkUNet
 from ..sparse.nn import _folded
 
@@ -107,7 +107,8 @@ class _Graph:
 
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # (np.ascontiguousarray would turn a 0-d scalar, e.g. a Gather index that drops its axis, into shape (1,))
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr) if arr.ndim else arr, name))
         return name
 
     def ints(self, *values: int) -> str:
@@ -135,11 +136,14 @@ class _Graph:
         """Concat over offsets k != skip of x[rows[k]] @ kernel[k], plus one zero row -> (P + 1, C_out)."""
         parts = [self.op("MatMul", [self.op("Gather", [x, rows[k]], axis=0), self.tensor(kernel[k], "w")])
                  for k in range(kernel.shape[0]) if k != skip]
-        key = ("zero_row", kernel.shape[2])
+        return self.op("Concat", [*parts, self.zero_row(kernel.shape[2])], "products", axis=0)
+
+    def zero_row(self, channels: int) -> str:
+        """A shared (1, channels) float zero: the row that the sum tables' padding reads."""
+        key = ("zero_row", channels)
         if key not in self._consts:
-            self._consts[key] = self.tensor(np.zeros((1, kernel.shape[2]), np.float32), "zero_row")
-        parts.append(self._consts[key])
-        return self.op("Concat", parts, "products", axis=0)
+            self._consts[key] = self.tensor(np.zeros((1, channels), np.float32), "zero_row")
+        return self._consts[key]
 
     def bucket_sums(self, products: str, tables: str, widths: tuple[int, ...]) -> str:
         """Row sums of ``products`` picked by the per-bucket tables ``{tables}{w}``, buckets concatenated."""
@@ -176,13 +180,16 @@ class _Graph:
             out = self.op("Add", [self.op("Gather", [products, f"down{out_level}_slot"], axis=0), shift])
         return (self.op("Relu", [out]) if relu else out), out_level
 
-    def block(self, x: str, level: int, block: BasicBlock) -> str:
-        out, _ = self.conv_bn(x, level, block.conv1, block.norm1, relu=True)
-        out, _ = self.conv_bn(out, level, block.conv2, block.norm2, relu=False)
-        residual = x
-        if block.downsample is not None:
-            residual, _ = self.module(x, level, block.downsample)
+    def residual(self, x: str, level: int, first: tuple, second: tuple, shortcut: tuple | None) -> str:
+        """relu(conv-BN(relu(conv-BN(x))) + x or its conv-BN ``shortcut``): each argument a (conv, norm) pair."""
+        out, _ = self.conv_bn(x, level, *first, relu=True)
+        out, _ = self.conv_bn(out, level, *second, relu=False)
+        residual = x if shortcut is None else self.conv_bn(x, level, *shortcut, relu=False)[0]
         return self.op("Relu", [self.op("Add", [out, residual])])
+
+    def block(self, x: str, level: int, block: BasicBlock) -> str:
+        shortcut = None if block.downsample is None else (block.downsample.conv, block.downsample.norm)
+        return self.residual(x, level, (block.conv1, block.norm1), (block.conv2, block.norm2), shortcut)
 
     def module(self, x: str, level: int, module: ConvModule) -> tuple[str, int]:
         return self.conv_bn(x, level, module.conv, module.norm, relu=module.relu is not None)
@@ -252,21 +259,23 @@ def finish_model(g: _Graph, inputs: list, rows: str) -> "onnx.ModelProto":
 
 def build_onnx_model(encoder) -> "onnx.ModelProto":
     """The encoder (eval mode, BN folded) as an ONNX model; see the module docstring for the I/O
-    (FRNet's range-view graph: ``onnx_frnet.py``)."""
+    (FRNet's range-view graph: ``onnx_frnet.py``; SPVCNN's point-voxel graph: ``onnx_spvcnn.py``)."""
     from onnx import TensorProto, helper
 
-    backbone = encoder.backbone
     if encoder.config.backbone in RANGE_VIEW_BACKBONES:
         from .onnx_frnet import build_frnet_onnx
 
         return build_frnet_onnx(encoder)
-    if not isinstance(backbone, MinkUNet):
-        raise ValueError(f"ONNX export supports MinkUNet and FRNet backbones; this encoder is a {encoder.config.backbone}, whose "
-                         "point branch (trilinear voxel look-ups per point) the graph builder does not write yet. "
-                         "Export --format safetensors and embed with the torch runtime")  # fmt: skip
+    if encoder.config.backbone in POINT_VOXEL_BACKBONES:
+        from .onnx_spvcnn import build_spvcnn_onnx
+
+        return build_spvcnn_onnx(encoder)
+    if not isinstance(encoder.backbone, MinkUNet):
+        raise ValueError(f"ONNX export has no graph writer for a {type(encoder.backbone).__name__} backbone "
+                         f"({encoder.config.backbone}); export --format safetensors and embed with the torch runtime")  # fmt: skip
     g = _Graph()
     rows = g.op("Gather", ["feats", "voxel_order"], "rows", axis=0)  # into the graph's row order
-    add_head(g, encoder, g.op("Gather", [g.minkunet(rows, backbone), "voxel_rank"], "backbone", axis=0))
+    add_head(g, encoder, g.op("Gather", [g.minkunet(rows, encoder.backbone), "voxel_rank"], "backbone", axis=0))
     c_in = encoder.config.in_channels
     inputs = [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["voxels_0", c_in]),
               helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, [])]

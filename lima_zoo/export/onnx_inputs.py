@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from ..sparse import SparseTensor
+from ..sparse.tensor import CoordinateCache
 from .onnx_graph import DOWN_WIDTHS, NUM_LEVELS, SUBM_WIDTHS, input_names
 
-__all__ = ["graph_inputs", "sum_tables"]
+__all__ = ["graph_inputs", "map_inputs", "sum_tables", "inverse_permutation"]
 
 
-def _inverse(perm: np.ndarray) -> np.ndarray:
+def inverse_permutation(perm: np.ndarray) -> np.ndarray:
+    """(n,) the permutation that undoes ``perm``: inv[perm[i]] == i."""
     inv = np.empty_like(perm)
     inv[perm] = np.arange(len(perm), dtype=perm.dtype)
     return inv
@@ -60,16 +62,16 @@ def sum_tables(out_idx: np.ndarray, n_out: int, widths: tuple[int, ...]) -> tupl
     return tables, order
 
 
-def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndarray]:
-    """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
-    [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
-    cache = SparseTensor(feats.cpu(), coords.cpu()).cache
+def map_inputs(cache: CoordinateCache) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The kernel-map inputs of the five levels (every name of ``input_names()`` but feats and
+    teacher_space), built on ``cache``; and per level the rank of every original row in the graph's
+    row order ((N_l,) int64: original row r is graph row ranks[l][r])."""
     maps = cache.build_unet_maps(NUM_LEVELS)
-    arrays: dict[str, np.ndarray] = {"feats": feats.detach().cpu().float().numpy(), "teacher_space": np.array(False)}
-    ranks = []  # per level: new row id of every original row
+    arrays: dict[str, np.ndarray] = {}
+    ranks = []
     for level, (subm, _) in enumerate(maps):
         tables, order = sum_tables(subm.out_idx.numpy(), subm.n_out, SUBM_WIDTHS)
-        ranks.append(_inverse(order))
+        ranks.append(inverse_permutation(order))
         arrays.update({f"subm{level}_sum{w}": t for w, t in tables.items()})
         arrays[f"subm{level}_in"] = ranks[level][subm.in_idx.numpy()]
         arrays[f"subm{level}_bounds"] = np.asarray(subm.bounds, dtype=np.int64)
@@ -81,6 +83,14 @@ def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndar
         arrays.update({f"down{level}_sum{w}": t for w, t in tables.items()})
         arrays[f"down{level}_in"], arrays[f"down{level}_out"] = children, parents
         arrays[f"down{level}_bounds"] = np.asarray(down.bounds, dtype=np.int64)
-        arrays[f"down{level}_parents"] = _inverse(order)
-        arrays[f"down{level}_slot"] = _inverse(children)  # every fine row has exactly one parent
+        arrays[f"down{level}_parents"] = inverse_permutation(order)
+        arrays[f"down{level}_slot"] = inverse_permutation(children)  # every fine row has exactly one parent
+    return arrays, ranks
+
+
+def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndarray]:
+    """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
+    [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
+    arrays, _ = map_inputs(SparseTensor(feats.cpu(), coords.cpu()).cache)
+    arrays.update(feats=feats.detach().cpu().float().numpy(), teacher_space=np.array(False))
     return {name: arrays[name] for name in input_names()}

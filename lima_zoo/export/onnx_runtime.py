@@ -1,8 +1,9 @@
 """Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
 
 The documented pre-processing step of this runtime is, for FRNet, the range projection
-(:func:`~lima_zoo.export.onnx_frnet.range_feeds` lays one scan's points and pixels out), and for
-the voxel nets :func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
+(:func:`~lima_zoo.export.onnx_frnet.range_feeds` lays one scan's points and pixels out), for SPVCNN
+:func:`~lima_zoo.export.onnx_spvcnn.point_voxel_inputs` (the voxel maps below plus each point's voxel
+look-ups), and for MinkUNet :func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
 kernel maps of the five levels with the engine's own map builder (``lima_zoo.sparse``) and lay them
 out as the graph's index inputs. Those index arrays, not raw coordinates, are what the graph takes
 (see ``onnx_graph.py`` for why). Everything after that — every convolution, the skip connections
@@ -20,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import POINT_VOXEL_BACKBONES
 from ..features import FeatureExtractor, read_config
 from ..voxelize import Voxels
 from .onnx_frnet import RANGE_INPUT_NAMES, range_feeds
 from .onnx_graph import input_names
 from .onnx_inputs import graph_inputs
+from .onnx_spvcnn import POINT_VOXEL_INPUT_NAMES, point_voxel_inputs
 
 __all__ = ["OnnxEncoder"]
 
@@ -56,9 +59,15 @@ class OnnxEncoder(FeatureExtractor):
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ValueError(f"{self.path}: onnxruntime cannot load this model ({type(e).__name__}: {e})") from None
-        # a range-view model runs FRNet's graph (points in, points out), the others the sparse voxel graph
-        self.point_output = config.preprocess.range_image is not None
-        expected = RANGE_INPUT_NAMES if self.point_output else input_names()
+        # the graph layout and its pre-processing step: FRNet's range view (one scan per run), SPVCNN's
+        # point-voxel graph or the voxel graph (a whole batch per run)
+        if config.preprocess.range_image is not None:
+            expected, self._feeds = RANGE_INPUT_NAMES, range_feeds
+        elif config.backbone in POINT_VOXEL_BACKBONES:
+            expected, self._feeds = POINT_VOXEL_INPUT_NAMES, lambda vox: [point_voxel_inputs(vox)]
+        else:
+            expected, self._feeds = input_names(), lambda vox: [graph_inputs(vox.feats, vox.coords)]
+        self.point_output = expected != input_names()  # only the voxel graph's rows are voxels
         got = [i.name for i in self.session.get_inputs()]
         if got != expected:
             raise ValueError(f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's {config.backbone} graph layout "
@@ -91,9 +100,8 @@ class OnnxEncoder(FeatureExtractor):
         return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
 
     def feature_rows(self, vox: Voxels, space: str) -> torch.Tensor:
-        if self.point_output:  # FRNet's graph takes one scan per run
-            return torch.from_numpy(np.concatenate([self.run(feeds, space) for feeds in range_feeds(vox)]))
-        return torch.from_numpy(self.run(graph_inputs(vox.feats, vox.coords), space))
+        rows = [self.run(feeds, space) for feeds in self._feeds(vox)]
+        return torch.from_numpy(rows[0] if len(rows) == 1 else np.concatenate(rows))
 
     def __repr__(self) -> str:
         return f"OnnxEncoder({self.path}, providers={self.providers}, config={json.dumps(self.config.to_dict())[:80]}...)"

@@ -21,7 +21,7 @@ import torch
 
 from .tensor import SparseTensor
 
-__all__ = ["PointFeatures", "voxelize_mean", "devoxelize"]
+__all__ = ["PointFeatures", "voxelize_mean", "devoxelize", "voxel_rows", "corner_rows"]
 
 _CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.int64)
 
@@ -64,7 +64,9 @@ def voxelize_mean(points: PointFeatures, x: SparseTensor) -> SparseTensor:
     return SparseTensor.derived(total / count[:, None], x)
 
 
-def _corners(points: PointFeatures, x: SparseTensor) -> tuple[torch.Tensor, torch.Tensor]:
+def corner_rows(points: PointFeatures, x: SparseTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's 8 surrounding voxel rows of ``x`` (N, 8) int64 (absent: 0) and trilinear weights
+    (N, 8) float32 (absent: 0, the rest renormalised to sum to 1); cached per stride."""
     key = ("corners", x.stride)
     if key not in points.cache:
         cells, pos = _level_cells(points.grid, x.stride)
@@ -83,7 +85,7 @@ def _corners(points: PointFeatures, x: SparseTensor) -> tuple[torch.Tensor, torc
 
 def devoxelize(x: SparseTensor, points: PointFeatures) -> torch.Tensor:
     """(N, C) features of ``x`` read at every point: trilinear over the 8 surrounding voxels."""
-    rows, weights = _corners(points, x)
+    rows, weights = corner_rows(points, x)
     weights = weights.to(x.feats.dtype)
     out = x.feats[rows[:, 0]] * weights[:, :1]
     for k in range(1, 8):  # one corner at a time, accumulated in place: (N, C) of memory, not (N, 8, C)

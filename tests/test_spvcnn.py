@@ -102,6 +102,7 @@ def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
     pytest.importorskip("onnxruntime")
     from conftest import with_bn_statistics
     from lima_zoo.export import OnnxEncoder, export_onnx
+    from lima_zoo.export.card import render_card
 
     torch.manual_seed(0)
     enc = with_bn_statistics(LiMAEncoder(SMALL))
@@ -117,6 +118,7 @@ def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
         assert [g.shape for g in got] == [w.shape for w in want] == [(3060, dim), (len(small_street_points) - 3000, dim)]
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+    assert "onnx_spvcnn.point_voxel_inputs" in render_card(tmp_path, "lima-zoo/vit-b-spvcnn", "vit-b-spvcnn")  # the card names its inputs
     voxel_graph = tmp_path / "voxel"
     export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
     (tmp_path / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import POINT_VOXEL_BACKBONES
 from ..encoder import read_config
 from ..models import parameter_count
 
@@ -107,14 +108,19 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",
         grid_kind="range image" if pre.range_image else "voxelization",
-        onnx_inputs=("Its inputs are one scan's points, their pixels and the occupied pixels, which the lima-zoo runtime lays out "
-                     "(`lima_zoo.export.onnx_frnet.range_feeds`); it runs one scan per call.") if pre.range_image else
-                    "Its inputs are the voxel features and the kernel maps, which the lima-zoo runtime builds (`lima_zoo.export.graph_inputs`).",
+        onnx_inputs=_ONNX_INPUTS["range" if pre.range_image else "point_voxel" if config.backbone in POINT_VOXEL_BACKBONES else "voxel"],
         grid=_grid_text(pre),
     )
     return str(card)
 
 
+_ONNX_INPUTS = {  # what each graph layout takes, for the card
+    "range": "Its inputs are one scan's points, their pixels and the occupied pixels, which the lima-zoo runtime lays out "
+             "(`lima_zoo.export.onnx_frnet.range_feeds`); it runs one scan per call.",
+    "point_voxel": "Its inputs are the points, the kernel maps and each point's voxel look-ups, which the lima-zoo runtime "
+                   "builds (`lima_zoo.export.onnx_spvcnn.point_voxel_inputs`).",
+    "voxel": "Its inputs are the voxel features and the kernel maps, which the lima-zoo runtime builds (`lima_zoo.export.graph_inputs`).",
+}  # fmt: skip
 _FAMILIES = {"minkunet": "torchsparse-lineage MinkUNet", "spvcnn": "SPVNAS-lineage point-voxel SPVCNN", "frnet": "range-view FRNet"}
 
 

@@ -11,7 +11,7 @@ import torch
 from lima_zoo.sparse import SparseTensor, fused
 from lima_zoo.sparse.functional import sparse_conv
 
-from conftest import num_threads, random_sparse
+from conftest import num_threads, random_sparse, with_bn_statistics
 
 HAVE_TOOLCHAIN = shutil.which("ninja") is not None and (shutil.which("c++") or shutil.which("g++")) is not None
 
@@ -158,9 +158,11 @@ def test_without_a_compiler_auto_falls_back_once_and_fused_says_why(kernel, monk
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_inference_epilogue_residual_relu_matches_separate_passes(built, kernel, grad):
-    """Under inference the fused pass adds the residual and applies ReLU per block; with autograd
-    (or on the pure path) they run after the conv. Same numbers either way."""
+@pytest.mark.parametrize("scaled", [False, True])
+def test_inference_epilogue_residual_relu_matches_separate_passes(built, kernel, grad, scaled):
+    """Under inference the fused pass scales (an eval-mode BN's per-channel scale), adds the bias and
+    the residual and applies ReLU per block; with autograd (or on the pure path) the kernel is
+    scaled first and the rest runs after the conv. Same numbers either way."""
     from lima_zoo.sparse.backends import conv3d
 
     feats, coords = random_sparse(grid=9, density=0.3, channels=4, seed=6)
@@ -168,11 +170,12 @@ def test_inference_epilogue_residual_relu_matches_separate_passes(built, kernel,
     g = torch.Generator().manual_seed(7)
     w, b = torch.randn(27, 4, 6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
     res = x.replace_feats(torch.randn(len(coords), 6, generator=g, dtype=torch.float64))
+    scale = torch.rand(6, generator=g, dtype=torch.float64) + 0.5 if scaled else None
     kernel("torch")
-    ref = torch.relu(conv3d(x, w, b, 3, 1, 1, False).feats + res.feats)
+    ref = torch.relu(conv3d(x, w if scale is None else w * scale, b, 3, 1, 1, False).feats + res.feats)
     kernel("fused")
     with torch.set_grad_enabled(grad):
-        got = conv3d(x, w, b, 3, 1, 1, False, residual=res, relu=True).feats
+        got = conv3d(x, w, b, 3, 1, 1, False, residual=res, relu=True, scale=scale).feats
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     assert (got == 0).any() and not torch.equal(res.feats, got)  # ReLU clipped, the residual is untouched
 
@@ -184,7 +187,7 @@ def test_minkunet_eval_forward_fused_matches_pure(built, kernel, small_street_po
 
     vox = voxelize([torch.from_numpy(small_street_points)], PreprocessConfig())
     torch.manual_seed(0)
-    net = MinkUNet("minkunet18").eval()
+    net = with_bn_statistics(MinkUNet("minkunet18"))  # eval mode, BN not the identity: its scale is applied per block
     outs = []
     for mode in ("torch", "fused"):
         kernel(mode)

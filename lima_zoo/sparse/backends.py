@@ -72,15 +72,20 @@ def conv3d(
     *,
     residual: SparseTensor | None = None,
     relu: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> SparseTensor:
-    """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out); see ``nn.Conv3d`` for the kinds.
-    Then ``+ residual`` (a tensor on the output's coordinates) and ReLU if asked: on the fused CPU
-    kernel under inference these run inside the conv's own pass, elsewhere right after it."""
+    """Sparse conv of ``x`` with ``kernel`` (K, C_in, C_out) (times ``scale`` (C_out,) per output
+    channel, e.g. a folded eval-mode BatchNorm's); see ``nn.Conv3d`` for the kinds. Then
+    ``+ residual`` (a tensor on the output's coordinates) and ReLU if asked: on the fused CPU kernel
+    under inference the scale, bias, residual and ReLU run inside the conv's own pass, elsewhere
+    the kernel is scaled first and the rest runs right after the conv."""
+    if backend == "torch" and kernel_size != 1:
+        return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual, relu, scale)
+    if scale is not None:
+        kernel = kernel * scale
     if kernel_size == 1:  # 1x1x1: a plain linear map, any backend
         feats = x.feats @ kernel[0] if bias is None else torch.addmm(bias, x.feats, kernel[0])
         return x.replace_feats(epilogue(feats, _feats(residual), relu))
-    if backend == "torch":
-        return _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual, relu)
     if backend in ("spconv", "torchsparse"):
         run = _spconv_conv if backend == "spconv" else _torchsparse_conv
         out = run(x, kernel, kernel_size, stride, dilation, transposed)
@@ -105,9 +110,9 @@ def _out_stride(x: SparseTensor, stride: int, transposed: bool) -> int:
     return _fine_stride(x) if transposed else 2 * x.stride
 
 
-def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False) -> SparseTensor:
+def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False, scale=None) -> SparseTensor:
     kmap = kernel_map(x, kernel_size, stride, dilation, transposed)
-    feats = sparse_conv(x.feats, kernel, kmap, bias, _feats(residual), relu)
+    feats = sparse_conv(x.feats, kernel, kmap, bias, _feats(residual), relu, scale)
     return SparseTensor.derived(feats, x, stride=_out_stride(x, stride, transposed))
 
 

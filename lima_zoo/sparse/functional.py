@@ -147,20 +147,24 @@ def sparse_conv(
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply a kernel map.  x: (n_in, C_in) float; weight: (K, C_in, C_out); bias: (C_out,) or
-    None -> (n_out, C_out), then ``+ residual`` (n_out, C_out) and ReLU if asked: on the fused CPU
-    kernel under inference inside the conv's own pass, elsewhere right after it."""
+    """Apply a kernel map.  x: (n_in, C_in) float; weight: (K, C_in, C_out), times ``scale`` (C_out,)
+    per output channel if given; bias: (C_out,) or None -> (n_out, C_out), then ``+ residual``
+    (n_out, C_out) and ReLU if asked: on the fused CPU kernel under inference inside the conv's own
+    pass, elsewhere right after it (the kernel scaled first)."""
     if weight.dim() != 3 or weight.shape[0] != kmap.volume or weight.shape[1] != x.shape[1]:
         raise ValueError(
             f"weight shape {tuple(weight.shape)} does not fit a {kmap.volume}-offset map on {x.shape[1]} channels"
         )
     if x.shape[0] != kmap.n_in:
         raise ValueError(f"features have {x.shape[0]} rows, kernel map expects {kmap.n_in}")
-    if (residual is not None or relu) and not torch.is_grad_enabled() and fused.uses_fused(x):
-        # One pass per block: pairs, bias, residual and ReLU while the block's rows are in cache.
+    if (residual is not None or relu or scale is not None) and not torch.is_grad_enabled() and fused.uses_fused(x):
+        # One pass per block: pairs, scale, bias, residual and ReLU while the block's rows are in cache.
         res = None if residual is None else residual.contiguous()
-        return fused.apply_map(x.contiguous(), weight.contiguous(), kmap, False, bias, res, relu)
+        return fused.apply_map(x.contiguous(), weight.contiguous(), kmap, False, bias, res, relu, scale)
+    if scale is not None:
+        weight = weight * scale
     return epilogue(_SparseConvFunction.apply(x.contiguous(), weight.contiguous(), bias, kmap), residual, relu)
 
 

@@ -151,15 +151,16 @@ def apply_map(
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """out (n_out, C_out) = bias + sum over pairs of x[i] @ W[k] (or W[k].T), then (+ residual
-    (n_out, C_out)) and ReLU if asked: an inference epilogue, applied while each block is in cache
-    (no autograd through it).  x: (n_in, C_in)."""
+    """out (n_out, C_out) = bias + sum over pairs of x[i] @ W[k] (or W[k].T) (with ``scale`` (C_out,):
+    scale * sum + bias), then (+ residual (n_out, C_out)) and ReLU if asked: an inference epilogue,
+    applied while each block is in cache (no autograd through it).  x: (n_in, C_in)."""
     c_in, c_out = (weight.shape[2], weight.shape[1]) if transpose_weight else (weight.shape[1], weight.shape[2])
     rows = _tile_rows(c_in, c_out)
     in_idx, out_idx, starts = _plan(kmap, rows)
     identity = -1 if kmap.identity is None else kmap.identity
-    return fused_module().apply_map(x, weight, in_idx, out_idx, starts, identity, bias, residual, relu, transpose_weight, kmap.n_out, rows)
+    return fused_module().apply_map(x, weight, in_idx, out_idx, starts, identity, scale, bias, residual, relu, transpose_weight, kmap.n_out, rows)
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

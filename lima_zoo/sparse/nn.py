@@ -87,13 +87,22 @@ def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual
     if norm.training:
         out = norm(conv(x))
         return out.replace_feats(epilogue(out.feats, None if residual is None else residual.feats, relu))
-    kernel, shift = _folded(conv, norm)
-    return conv3d(x, kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend, residual=residual, relu=relu)
+    scale, shift = bn_affine(conv, norm)
+    return conv3d(x, conv.kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend,
+                  residual=residual, relu=relu, scale=scale)  # fmt: skip
 
 
 def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kernel * scale, shift) of conv followed by eval-mode BN. Recomputed per call (~5% of a
-    forward): caching it would keep a second copy of every weight in memory."""
+    """(kernel * scale, shift): conv followed by eval-mode BN as one conv (for graph exporters)."""
+    scale, shift = bn_affine(conv, norm)
+    return conv.kernel * scale, shift
+
+
+def bn_affine(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (C_out,): conv followed by eval-mode BN is ``scale * conv_nobias(x) + shift``.
+    The kernel itself is not scaled here: the fused CPU kernel applies the scale to each output
+    block in cache, and a scaled copy of every kernel per forward cost ~5% of it (other paths scale
+    the kernel when they run; caching a scaled copy would double the weights' memory)."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
@@ -102,7 +111,7 @@ def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
         shift = shift + norm.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    return conv.kernel * scale, shift
+    return scale, shift
 
 
 def cat(tensors: list[SparseTensor]) -> SparseTensor:

@@ -94,17 +94,31 @@ LIMA_CLONES void scatter_add(double* out, const int64_t* rows, const double* src
 
 template <typename T>
 void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t* out_idx, const int64_t* starts,
-                    int64_t K, int64_t identity, const T* bias, const T* residual, bool relu, bool transpose_weight,
+                    int64_t K, int64_t identity, const T* scale, const T* bias, const T* residual, bool relu, bool transpose_weight,
                     int64_t c_in, int64_t c_out, int64_t n_out, int64_t block_rows, int64_t n_blocks, T* out) {
   // W[k] is (c_in, c_out) row-major, or (c_out, c_in) when transpose_weight (we then multiply by W[k]^T).
   const char tb = transpose_weight ? 'T' : 'N';
   const int ldb = static_cast<int>(transpose_weight ? c_in : c_out);
   const int64_t w_stride = c_in * c_out;
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+  // Blocks differ in cost (pairs per block) and the deep levels have few of them, so threads take
+  // blocks one at a time (dynamic schedule); which thread runs a block does not change its sums.
+  std::exception_ptr error;
+#pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_blocks)))
+  {
     OneBlasThread one;
-    Scratch<T> gathered(static_cast<size_t>(block_rows * c_in));
-    Scratch<T> products(static_cast<size_t>(block_rows * c_out));
-    for (int64_t b = b0; b < b1; ++b) {
+    std::unique_ptr<Scratch<T>> gathered_, products_;
+    try {
+      gathered_ = std::make_unique<Scratch<T>>(static_cast<size_t>(block_rows * c_in));
+      products_ = std::make_unique<Scratch<T>>(static_cast<size_t>(block_rows * c_out));
+    } catch (...) {
+#pragma omp critical
+      error = std::current_exception();
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      if (!gathered_ || !products_) continue;
+      T* gbuf = gathered_->ptr;
+      T* pbuf = products_->ptr;
       const int64_t r0 = b * block_rows;
       const int64_t rows = std::min(block_rows, n_out - r0);
       T* o = out + r0 * c_out;
@@ -114,7 +128,7 @@ void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t
       } else {
         std::memset(o, 0, sizeof(T) * rows * c_out);
       }
-      if (bias != nullptr) {
+      if (bias != nullptr && scale == nullptr) {
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = 0; c < c_out; ++c) o[r * c_out + c] += bias[c];
       }
@@ -122,22 +136,28 @@ void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t
         const int64_t s = starts[k * (n_blocks + 1) + b], e = starts[k * (n_blocks + 1) + b + 1];
         const int64_t m = e - s;
         if (m <= 0 || k == identity) continue;
-        T* g = gathered.ptr;
-        for (int64_t p = 0; p < m; ++p) std::memcpy(g + p * c_in, x + in_idx[s + p] * c_in, sizeof(T) * c_in);
+        for (int64_t p = 0; p < m; ++p) std::memcpy(gbuf + p * c_in, x + in_idx[s + p] * c_in, sizeof(T) * c_in);
         gemm(tb, 'N', static_cast<int>(c_out), static_cast<int>(m), static_cast<int>(c_in), T(1), w + k * w_stride, ldb,
-             g, static_cast<int>(c_in), T(0), products.ptr, static_cast<int>(c_out));
-        scatter_add(out, out_idx + s, products.ptr, m, c_out);
+             gbuf, static_cast<int>(c_in), T(0), pbuf, static_cast<int>(c_out));
+        scatter_add(out, out_idx + s, pbuf, m, c_out);
       }
-      // Epilogue while the block is still in cache (inference): + residual, then ReLU.
-      if (residual != nullptr || relu) {
+      // Epilogue while the block is still in cache (inference): * scale + bias (an eval-mode
+      // BatchNorm, so its scale need not be folded into a copy of the kernel), + residual, ReLU.
+      if (scale != nullptr || residual != nullptr || relu) {
         const T* res = residual != nullptr ? residual + r0 * c_out : nullptr;
-        for (int64_t i = 0; i < rows * c_out; ++i) {
-          T v = res != nullptr ? o[i] + res[i] : o[i];
-          o[i] = relu && v < T(0) ? T(0) : v;
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = 0; c < c_out; ++c) {
+            const int64_t i = r * c_out + c;
+            T v = o[i];
+            if (scale != nullptr) v = v * scale[c] + (bias != nullptr ? bias[c] : T(0));
+            if (res != nullptr) v += res[i];
+            o[i] = relu && v < T(0) ? T(0) : v;
+          }
         }
       }
     }
-  });
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 template <typename T>
@@ -207,14 +227,15 @@ void check_common(const torch::Tensor& x, const torch::Tensor& w, const torch::T
 
 }  // namespace
 
-// out (n_out, C_out) = bias + x[rows] @ W[identity] + sum_k sum_{pairs of k} x[in] @ op(W[k]),
-// then optionally + residual (n_out, C_out) and ReLU (an inference epilogue: no gradient for these).
+// out (n_out, C_out) = bias + x[rows] @ W[identity] + sum_k sum_{pairs of k} x[in] @ op(W[k]) (with scale:
+// scale * (that sum) + bias), then optionally + residual (n_out, C_out) and ReLU (an inference
+// epilogue: no gradient for these).
 // starts: (K, n_blocks + 1) int64, the pairs of offset k whose output row lies in block b are
 // [starts[k, b], starts[k, b + 1]); within one (k, b) no output row repeats.
 torch::Tensor apply_map(torch::Tensor x, torch::Tensor weight, torch::Tensor in_idx, torch::Tensor out_idx,
-                        torch::Tensor starts, int64_t identity, c10::optional<torch::Tensor> bias,
-                        c10::optional<torch::Tensor> residual, bool relu, bool transpose_weight, int64_t n_out,
-                        int64_t block_rows) {
+                        torch::Tensor starts, int64_t identity, c10::optional<torch::Tensor> scale,
+                        c10::optional<torch::Tensor> bias, c10::optional<torch::Tensor> residual, bool relu,
+                        bool transpose_weight, int64_t n_out, int64_t block_rows) {
   check_common(x, weight, in_idx, out_idx);
   const int64_t K = weight.size(0);
   const int64_t c_in = transpose_weight ? weight.size(2) : weight.size(1);
@@ -233,6 +254,11 @@ torch::Tensor apply_map(torch::Tensor x, torch::Tensor weight, torch::Tensor in_
     b = bias->contiguous();
     TORCH_CHECK(b.numel() == c_out && b.scalar_type() == x.scalar_type(), "bias must be (C_out,) of the features' dtype");
   }
+  torch::Tensor sc;
+  if (scale.has_value() && scale->defined()) {
+    sc = scale->contiguous();
+    TORCH_CHECK(sc.numel() == c_out && sc.scalar_type() == x.scalar_type(), "scale must be (C_out,) of the features' dtype");
+  }
   torch::Tensor res;
   if (residual.has_value() && residual->defined()) {
     res = residual->contiguous();
@@ -242,7 +268,7 @@ torch::Tensor apply_map(torch::Tensor x, torch::Tensor weight, torch::Tensor in_
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lima_fused_apply_map", [&] {
     apply_map_impl<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), in_idx.data_ptr<int64_t>(),
                              out_idx.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), K, identity,
-                             b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                             sc.defined() ? sc.data_ptr<scalar_t>() : nullptr, b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                              res.defined() ? res.data_ptr<scalar_t>() : nullptr, relu, transpose_weight, c_in, c_out,
                              n_out, block_rows, n_blocks, out.data_ptr<scalar_t>());
   });

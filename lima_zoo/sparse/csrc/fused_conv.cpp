@@ -4,12 +4,14 @@
 // rows into a buffer, one mm per kernel offset, and an index_add_ into the output. Here the three
 // happen per tile while the tile is in cache:
 //
-//   apply_map:   output rows are cut into fixed blocks; one task per block. For each offset k the
+//   apply_map:   output rows are cut into fixed blocks, which the threads take one at a time
+//                (dynamic schedule: blocks differ in cost). For each offset k the
 //                block's pairs (at most one per output row, so no two pairs of a tile share an
 //                output row) are copied into a thread-local buffer, multiplied by W[k] with one
 //                small single-threaded GEMM, and added into the output rows. Each output row is
 //                owned by one task, so there are no atomics, and its sum runs in a fixed order
-//                (centre offset first, then k = 0..K-1).
+//                (centre offset first, then k = 0..K-1). Under inference the block's epilogue applies
+//                an eval-mode BatchNorm's per-channel scale and shift, a residual and ReLU in cache.
 //   weight_grad: one task per offset; dW[k] accumulates its tiles of pairs in a fixed order.
 //
 // Blocks and tiles depend only on the map and the channel counts, never on the number of threads,

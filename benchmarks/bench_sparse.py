@@ -97,10 +97,8 @@ def gemm_sizes(shapes, per_offset: bool) -> list[tuple[int, int, int]]:
     return [(p, ci, co) for ps, ci, co in shapes for p in (ps if per_offset else [sum(ps)]) if p]
 
 
-def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
-    """Time of dense torch.mm doing ``gemm_sizes(shapes, per_offset)``, summed (median)."""
-    sizes = gemm_sizes(shapes, per_offset)
-    mats = [(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in sizes]
+def mm_seconds(mats: list[tuple[torch.Tensor, torch.Tensor]], repeats: int) -> float:
+    """Median over ``repeats`` of one torch.mm per (A, B) pair, all of them in a row."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -108,6 +106,11 @@ def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
             torch.mm(a, b)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
+    """Time of dense torch.mm doing ``gemm_sizes(shapes, per_offset)``, summed (median)."""
+    return mm_seconds([(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in gemm_sizes(shapes, per_offset)], repeats)
 
 
 def backward_gemm_seconds(shapes, repeats: int) -> float:
@@ -119,13 +122,7 @@ def backward_gemm_seconds(shapes, repeats: int) -> float:
     for layer, (ps, ci, co) in enumerate(shapes):
         mats = [(torch.randn(p, co), torch.randn(co, ci)) for p in ps if p and layer > 0]
         mats += [(torch.randn(ci, p), torch.randn(p, co)) for p in ps if p]
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for a, b in mats:
-                torch.mm(a, b)
-            times.append(time.perf_counter() - start)
-        total += statistics.median(times)
+        total += mm_seconds(mats, repeats)
     return total
 
 

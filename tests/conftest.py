@@ -107,3 +107,29 @@ def check_gradients_reach_every_parameter(enc, pts: np.ndarray) -> None:
     rows.square().sum().backward()
     dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
     assert not dead, dead
+
+
+def check_onnx_point_runner(enc, folder, scans: list[np.ndarray]) -> None:
+    """What every point-output backbone's ONNX export (SPVCNN, FRNet) must do: ``enc`` (eval mode)
+    saved and exported to ``folder`` (the export verifies a nuScenes-size scan itself, max abs diff
+    <= 1e-4); the onnxruntime runner gives one row per point of each scan of the batch ``scans``,
+    equal to PyTorch's to 1e-4 in both feature spaces; and a MinkUNet graph under this config is
+    refused, naming the layout."""
+    from lima_zoo import LiMAEncoder
+    from lima_zoo.config import EncoderConfig
+    from lima_zoo.export import OnnxEncoder, export_onnx
+
+    enc.save_pretrained(folder)
+    export_onnx(enc, folder)
+    runner = OnnxEncoder.from_pretrained(folder)
+    assert runner.point_output
+    for space, dim in (("backbone", enc.config.out_dim), ("teacher", enc.config.head_dim)):
+        got, want = runner.embed(scans, space=space), enc.embed(scans, space=space)
+        assert [g.shape for g in got] == [w.shape for w in want] == [(len(s), dim) for s in scans]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+    voxel_graph = folder / "voxel"
+    export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
+    (folder / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())
+    with pytest.raises(ValueError, match=f"model.onnx: its inputs .* not this lima-zoo's {enc.config.backbone} graph layout"):
+        OnnxEncoder.from_pretrained(folder)

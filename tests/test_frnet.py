@@ -135,24 +135,8 @@ def test_onnx_export_of_frnet_matches_pytorch_scan_by_scan(tmp_path, small_stree
     """The traced range-view graph (one scan per run) against the PyTorch encoder: a batch of two
     scans, both feature spaces, non-trivial BN statistics; and the runner refuses a voxel graph."""
     pytest.importorskip("onnxruntime")
-    from conftest import with_bn_statistics
-    from lima_zoo.export import OnnxEncoder, export_onnx
+    from conftest import check_onnx_point_runner, with_bn_statistics
 
     torch.manual_seed(0)
     enc = with_bn_statistics(LiMAEncoder(SMALL))
-    enc.save_pretrained(tmp_path)
-    export_onnx(enc, tmp_path)  # verifies a nuScenes-size scan itself (max abs diff <= 1e-4)
-    runner = OnnxEncoder.from_pretrained(tmp_path)
-    assert runner.point_output
-    scans = [small_street_points[:3000, :4], small_street_points[3000:, :4]]
-    for space in ("backbone", "teacher"):
-        got, want = runner.embed(scans, space=space), enc.embed(scans, space=space)
-        dim = 96 // 4 if space == "backbone" else 16
-        assert [g.shape for g in got] == [w.shape for w in want] == [(3000, dim), (len(small_street_points) - 3000, dim)]
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
-    voxel_graph = tmp_path / "voxel"
-    export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
-    (tmp_path / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())
-    with pytest.raises(ValueError, match="model.onnx: its inputs .* not this lima-zoo's frnet18 graph layout"):
-        OnnxEncoder.from_pretrained(tmp_path)
+    check_onnx_point_runner(enc, tmp_path, [small_street_points[:3000, :4], small_street_points[3000:, :4]])

@@ -98,32 +98,16 @@ def test_spvcnn_gradients_reach_every_parameter(small_street_points):
 def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
     """The point-voxel graph against the PyTorch encoder: a batch of two scans, both feature spaces,
     non-trivial BN statistics (conv and point-MLP folding), a voxel holding 60 points (a wide sum
-    bucket); and the runner refuses a MinkUNet graph under an SPVCNN config."""
+    bucket); the runner refuses a MinkUNet graph under an SPVCNN config; the card names the inputs."""
     pytest.importorskip("onnxruntime")
-    from conftest import with_bn_statistics
-    from lima_zoo.export import OnnxEncoder, export_onnx
+    from conftest import check_onnx_point_runner, with_bn_statistics
     from lima_zoo.export.card import render_card
 
     torch.manual_seed(0)
     enc = with_bn_statistics(LiMAEncoder(SMALL))
-    enc.save_pretrained(tmp_path)
-    export_onnx(enc, tmp_path)  # verifies a nuScenes-size scan itself (max abs diff <= 1e-4)
-    runner = OnnxEncoder.from_pretrained(tmp_path)
-    assert runner.point_output
     pile = small_street_points[:1, :4] + np.random.default_rng(0).uniform(0, 0.05, (60, 4)).astype(np.float32)
-    scans = [np.concatenate([small_street_points[:3000, :4], pile]), small_street_points[3000:, :4]]
-    for space in ("backbone", "teacher"):
-        got, want = runner.embed(scans, space=space), enc.embed(scans, space=space)
-        dim = 96 // 4 if space == "backbone" else 16
-        assert [g.shape for g in got] == [w.shape for w in want] == [(3060, dim), (len(small_street_points) - 3000, dim)]
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
-    assert "onnx_spvcnn.point_voxel_inputs" in render_card(tmp_path, "lima-zoo/vit-b-spvcnn", "vit-b-spvcnn")  # the card names its inputs
-    voxel_graph = tmp_path / "voxel"
-    export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
-    (tmp_path / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())
-    with pytest.raises(ValueError, match="model.onnx: its inputs .* not this lima-zoo's spvcnn18 graph layout"):
-        OnnxEncoder.from_pretrained(tmp_path)
+    check_onnx_point_runner(enc, tmp_path, [np.concatenate([small_street_points[:3000, :4], pile]), small_street_points[3000:, :4]])
+    assert "onnx_spvcnn.point_voxel_inputs" in render_card(tmp_path, "lima-zoo/vit-b-spvcnn", "vit-b-spvcnn")  # from config.json
 
 
 def test_onnx_inputs_refuse_a_voxel_beyond_the_widest_sum():

@@ -36,6 +36,7 @@ import torch
 
 from ..models.spvcnn import SPVCNN
 from ..sparse import SparseTensor
+from ..sparse.nn import bn_affine
 from ..sparse.points import PointFeatures, corner_rows, voxel_rows
 from ..voxelize import Voxels
 from .onnx_graph import DOWN_WIDTHS, SUBM_WIDTHS, _Graph, _index_shape, add_head, finish_model, input_names
@@ -89,9 +90,8 @@ class _PointVoxelGraph(_Graph):
     def point_mlp(self, points: str, mlp: torch.nn.Sequential) -> str:
         """Linear -> BatchNorm1d (eval, folded into the Linear) -> ReLU on (N, C) points."""
         linear, norm = mlp[0], mlp[1]
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        weight = (linear.weight.t() * scale).detach()
-        bias = ((linear.bias - norm.running_mean) * scale + norm.bias).detach()
+        scale, shift = bn_affine(linear, norm)
+        weight, bias = (linear.weight.t() * scale).detach(), shift.detach()
         return self.op("Relu", [self.op("Add", [self.op("MatMul", [points, self.tensor(weight, "w")]), self.tensor(bias, "b")])])
 
     def stage(self, x: str, level: int, stage: torch.nn.Sequential) -> tuple[str, int]:

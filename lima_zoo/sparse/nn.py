@@ -98,8 +98,9 @@ def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return conv.kernel * scale, shift
 
 
-def bn_affine(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (C_out,): conv followed by eval-mode BN is ``scale * conv_nobias(x) + shift``.
+def bn_affine(conv: Conv3d | nn.Linear, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (C_out,): conv (or a Linear) followed by eval-mode BN is
+    ``scale * conv_nobias(x) + shift``.
     The kernel itself is not scaled here: the fused CPU kernel applies the scale to each output
     block in cache, and a scaled copy of every kernel per forward cost ~5% of it (other paths scale
     the kernel when they run; caching a scaled copy would double the weights' memory)."""

@@ -63,6 +63,28 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
+// A thread's two tile buffers (rows x c_a and rows x c_b), made inside an OpenMP region. An
+// allocation failure must not throw out of the region: it is kept in `error` (rethrown after the
+// region by the caller) and the pointers stay null, so the thread skips every task.
+template <typename T>
+struct TileBuffers {
+  std::unique_ptr<Scratch<T>> a_, b_;
+  T* a = nullptr;
+  T* b = nullptr;
+  TileBuffers(int64_t rows, int64_t c_a, int64_t c_b, std::exception_ptr& error) {
+    try {
+      a_ = std::make_unique<Scratch<T>>(static_cast<size_t>(rows * c_a));
+      b_ = std::make_unique<Scratch<T>>(static_cast<size_t>(rows * c_b));
+      a = a_->ptr;
+      b = b_->ptr;
+    } catch (...) {
+#pragma omp critical
+      error = std::current_exception();
+    }
+  }
+  bool ok() const { return a != nullptr && b != nullptr; }
+};
+
 // One BLAS thread inside our parallel region (restored when the task ends).
 struct OneBlasThread {
   int previous;
@@ -108,19 +130,12 @@ void apply_map_impl(const T* x, const T* w, const int64_t* in_idx, const int64_t
 #pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_blocks)))
   {
     OneBlasThread one;
-    std::unique_ptr<Scratch<T>> gathered_, products_;
-    try {
-      gathered_ = std::make_unique<Scratch<T>>(static_cast<size_t>(block_rows * c_in));
-      products_ = std::make_unique<Scratch<T>>(static_cast<size_t>(block_rows * c_out));
-    } catch (...) {
-#pragma omp critical
-      error = std::current_exception();
-    }
+    TileBuffers<T> buffers(block_rows, c_in, c_out, error);
+    T* gbuf = buffers.a;  // the block's gathered input rows
+    T* pbuf = buffers.b;  // their products
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < n_blocks; ++b) {
-      if (!gathered_ || !products_) continue;
-      T* gbuf = gathered_->ptr;
-      T* pbuf = products_->ptr;
+      if (!buffers.ok()) continue;
       const int64_t r0 = b * block_rows;
       const int64_t rows = std::min(block_rows, n_out - r0);
       T* o = out + r0 * c_out;
@@ -172,19 +187,12 @@ void weight_grad_impl(const T* x, const T* g, const int64_t* in_idx, const int64
 #pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
   {
     OneBlasThread one;
-    std::unique_ptr<Scratch<T>> gx_, gg_;
-    try {
-      gx_ = std::make_unique<Scratch<T>>(static_cast<size_t>(tile * c_in));
-      gg_ = std::make_unique<Scratch<T>>(static_cast<size_t>(tile * c_out));
-    } catch (...) {
-#pragma omp critical
-      error = std::current_exception();
-    }
-    T* gx = gx_ ? gx_->ptr : nullptr;
-    T* gg = gg_ ? gg_->ptr : nullptr;
+    TileBuffers<T> buffers(tile, c_in, c_out, error);
+    T* gx = buffers.a;  // a tile's input rows
+    T* gg = buffers.b;  // and their output gradients
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < K; ++k) {
-      if (gx == nullptr || gg == nullptr) continue;
+      if (!buffers.ok()) continue;
       T* d = dw + k * c_in * c_out;
       if (k == identity) {  // every row to itself: no gather, fixed tiles of rows
         for (int64_t s = 0; s < n_rows; s += tile) {

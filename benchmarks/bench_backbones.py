@@ -1,7 +1,8 @@
 """Every backbone on the same scan: parameters, forward and train-step time, peak memory.
 
 One ray-cast 32-beam street scan (~34k points), the LiMA voxelization (cylindrical 0.1 m x 1 deg x
-0.1 m) or, for FRNet, the nuScenes range image (32 x 480), random weights, this machine's threads. Per backbone, interleaved, median of --repeats:
+0.1 m) or, for FRNet, the nuScenes range image (32 x 480), random weights, this machine's threads.
+Per backbone, interleaved, median of --repeats:
 
 * forward: ``encoder.embed``-style eval forward to one feature per point (voxelize included);
 * train step: train-mode forward through the distillation head + backward;
@@ -74,7 +75,8 @@ def seconds(fn) -> float:
 
 def onnx_runners(encs: dict[str, LiMAEncoder], folder: Path, threads: int) -> dict:
     """backbone -> OnnxEncoder of its verified export."""
-    from lima_zoo.export import OnnxEncoder, export_onnx
+    from lima_zoo.export import export_onnx
+    from lima_zoo.runtime import OnnxEncoder
 
     return {b: OnnxEncoder(export_onnx(enc, folder / b), enc.config, threads=threads) for b, enc in encs.items()}
 
@@ -96,7 +98,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--onnx", action="store_true", help="also time embed() with onnxruntime (each backbone exported and verified first)")
+    ap.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time embed() with onnxruntime (each backbone exported and verified first)",
+    )
     ap.add_argument("--memory-probe", metavar="BACKBONE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
@@ -128,15 +134,26 @@ def main() -> None:
     tmp.cleanup()
     peaks = {}
     for b in names:
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", b, "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", b, "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[b] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
     with torch.no_grad():  # the rows each backbone's input has: voxels, or occupied range-image pixels
         cells = {b: len(enc.backbone_input([pts], intensity_range=255.0).coords) for b, enc in encs.items()}
-    print(f"backbones on one 32-beam street scan: {len(pts):,} points (voxel nets: cylindrical 0.1 m x 1 deg x 0.1 m; range view: "
-          f"32 x 480, +10 / -30 deg), {args.threads} threads, median of {args.repeats}\n{machine_summary()}\n")  # fmt: skip
+    print(
+        f"backbones on one 32-beam street scan: {len(pts):,} points (voxel nets: cylindrical 0.1 m x 1 deg x 0.1 m; "
+        "range view: "
+        f"32 x 480, +10 / -30 deg), {args.threads} threads, median of {args.repeats}\n{machine_summary()}\n"
+    )
     ref = statistics.median(fwd["minkunet34"]) if "minkunet34" in fwd else None
     onnx_head = " embed torch / onnxruntime ms | onnxruntime vs torch |" if args.onnx else ""
-    print("| backbone | params | input cells | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |" + onnx_head)
+    print(
+        "| backbone | params | input cells | forward ms | vs MinkUNet-34 | train step ms | peak forward MB |"
+        + onnx_head
+    )
     print("|---|---|---|---|---|---|---|" + ("---|---|" if args.onnx else ""))
     for b in names:
         f, s = statistics.median(fwd[b]), statistics.median(step[b])
@@ -146,7 +163,10 @@ def main() -> None:
         if args.onnx:
             e = {k: statistics.median(v) for k, v in embed[b].items()}
             onnx = f" {e['torch'] * 1e3:.0f} / {e['onnx'] * 1e3:.0f} | {e['onnx'] / e['torch']:.2f}x |"
-        print(f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | {s * 1e3:.0f} | {peaks[b]:.0f} |" + onnx)
+        print(
+            f"| {b} | {parameter_count(b) / 1e6:.1f}M | {cells[b]:,} {kind} | {f * 1e3:.0f} | {ratio} | "
+            f"{s * 1e3:.0f} | {peaks[b]:.0f} |" + onnx
+        )
 
 
 if __name__ == "__main__":

@@ -78,11 +78,31 @@ def cli_runs(tmp: Path, fmt: str, threads: int, procs: int, extra: list[str], ta
     threads / procs threads (process start and model load included)."""
     each = max(1, threads // procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(each)}
-    cmd = [sys.executable, "-m", "lima_zoo.cli", "embed", str(tmp / "scans"), "--model", str(tmp / "model"), "--out", str(tmp / tag),
-           "--format", fmt, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lima_zoo.cli",
+        "embed",
+        str(tmp / "scans"),
+        "--model",
+        str(tmp / "model"),
+        "--out",
+        str(tmp / tag),
+        "--format",
+        fmt,
+        *extra,
+    ]
     s = time.perf_counter()
-    runs = [subprocess.Popen(cmd + (["--shard", f"{i}/{procs}"] if procs > 1 else []), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(procs)]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            cmd + (["--shard", f"{i}/{procs}"] if procs > 1 else []),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(procs)
+    ]
     for r in runs:
         _, err = r.communicate()
         if r.returncode != 0:
@@ -112,8 +132,14 @@ def main() -> None:
             f"2 processes (--shard), {max(1, args.threads // 2)} thread(s) each": (2, []),
         }
         if importlib.util.find_spec("ray") is not None:  # Ray's start and actor start-up included
-            runs[f"--engine ray, 2 actors, {max(1, args.threads // 2)} thread(s) each"] = (1, ["--engine", "ray", "--workers", "2"])
-        walls = {label: cli_runs(tmp, args.format, args.threads, procs, extra, f"cli{i}") for i, (label, (procs, extra)) in enumerate(runs.items())}
+            runs[f"--engine ray, 2 actors, {max(1, args.threads // 2)} thread(s) each"] = (
+                1,
+                ["--engine", "ray", "--workers", "2"],
+            )
+        walls = {
+            label: cli_runs(tmp, args.format, args.threads, procs, extra, f"cli{i}")
+            for i, (label, (procs, extra)) in enumerate(runs.items())
+        }
 
         (tmp / "staged").mkdir()
         fmt = "parquet" if args.format == "parquet-dataset" else args.format
@@ -122,8 +148,10 @@ def main() -> None:
 
     points = t.pop("points")
     total = sum(t.values())
-    print(f"lima-zoo embed, MinkUNet-34 (random weights), {args.scans} nuScenes-size scans "
-          f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n{machine_summary()}\n")
+    print(
+        f"lima-zoo embed, MinkUNet-34 (random weights), {args.scans} nuScenes-size scans "
+        f"({points // args.scans:,} points each), {args.threads} threads, format {args.format}\n{machine_summary()}\n"
+    )
     first = next(iter(walls.values()))
     print(f"CLI end to end on the same {args.scans} scans (process start and model load included):\n")
     print("| run | wall s | scans/s | points/s | vs default |")

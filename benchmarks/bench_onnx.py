@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sparse import dense_gemm_seconds, gemm_sizes, layer_shapes, machine_summary  # noqa: E402
 
 from lima_zoo import LiMAEncoder  # noqa: E402
-from lima_zoo.export import OnnxEncoder, export_onnx, graph_inputs  # noqa: E402
-from lima_zoo.export.onnx_graph import OPSET  # noqa: E402
+from lima_zoo.export import export_onnx  # noqa: E402
+from lima_zoo.export.onnx_builder import OPSET  # noqa: E402
+from lima_zoo.runtime import OnnxEncoder  # noqa: E402
+from lima_zoo.runtime.voxel_inputs import graph_inputs  # noqa: E402
 from lima_zoo.sparse import SparseTensor  # noqa: E402
 from lima_zoo.synth.scan import street_scan  # noqa: E402
 
@@ -73,8 +75,9 @@ def ort_dense_gemm_seconds(shapes, repeats: int, threads: int) -> float:
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [p, co]))
         nodes.append(helper.make_node("MatMul", [f"a{i}", f"w{i}"], [f"y{i}"]))
         feeds[f"a{i}"] = rng.standard_normal((p, ci), dtype=np.float32)
-    model = helper.make_model(helper.make_graph(nodes, "gemms", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "gemms", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", OPSET)]
+    )
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -138,7 +141,10 @@ def main() -> None:
     enc = make_encoder()
     with tempfile.TemporaryDirectory() as tmp:
         seconds, model = timed(lambda: export_onnx(enc, tmp))
-        print(f"export (build + check + onnxruntime verification): {seconds:.1f} s, model.onnx {model.stat().st_size / 1e6:.0f} MB")
+        print(
+            f"export (build + check + onnxruntime verification): {seconds:.1f} s, model.onnx "
+            f"{model.stat().st_size / 1e6:.0f} MB"
+        )
         runner = OnnxEncoder(model, enc.config, threads=args.threads)
         rows, flops_total, fwd = [], 0.0, {"torch": [], "onnx": []}
         for i in range(args.scans):
@@ -174,27 +180,43 @@ def main() -> None:
         dense_ort = ort_dense_gemm_seconds(shapes, args.repeats, args.threads)
         print(f"\n{machine_summary()}; onnxruntime {ort.__version__}")
         print(f"threads {args.threads}, repeats {args.repeats} (median); forward = backbone on prebuilt maps\n")
-        print("| points | voxels | forward torch / onnx | ratio onnx/torch | embed torch / onnx | ratio | onnx inputs | max abs diff |")
+        print(
+            "| points | voxels | forward torch / onnx | ratio onnx/torch | embed torch / onnx | ratio | onnx inputs "
+            "| max abs diff |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for n, m, med, diff, _ in rows:
-            print(f"| {n:,} | {m:,} | {med['torch forward'] * 1e3:.0f} / {med['onnx forward'] * 1e3:.0f} ms "
-                  f"| {med['onnx forward'] / med['torch forward']:.2f}x | {med['torch embed'] * 1e3:.0f} / {med['onnx embed'] * 1e3:.0f} ms "
-                  f"| {med['onnx embed'] / med['torch embed']:.2f}x | {med['onnx inputs'] * 1e3:.0f} ms | {diff:.1e} |")
+            print(
+                f"| {n:,} | {m:,} | {med['torch forward'] * 1e3:.0f} / {med['onnx forward'] * 1e3:.0f} ms "
+                f"| {med['onnx forward'] / med['torch forward']:.2f}x | {med['torch embed'] * 1e3:.0f} / "
+                f"{med['onnx embed'] * 1e3:.0f} ms "
+                f"| {med['onnx embed'] / med['torch embed']:.2f}x | {med['onnx inputs'] * 1e3:.0f} ms | {diff:.1e} |"
+            )
         per_scan = flops_total / args.scans
         rate = {k: per_scan / statistics.mean(v) / 1e9 for k, v in fwd.items()}
         dense_rate, dense_ort_rate = rows[-1][4] / dense / 1e9, rows[-1][4] / dense_ort / 1e9
-        print(f"\nGFLOP/s on the pair work: torch {rate['torch']:.0f}, onnxruntime {rate['onnx']:.0f}; "
-              f"dense GEMMs on the same (pairs, C_in) x (C_in, C_out) shapes: torch.mm {dense_rate:.0f}, "
-              f"onnxruntime MatMul {dense_ort_rate:.0f} (torch at {rate['torch'] / dense_rate:.0%} of its "
-              f"library's dense rate, onnxruntime at {rate['onnx'] / dense_ort_rate:.0%} of its own)")
+        print(
+            f"\nGFLOP/s on the pair work: torch {rate['torch']:.0f}, onnxruntime {rate['onnx']:.0f}; "
+            f"dense GEMMs on the same (pairs, C_in) x (C_in, C_out) shapes: torch.mm {dense_rate:.0f}, "
+            f"onnxruntime MatMul {dense_ort_rate:.0f} (torch at {rate['torch'] / dense_rate:.0%} of its "
+            f"library's dense rate, onnxruntime at {rate['onnx'] / dense_ort_rate:.0%} of its own)"
+        )
         profiles = {"torch": torch_op_profile(enc, vox), "onnxruntime": op_profile(model, feeds, args.threads)}
         gemm_ops = ("aten::mm", "aten::addmm", "MatMul", "Gemm")
-        print("time in GEMMs / elsewhere (profilers, last scan, median of 3 runs): " + ", ".join(
-            f"{name} {sum(ms for op, ms in p.items() if op in gemm_ops):.0f} / "
-            f"{sum(ms for op, ms in p.items() if op not in gemm_ops):.0f} ms" for name, p in profiles.items()))
+        print(
+            "time in GEMMs / elsewhere (profilers, last scan, median of 3 runs): "
+            + ", ".join(
+                f"{name} {sum(ms for op, ms in p.items() if op in gemm_ops):.0f} / "
+                f"{sum(ms for op, ms in p.items() if op not in gemm_ops):.0f} ms"
+                for name, p in profiles.items()
+            )
+        )
         profile = profiles["onnxruntime"]
         total = sum(profile.values())
-        print("onnxruntime time by op: " + ", ".join(f"{op} {ms:.0f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:6]))
+        print(
+            "onnxruntime time by op: "
+            + ", ".join(f"{op} {ms:.0f} ms ({ms / total:.0%})" for op, ms in list(profile.items())[:6])
+        )
 
 
 if __name__ == "__main__":

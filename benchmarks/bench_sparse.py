@@ -73,7 +73,11 @@ def conv_inputs(net: MinkUNet, vox) -> list[tuple[Conv3d, SparseTensor]]:
     folded and Conv3d.forward is bypassed)."""
     net = copy.deepcopy(net).train()
     seen = []
-    handles = [m.register_forward_hook(lambda mod, inputs, _out: seen.append((mod, inputs[0]))) for m in net.modules() if isinstance(m, Conv3d)]
+    handles = [
+        m.register_forward_hook(lambda mod, inputs, _out: seen.append((mod, inputs[0])))
+        for m in net.modules()
+        if isinstance(m, Conv3d)
+    ]
     with torch.no_grad():
         net(SparseTensor(vox.feats, vox.coords))
     for h in handles:
@@ -85,7 +89,11 @@ def layer_shapes(net: MinkUNet, vox) -> list[tuple[list[int], int, int]]:
     """(pairs per offset, C_in, C_out) of every conv of one forward (centre offset included)."""
     shapes = []
     for mod, x in conv_inputs(net, vox):
-        pairs = [x.num_voxels] if mod.kernel_size == 1 else kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed).pair_counts()
+        pairs = (
+            [x.num_voxels]
+            if mod.kernel_size == 1
+            else kernel_map(x, mod.kernel_size, mod.stride, mod.dilation, mod.transposed).pair_counts()
+        )
         shapes.append((pairs, mod.in_channels, mod.out_channels))
     return shapes
 
@@ -110,7 +118,9 @@ def mm_seconds(mats: list[tuple[torch.Tensor, torch.Tensor]], repeats: int) -> f
 
 def dense_gemm_seconds(shapes, repeats: int, per_offset: bool) -> float:
     """Time of dense torch.mm doing ``gemm_sizes(shapes, per_offset)``, summed (median)."""
-    return mm_seconds([(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in gemm_sizes(shapes, per_offset)], repeats)
+    return mm_seconds(
+        [(torch.randn(p, ci), torch.randn(ci, co)) for p, ci, co in gemm_sizes(shapes, per_offset)], repeats
+    )
 
 
 def backward_gemm_seconds(shapes, repeats: int) -> float:
@@ -148,7 +158,9 @@ def spconv_map_seconds(vox) -> float:
     idx = torch.stack([c[:, 0], c[:, 3], c[:, 2], c[:, 1]], 1).contiguous()
     shape = [int(v) + 1 for v in idx[:, 1:].max(0).values.tolist()]
     start = time.perf_counter()
-    ops.get_indice_pairs(idx, 1, shape, ConvAlgo.Native, [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 0], subm=True)
+    ops.get_indice_pairs(
+        idx, 1, shape, ConvAlgo.Native, [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 0], subm=True
+    )
     return time.perf_counter() - start
 
 
@@ -179,7 +191,15 @@ def train_step_seconds(net, vox, engine: str) -> float:
 
 
 def layer_kind(mod: Conv3d, x: SparseTensor) -> str:
-    kind = "1x1x1" if mod.kernel_size == 1 else "up k2" if mod.transposed else "down k2" if mod.stride == 2 else f"subm {mod.kernel_size}^3"
+    kind = (
+        "1x1x1"
+        if mod.kernel_size == 1
+        else "up k2"
+        if mod.transposed
+        else "down k2"
+        if mod.stride == 2
+        else f"subm {mod.kernel_size}^3"
+    )
     return f"{kind} stride {x.stride}, {mod.in_channels}->{mod.out_channels}"
 
 
@@ -206,14 +226,28 @@ def per_layer(net: MinkUNet, vox, repeats: int) -> list[dict]:
             for _ in range(repeats + 1):  # the first round warms caches and plans
                 for engine in t:
                     use_engine(mod, engine)
-                    inp = x if engine != "spconv" and mod.stride == 1 or mod.transposed else subm_input if mod.stride == 1 else fresh()
+                    inp = (
+                        x
+                        if engine != "spconv" and mod.stride == 1 or mod.transposed
+                        else subm_input
+                        if mod.stride == 1
+                        else fresh()
+                    )
                     start = time.perf_counter()
                     mod(inp)
                     t[engine].append(time.perf_counter() - start)
         use_engine(mod, "fused")
         limit = dense_gemm_seconds([(kmap.pair_counts(), mod.in_channels, mod.out_channels)], repeats, per_offset=True)
-        rows.append({"layer": name, "count": g["count"], "pairs": kmap.num_pairs, "limit": limit * g["count"], "spconv": float("nan"),
-                     **{e: statistics.median(v[1:]) * g["count"] for e, v in t.items()}})
+        rows.append(
+            {
+                "layer": name,
+                "count": g["count"],
+                "pairs": kmap.num_pairs,
+                "limit": limit * g["count"],
+                "spconv": float("nan"),
+                **{e: statistics.median(v[1:]) * g["count"] for e, v in t.items()},
+            }
+        )
     return rows
 
 
@@ -245,7 +279,9 @@ def memory_probe(kind: str, engine: str, threads: int) -> None:
 def probe(kind: str, engine: str, threads: int) -> float:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-probe", kind, engine, "--threads", str(threads)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -283,20 +319,33 @@ def main() -> None:
                 t[f"fwd {e}"].append(dt)
                 t[f"train {e}"].append(train_step_seconds(train_net, vox, e))
         med = {k: statistics.median(v) for k, v in t.items()}
-        rows.append({
-            "scan": kind, "points": len(vox.inverse), "n": len(vox.coords), "gflop": gflop, **med,
-            "limit": dense_gemm_seconds(shapes, args.repeats, per_offset=True),
-            "backward limit": backward_gemm_seconds(shapes, args.repeats),
-            "pure_err": ((outs["fused"] - outs["pure"]).abs().max() / outs["pure"].abs().max()).item(),
-            "spconv_err": ((outs["fused"] - outs["spconv"]).abs().max() / outs["pure"].abs().max()).item(),
-            **{f"mem {e}": probe(kind, e, args.threads) for e in ENGINES},
-        })
+        rows.append(
+            {
+                "scan": kind,
+                "points": len(vox.inverse),
+                "n": len(vox.coords),
+                "gflop": gflop,
+                **med,
+                "limit": dense_gemm_seconds(shapes, args.repeats, per_offset=True),
+                "backward limit": backward_gemm_seconds(shapes, args.repeats),
+                "pure_err": ((outs["fused"] - outs["pure"]).abs().max() / outs["pure"].abs().max()).item(),
+                "spconv_err": ((outs["fused"] - outs["spconv"]).abs().max() / outs["pure"].abs().max()).item(),
+                **{f"mem {e}": probe(kind, e, args.threads) for e in ENGINES},
+            }
+        )
         if kind.startswith("128"):
             layers = per_layer(net, vox, args.repeats)
     use_engine(net, "fused")
-    print(f"MinkUNet-34, {args.threads} threads, median of {args.repeats} (interleaved); fused = the torch backend's "
-          f"fused CPU kernel, pure = its pure-PyTorch path\n{machine_summary()}\n")
-    print("| scan | points -> voxels | GFLOP | map build ours / spconv | forward fused / pure / spconv | fused vs pure / spconv | share of fp32 limit fused / pure / spconv | fwd+bwd fused / pure / spconv | fwd+bwd fused vs pure | fwd+bwd share of its fp32 limit fused / pure / spconv | peak MB fused / pure / spconv | rel. diff vs pure / spconv |")
+    print(
+        f"MinkUNet-34, {args.threads} threads, median of {args.repeats} (interleaved); fused = the torch backend's "
+        f"fused CPU kernel, pure = its pure-PyTorch path\n{machine_summary()}\n"
+    )
+    print(
+        "| scan | points -> voxels | GFLOP | map build ours / spconv | forward fused / pure / spconv | fused vs pure "
+        "/ spconv | share of fp32 limit fused / pure / spconv | fwd+bwd fused / pure / spconv | fwd+bwd fused vs "
+        "pure | fwd+bwd share of its fp32 limit fused / pure / spconv | peak MB fused / pure / spconv | rel. diff vs "
+        "pure / spconv |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ms = lambda key: f"{r[key] * 1e3:.0f}"  # noqa: E731
@@ -309,15 +358,23 @@ def main() -> None:
             f"| {ms('fwd fused')} / {ms('fwd pure')} / {ms('fwd spconv')} ms "
             f"| {r['fwd fused'] / r['fwd pure']:.2f}x / {r['fwd fused'] / r['fwd spconv']:.2f}x "
             f"| {share} "
-            f"| {ms('train fused')} / {ms('train pure')} / {ms('train spconv')} ms | {r['train fused'] / r['train pure']:.2f}x "
+            f"| {ms('train fused')} / {ms('train pure')} / {ms('train spconv')} ms | "
+            f"{r['train fused'] / r['train pure']:.2f}x "
             f"| {train_share} "
-            f"| {r['mem fused']:.0f} / {r['mem pure']:.0f} / {r['mem spconv']:.0f} | {r['pure_err']:.1g} / {r['spconv_err']:.1g} |"
+            f"| {r['mem fused']:.0f} / {r['mem pure']:.0f} / {r['mem spconv']:.0f} | {r['pure_err']:.1g} / "
+            f"{r['spconv_err']:.1g} |"
         )
-    print("\nThe issue's targets as shares of the fp32 limit (the share a kernel would need to meet each on this machine):\n")
+    print(
+        "\nThe issue's targets as shares of the fp32 limit (the share a kernel would need to meet each on this "
+        "machine):\n"
+    )
     print("| scan | forward <= 0.7x spconv | forward >= 85% of the limit | fwd+bwd <= 0.75x pure |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scan']} | {r['limit'] / (0.7 * r['fwd spconv']) * 100:.0f}% | 85% | {r['train limit'] / (0.75 * r['train pure']) * 100:.0f}% |")
+        print(
+            f"| {r['scan']} | {r['limit'] / (0.7 * r['fwd spconv']) * 100:.0f}% | 85% | "
+            f"{r['train limit'] / (0.75 * r['train pure']) * 100:.0f}% |"
+        )
     if layers:
         print("\nPer layer kind, 128-beam scan (one conv's forward x the layers of that kind, ms):\n")
         print("| layer | layers | pairs | fused | pure | spconv | fused vs pure / spconv | share of fp32 limit |")
@@ -325,11 +382,15 @@ def main() -> None:
         for r in layers:
             sp = "-" if r["spconv"] != r["spconv"] else f"{r['spconv'] * 1e3:.1f}"  # NaN: not timed
             vs_sp = "-" if sp == "-" else f"{r['fused'] / r['spconv']:.2f}x"
-            print(f"| {r['layer']} | {r['count']} | {r['pairs']} | {r['fused'] * 1e3:.1f} | {r['pure'] * 1e3:.1f} | {sp} "
-                  f"| {r['fused'] / r['pure']:.2f}x / {vs_sp} | {r['limit'] / r['fused'] * 100:.0f}% |")
+            print(
+                f"| {r['layer']} | {r['count']} | {r['pairs']} | {r['fused'] * 1e3:.1f} | {r['pure'] * 1e3:.1f} | {sp} "
+                f"| {r['fused'] / r['pure']:.2f}x / {vs_sp} | {r['limit'] / r['fused'] * 100:.0f}% |"
+            )
     print(
-        "\nfp32 limit = the forward's GEMMs alone (one torch.mm per layer and kernel offset) at this machine's dense rate;"
-        " fwd+bwd's limit adds the backward's (grad input and grad weight per offset); share = limit / time. 'rel. diff' is max |fused - other| / max |pure| over the output:"
+        "\nfp32 limit = the forward's GEMMs alone (one torch.mm per layer and kernel offset) at this machine's dense "
+        "rate;"
+        " fwd+bwd's limit adds the backward's (grad input and grad weight per offset); share = limit / time. 'rel. "
+        "diff' is max |fused - other| / max |pure| over the output:"
         f" spconv 2.3.8's CPU path is only correct at 1 thread (spconv#679), at {args.threads} threads it races;"
         " the fused kernel is bit-identical at any thread count."
     )

@@ -1,4 +1,5 @@
-"""What each memory reading hands to current points, checked against the synthetic world's truth (no teacher, no training).
+"""What each memory reading hands to current points, checked against the synthetic world's truth
+(no teacher, no training).
 
     python benchmarks/memory_probe.py WORLD [--cameras CAM_FRONT] [--frames 6]
 
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-THINGS = ("barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian", "traffic_cone", "trailer", "truck")
+from lima_zoo.labels import NUSCENES_EVAL_CLASSES
+
+THINGS = NUSCENES_EVAL_CLASSES[:10]  # the object classes (barrier .. truck); the rest are stuff
 
 
 def main() -> None:
@@ -34,18 +37,24 @@ def main() -> None:
     from lima_zoo.labels import NUSCENES_LUT
     from lima_zoo.training.datasets import open_dataset
     from lima_zoo.training.datasets.pairing import CameraView, project_points
-    from lima_zoo.training.propagation import cell_keys
-    from lima_zoo.training.reprojection import depth_check, view_entry
-    from lima_zoo.training.targets import global_xyz, select_cameras
+    from lima_zoo.training.lima.propagation import cell_keys
+    from lima_zoo.training.lima.reprojection import depth_check, view_entry
+    from lima_zoo.training.lima.targets import global_xyz, select_cameras
 
     torch.set_num_threads(2)
     names = [c for c in args.cameras.split(",") if c]
     ds = open_dataset(args.world, "train", labels=True)
     classes = ds.class_names
     things = torch.tensor([c in THINGS for c in ("ignore",) + tuple(classes)])
-    variants = [("cell 0.3 m", "cell", None, None)] + [(f"reproject {chk} {cells}", "reproject", chk, cells)
-                                                        for cells in map(int, args.cells.split(",")) for chk in ("none", "occlusion", "agreement")]  # fmt: skip
-    stats = {v[0]: {"memory_only": 0, "samples": 0, "right": 0, "thing_samples": 0, "thing_right": 0, "near_only": 0} for v in variants}
+    variants = [("cell 0.3 m", "cell", None, None)] + [
+        (f"reproject {chk} {cells}", "reproject", chk, cells)
+        for cells in map(int, args.cells.split(","))
+        for chk in ("none", "occlusion", "agreement")
+    ]
+    stats = {
+        v[0]: {"memory_only": 0, "samples": 0, "right": 0, "thing_samples": 0, "thing_right": 0, "near_only": 0}
+        for v in variants
+    }
     total = near_total = 0
     start = time.perf_counter()
     for s, (_, refs) in enumerate(ds.sequences):
@@ -62,9 +71,17 @@ def main() -> None:
             out = ~cur & (labels > 0)
             total += int(out.sum())
             near_total += int((out & (rng < 20)).sum())
-            truth = torch.from_numpy(np.stack([NUSCENES_LUT[np.load(ds.root / "synth_truth" / f"{ds.keyframes[refs[k]][c.name]['token']}.npz")["label"]]
-                                               for c in frame.cameras]).astype(np.int64))  # fmt: skip
-            past = hist[-(args.frames - 1):] if args.frames > 1 else []
+            truth = torch.from_numpy(
+                np.stack(
+                    [
+                        NUSCENES_LUT[
+                            np.load(ds.root / "synth_truth" / f"{ds.keyframes[refs[k]][c.name]['token']}.npz")["label"]
+                        ]
+                        for c in frame.cameras
+                    ]
+                ).astype(np.int64)
+            )
+            past = hist[-(args.frames - 1) :] if args.frames > 1 else []
             for name, align, chk, cells in variants:
                 st = stats[name]
                 reached = torch.zeros(len(xyz), dtype=torch.bool)
@@ -80,7 +97,10 @@ def main() -> None:
                         lab = labels[sel]
                     else:
                         entry = view_entry(pf, torch.zeros(len(pf.cameras), 1, 1, 1), ppairs, cells, (s, 0))
-                        cams = [CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h) for c, (w, h) in enumerate(entry.sizes)]
+                        cams = [
+                            CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h)
+                            for c, (w, h) in enumerate(entry.sizes)
+                        ]
                         q = project_points(xyz, cams)
                         ok = depth_check(q, entry, chk, 0.5, 0.1) & out[q.point]
                         uv = q.uv[ok].round().long()
@@ -99,13 +119,20 @@ def main() -> None:
                 st["near_only"] += int((reached & (rng < 20)).sum())
             hist.append((frame, pairs, labels, xyz, truth))
         print(f"sequence {s} done [{time.perf_counter() - start:.0f} s]", flush=True)
-    print(f"\n{args.world}, cameras {names or 'all'}, {args.frames} frames; {total:,} labelled points outside the current cameras ({near_total:,} within 20 m)")
+    print(
+        f"\n{args.world}, cameras {names or 'all'}, {args.frames} frames; {total:,} labelled points outside the "
+        f"current cameras ({near_total:,} within 20 m)"
+    )
     print("| reading | memory-only coverage of outside points | within 20 m | sample accuracy | on things |")
     print("|---|---|---|---|---|")
     for name, st in stats.items():
         acc = st["right"] / max(st["samples"], 1)
         tacc = st["thing_right"] / max(st["thing_samples"], 1)
-        print(f"| {name} | {100 * st['memory_only'] / max(total, 1):.1f}% | {100 * st['near_only'] / max(near_total, 1):.1f}% | {100 * acc:.1f}% | {100 * tacc:.1f}% ({st['thing_samples']:,}) |")
+        print(
+            f"| {name} | {100 * st['memory_only'] / max(total, 1):.1f}% | "
+            f"{100 * st['near_only'] / max(near_total, 1):.1f}% | {100 * acc:.1f}% | {100 * tacc:.1f}% "
+            f"({st['thing_samples']:,}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Public API (loaded on first use, so ``import lima_zoo`` stays cheap and never imports torch,
 timm, onnx or the training package):
 
-    LiMAEncoder, create_encoder, list_models, get_model_info, load_points
+    LiMAEncoder, load_encoder, create_encoder, list_models, get_model_info, load_points
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "LiMAEncoder": "lima_zoo.encoder",
-    "create_encoder": "lima_zoo.encoder",
+    "load_encoder": "lima_zoo.loading",
+    "create_encoder": "lima_zoo.loading",
     "list_models": "lima_zoo.registry",
     "get_model_info": "lima_zoo.registry",
     "load_points": "lima_zoo.io",

@@ -90,8 +90,10 @@ def atomic_dir(target: str | os.PathLike, managed: Iterable[str]) -> Iterator[Pa
             raise ValueError(f"{target}: exists and is not a folder")
         foreign = sorted(p.name for p in target.iterdir() if p.name not in set(managed) and TMP_MARK not in p.name)
         if foreign:
-            raise ValueError(f"{target}: holds files this export would not replace ({', '.join(foreign[:5])}"
-                             f"{' ...' if len(foreign) > 5 else ''}); choose a new or empty folder")  # fmt: skip
+            raise ValueError(
+                f"{target}: holds files this export would not replace ({', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''}); choose a new or empty folder"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target.parent)
     stage = Path(tempfile.mkdtemp(prefix=_prefix(target.name), dir=target.parent))

@@ -12,14 +12,29 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RangeImageConfig", "PreprocessConfig", "EncoderConfig", "FORMAT_VERSION", "backbone_out_dim", "config_from_dict",
-           "RANGE_VIEW_BACKBONES", "POINT_VOXEL_BACKBONES", "KITTI_RANGE_IMAGE"]  # fmt: skip
+__all__ = [
+    "RangeImageConfig",
+    "PreprocessConfig",
+    "EncoderConfig",
+    "FORMAT_VERSION",
+    "backbone_out_dim",
+    "config_from_dict",
+    "RANGE_VIEW_BACKBONES",
+    "POINT_VOXEL_BACKBONES",
+    "KITTI_RANGE_IMAGE",
+]
 
 FORMAT_VERSION = 1
 
 RANGE_VIEW_BACKBONES = ("frnet18", "frnet34")  # read a range image (preprocess.range_image), not voxels
 POINT_VOXEL_BACKBONES = ("spvcnn18", "spvcnn34")  # voxels plus every point (voxelize(..., keep_points=True))
-BACKBONES = ("minkunet14", "minkunet18", "minkunet34", *POINT_VOXEL_BACKBONES, *RANGE_VIEW_BACKBONES)  # models/__init__.py builds each
+BACKBONES = (
+    "minkunet14",
+    "minkunet18",
+    "minkunet34",
+    *POINT_VOXEL_BACKBONES,
+    *RANGE_VIEW_BACKBONES,
+)  # models/__init__.py builds each
 
 
 def backbone_out_dim(width: float = 1.0) -> int:
@@ -58,7 +73,9 @@ class RangeImageConfig:
             if v < 8 or v % 8:
                 raise ValueError(f"{name} must be a positive multiple of 8, got {v}")
         if not -90.0 <= self.fov_down < self.fov_up <= 90.0:
-            raise ValueError(f"need -90 <= fov_down < fov_up <= 90 degrees, got fov_up={self.fov_up}, fov_down={self.fov_down}")
+            raise ValueError(
+                f"need -90 <= fov_down < fov_up <= 90 degrees, got fov_up={self.fov_up}, fov_down={self.fov_down}"
+            )
 
 
 KITTI_RANGE_IMAGE = RangeImageConfig(height=64, width=512, fov_up=3.0, fov_down=-25.0)  # FRNet's SemanticKITTI setting
@@ -116,10 +133,15 @@ class EncoderConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         range_view = self.backbone in RANGE_VIEW_BACKBONES
-        if range_view and self.preprocess.range_image is None:  # recorded in config.json, so embed projects every scan alike
+        if (
+            range_view and self.preprocess.range_image is None
+        ):  # recorded in config.json, so embed projects every scan alike
             object.__setattr__(self, "preprocess", dataclasses.replace(self.preprocess, range_image=RangeImageConfig()))
         if not range_view and self.preprocess.range_image is not None:
-            raise ValueError(f"preprocess.range_image is for range-view backbones ({', '.join(RANGE_VIEW_BACKBONES)}); a {self.backbone} reads voxels")
+            raise ValueError(
+                f"preprocess.range_image is for range-view backbones ({', '.join(RANGE_VIEW_BACKBONES)}); a "
+                f"{self.backbone} reads voxels"
+            )
         if self.in_channels != self.preprocess.use_dim:
             raise ValueError(f"in_channels={self.in_channels} but preprocess.use_dim={self.preprocess.use_dim}")
         if not 0 < self.width <= 4:
@@ -127,7 +149,10 @@ class EncoderConfig:
         if self.out_dim is None:
             object.__setattr__(self, "out_dim", backbone_out_dim(self.width))
         if self.out_dim != backbone_out_dim(self.width):
-            raise ValueError(f"a {self.backbone} of width {self.width} outputs {backbone_out_dim(self.width)} channels; out_dim={self.out_dim}")
+            raise ValueError(
+                f"a {self.backbone} of width {self.width} outputs {backbone_out_dim(self.width)} channels; "
+                f"out_dim={self.out_dim}"
+            )
         if self.head_dim < 0:
             raise ValueError(f"head_dim must be positive (or 0: no distillation head), got {self.head_dim}")
 

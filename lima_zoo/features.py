@@ -4,24 +4,22 @@
 finiteness), voxelizes them, refuses a batch too big for free memory, and maps voxel features back
 to points in input order. A runtime only says how its input becomes feature rows: the PyTorch
 :class:`~lima_zoo.encoder.LiMAEncoder` and the onnxruntime
-:class:`~lima_zoo.export.onnx_runtime.OnnxEncoder` both build on it, and neither imports the other.
+:class:`~lima_zoo.runtime.OnnxEncoder` both build on it, and neither imports the other.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .config import EncoderConfig, config_from_dict
+from .config import EncoderConfig
 from .range_view import range_project
 from .voxelize import Voxels, voxelize
 
-__all__ = ["FeatureExtractor", "read_config", "ensure_fits", "available_memory", "INFERENCE_BYTES_PER_VOXEL"]
+__all__ = ["FeatureExtractor", "ensure_fits", "available_memory", "INFERENCE_BYTES_PER_VOXEL"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -74,7 +72,8 @@ class FeatureExtractor:
         return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
 
     def backbone_input(self, scans: Sequence[ArrayLike], intensity_range: float | None = None) -> Voxels:
-        """Raw (N_i, >=3) scans -> the backbone's input batch on the encoder's device (``prepare`` each, then voxelize)."""
+        """Raw (N_i, >=3) scans -> the backbone's input batch on the encoder's device (``prepare`` each,
+        then voxelize)."""
         return self.voxelize([self.prepare(s, intensity_range) for s in scans])
 
     @torch.inference_mode()
@@ -88,16 +87,21 @@ class FeatureExtractor:
     ):
         """Per-point features.
 
-        points: one (N, >=3) array (x, y, z[, intensity]) or a list of them (run as one batch).
-        space: "backbone" -> (N, 96) features; "teacher" -> (N, head_dim) L2-normalised head output
-            in the teacher's feature space.
-        intensity_range: the scans' intensity range (1.0 KITTI, 255.0 nuScenes) when it differs
-            from ``config.preprocess.intensity_scale``.
-        check_memory: refuse (ValueError) a batch whose forward would not fit in the device's free
-            memory (a merged map of millions of points), instead of letting the machine swap or die.
-        Returns float32 (N, D), rows in input order — numpy for numpy input, else a tensor on the
-        encoder's device — or a list of them for a list input. With ``return_voxels`` also the
-        voxel coords (M, 4) int32 [batch, i, j, k] and voxel features (M, D) of the batch.
+        Args:
+            points: one (N, >=3) array (x, y, z[, intensity]) or a list of them (run as one batch).
+            space: "backbone" -> (N, 96) features; "teacher" -> (N, head_dim) L2-normalised head
+                output in the teacher's feature space.
+            return_voxels: also return the batch's voxels (voxel backbones only).
+            intensity_range: the scans' intensity range (1.0 KITTI, 255.0 nuScenes) when it differs
+                from ``config.preprocess.intensity_scale``.
+            check_memory: refuse (ValueError) a batch whose forward would not fit in the device's
+                free memory (a merged map of millions of points), instead of letting the machine
+                swap or die.
+
+        Returns:
+            float32 (N, D), rows in input order — numpy for numpy input, else a tensor on the
+            encoder's device — or a list of them for a list input. With ``return_voxels`` also the
+            voxel coords (M, 4) int32 [batch, i, j, k] and voxel features (M, D) of the batch.
         """
         if space not in ("backbone", "teacher"):
             raise ValueError(f"space must be 'backbone' or 'teacher', got {space!r}")
@@ -121,15 +125,6 @@ class FeatureExtractor:
         if return_voxels:
             return result, convert(vox.coords), convert(feats.float())
         return result
-
-
-def read_config(path: str | os.PathLike) -> EncoderConfig:
-    """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable config ({exc})") from None
-    return config_from_dict(EncoderConfig, data, where=str(path))
 
 
 # Peak inference memory per voxel, measured with MinkUNet-34 (the largest backbone) on CPU in fp32:
@@ -156,6 +151,8 @@ def ensure_fits(voxels: int, device: torch.device, points: int = 0, free: int | 
     need = voxels * INFERENCE_BYTES_PER_VOXEL
     if free is not None and need > 0.9 * free:
         raise ValueError(
-            f"{points:,} points -> {voxels:,} voxels would need ~{need / 2**30:.1f} GiB on {device}, but only {free / 2**30:.1f} GiB "
-            "is free: crop the map into tiles (or embed fewer scans per batch), or pass check_memory=False to try anyway"
+            f"{points:,} points -> {voxels:,} voxels would need ~{need / 2**30:.1f} GiB on {device}, but only "
+            f"{free / 2**30:.1f} GiB "
+            "is free: crop the map into tiles (or embed fewer scans per batch), or pass check_memory=False to try "
+            "anyway"
         )

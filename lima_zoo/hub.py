@@ -14,7 +14,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSource", "resolve_source", "fetch_model_files", "OfflineError", "MODEL_FILES", "ONNX_FILES"]
+__all__ = [
+    "ModelSource",
+    "resolve_source",
+    "fetch_model_files",
+    "model_files",
+    "OfflineError",
+    "MODEL_FILES",
+    "ONNX_FILES",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,6 +49,8 @@ def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None)
     from .registry import MODELS, get_model_info
 
     text = str(name_or_path)
+    if not text.strip():
+        raise ValueError("no model given: pass a model folder, org/repo[@rev] or a registered name (`lima-zoo models`)")
     path = Path(text).expanduser()
     if path.is_dir():
         return ModelSource(local_dir=path)
@@ -92,9 +102,13 @@ def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> st
 
 
 def fetch_model_files(
-    source: ModelSource, cache_dir: str | None = None, local_files_only: bool = False, onnx: bool = False,
-    token: str | bool | None = None, force_download: bool = False,
-) -> dict[str, Path]:  # fmt: skip
+    source: ModelSource,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+    onnx: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> dict[str, Path]:
     """Paths of config.json and model.safetensors (or model.onnx with ``onnx``), downloaded into the
     cache when needed. token: a Hub token for private repos (None: huggingface_hub's login / HF_TOKEN);
     force_download: fetch again even when cached (a branch revision that moved)."""
@@ -111,10 +125,19 @@ def fetch_model_files(
 
     def download(offline: bool) -> dict[str, Path]:
         return {
-            name: Path(hf_hub_download(source.repo_id, name, revision=source.revision, cache_dir=cache_dir, local_files_only=offline,
-                                       token=token, force_download=force_download and not offline))
+            name: Path(
+                hf_hub_download(
+                    source.repo_id,
+                    name,
+                    revision=source.revision,
+                    cache_dir=cache_dir,
+                    local_files_only=offline,
+                    token=token,
+                    force_download=force_download and not offline,
+                )
+            )
             for name in names
-        }  # fmt: skip
+        }
 
     if not force_download:
         try:
@@ -126,5 +149,24 @@ def fetch_model_files(
         what = "a fresh download was asked for (force_download)" if force_download else "not in the local cache"
         raise OfflineError(_offline_message(source, cache_dir, f"{what} and {flag}"))
     if not hub_reachable():
-        raise OfflineError(_offline_message(source, cache_dir, f"not in the local cache and {constants.ENDPOINT} is unreachable"))
+        raise OfflineError(
+            _offline_message(source, cache_dir, f"not in the local cache and {constants.ENDPOINT} is unreachable")
+        )
     return download(offline=False)
+
+
+def model_files(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+    onnx: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> tuple[dict[str, Path], str]:
+    """Resolve ``name_or_path`` and fetch its files: ({file name: local path}, the revision loaded)."""
+    source = resolve_source(name_or_path, revision)
+    files = fetch_model_files(
+        source, cache_dir, local_files_only, onnx=onnx, token=token, force_download=force_download
+    )
+    return files, loaded_revision(files, source)

@@ -13,7 +13,10 @@ from .config import EncoderConfig, PreprocessConfig
 
 __all__ = ["ModelInfo", "MODELS", "list_models", "get_model_info"]
 
-PAPER = "Xu et al., Beyond One Shot, Beyond One Perspective: Cross-View and Long-Horizon Distillation for Better LiDAR Representations, ICCV 2025 (arXiv:2507.05260)"
+PAPER = (
+    "Xu et al., Beyond One Shot, Beyond One Perspective: Cross-View and Long-Horizon Distillation for Better LiDAR "
+    "Representations, ICCV 2025 (arXiv:2507.05260)"
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,11 @@ _BACKBONES = {
     "spvcnn": ("spvcnn34", "SPVCNN (MinkUNet-34 voxel branch + point branch)"),
     "frnet": ("frnet34", "FRNet-34 (range view, the 32 x 480 nuScenes range image)"),
 }
-_TEACHERS = {"s": ("vit_small_patch14_dinov2", 384), "b": ("vit_base_patch14_dinov2", 768), "l": ("vit_large_patch14_dinov2", 1024)}
+_TEACHERS = {
+    "s": ("vit_small_patch14_dinov2", 384),
+    "b": ("vit_base_patch14_dinov2", 768),
+    "l": ("vit_large_patch14_dinov2", 1024),
+}
 
 
 def _lima(teacher_size: str, backbone: str) -> ModelInfo:
@@ -51,7 +58,9 @@ def _lima(teacher_size: str, backbone: str) -> ModelInfo:
     )
 
 
-MODELS: dict[str, ModelInfo] = {info.name: info for info in (_lima(size, bb) for bb in _BACKBONES for size in _TEACHERS)}
+MODELS: dict[str, ModelInfo] = {
+    info.name: info for info in (_lima(size, bb) for bb in _BACKBONES for size in _TEACHERS)
+}
 
 
 def list_models() -> list[str]:

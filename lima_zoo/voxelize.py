@@ -77,9 +77,15 @@ def input_columns(pts: torch.Tensor, cfg: PreprocessConfig, b: int) -> torch.Ten
 def voxelize(scans: list[torch.Tensor], cfg: PreprocessConfig, keep_points: bool = False) -> Voxels:
     """Voxelize scans into one sparse batch.
 
-    scans: list of (N_b, >=3) float tensors (x, y, z[, intensity, ...]); intensity already in the
-        scale ``cfg.intensity_scale`` says. Scan b gets batch index b.
-    keep_points: also return every point's columns and grid position (Voxels.point_feats / .grid).
+    Args:
+        scans: (N_b, >=3) float tensors (x, y, z[, intensity, ...]); intensity already in the scale
+            ``cfg.intensity_scale`` says. Scan b gets batch index b.
+        cfg: the voxelization (cylindrical or cartesian, voxel size) the model was trained with.
+        keep_points: also return every point's columns and grid position (Voxels.point_feats / .grid).
+
+    Returns:
+        Voxels: (M, C) features and (M, 4) int32 [batch, i, j, k] coordinates of the occupied
+        voxels, and ``inverse`` (N,), each point's voxel row.
     """
     device = scans[0].device
     cells, feats, grids = [], [], []

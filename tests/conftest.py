@@ -79,7 +79,9 @@ def check_point_output_encoder(enc, pts: np.ndarray, cell_of_point: np.ndarray, 
     assert feats.shape == (len(pts), enc.config.out_dim) and np.isfinite(feats).all()
     assert np.array_equal(enc.embed(pts), feats)
     perm = np.random.default_rng(1).permutation(len(pts))
-    np.testing.assert_allclose(enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5)  # every point, not only lone ones
+    np.testing.assert_allclose(
+        enc.embed(pts[perm])[np.argsort(perm)], feats, rtol=1e-4, atol=1e-5
+    )  # every point, not only lone ones
     shared = np.flatnonzero(np.bincount(cell_of_point)[cell_of_point] > 1)
     a = shared[0]
     b = shared[cell_of_point[shared] == cell_of_point[a]][1]
@@ -105,7 +107,9 @@ def check_gradients_reach_every_parameter(enc, pts: np.ndarray) -> None:
     rows = enc.head(enc.backbone_rows(batch))
     assert rows.shape == (3500, enc.config.head_dim)
     rows.square().sum().backward()
-    dead = [n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+    dead = [
+        n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))
+    ]
     assert not dead, dead
 
 
@@ -117,7 +121,8 @@ def check_onnx_point_runner(enc, folder, scans: list[np.ndarray]) -> None:
     refused, naming the layout."""
     from lima_zoo import LiMAEncoder
     from lima_zoo.config import EncoderConfig
-    from lima_zoo.export import OnnxEncoder, export_onnx
+    from lima_zoo.export import export_onnx
+    from lima_zoo.runtime import OnnxEncoder
 
     enc.save_pretrained(folder)
     export_onnx(enc, folder)
@@ -131,5 +136,7 @@ def check_onnx_point_runner(enc, folder, scans: list[np.ndarray]) -> None:
     voxel_graph = folder / "voxel"
     export_onnx(LiMAEncoder(EncoderConfig(backbone="minkunet14", width=0.25, head_dim=16)).eval(), voxel_graph)
     (folder / "model.onnx").write_bytes((voxel_graph / "model.onnx").read_bytes())
-    with pytest.raises(ValueError, match=f"model.onnx: its inputs .* not this lima-zoo's {enc.config.backbone} graph layout"):
+    with pytest.raises(
+        ValueError, match=f"model.onnx: its inputs .* not this lima-zoo's {enc.config.backbone} graph layout"
+    ):
         OnnxEncoder.from_pretrained(folder)

@@ -8,8 +8,9 @@ import torch
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.config import EncoderConfig
-from lima_zoo.export.convert import convert_checkpoint, read_state_dict
+from lima_zoo.export.convert import convert_checkpoint
 from lima_zoo.synth.scan import street_scan
+from lima_zoo.weights import read_state_dict
 
 
 def _superflow_style_checkpoint(path, depth="minkunet14", head=True, wrap=True):
@@ -29,7 +30,11 @@ def _superflow_style_checkpoint(path, depth="minkunet14", head=True, wrap=True):
         state["head_3d.conv_seg.bias"] = src.head.proj.bias.detach().clone()
     state["backbone_2d.encoder.blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
     state["head_2d.conv.weight"] = torch.zeros(2, 2)
-    obj = {"meta": {"epoch": 100, "seed": 0}, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}} if wrap else state
+    obj = (
+        {"meta": {"epoch": 100, "seed": 0}, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}
+        if wrap
+        else state
+    )
     torch.save(obj, path)
     return src
 
@@ -70,7 +75,10 @@ class _Exploit:
 
 
 def test_incomplete_or_foreign_checkpoints_are_refused_clearly(tmp_path):
-    state = {f"backbone_3d.{k}": v for k, v in LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).backbone.state_dict().items()}
+    state = {
+        f"backbone_3d.{k}": v
+        for k, v in LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8)).backbone.state_dict().items()
+    }
     state.pop("backbone_3d.block3.0.conv2.kernel")
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="no complete MinkUNet or SPVCNN backbone"):
@@ -109,5 +117,7 @@ def test_cli_convert(tmp_path):
     assert res.exit_code == 0, res.output
     assert "left out (2 keys" in res.output and "head_dim 64" in res.output
     assert LiMAEncoder.from_pretrained(tmp_path / "enc").config.head_dim == 64
-    res = CliRunner().invoke(main, ["convert", str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "x"), "--head", "head_2d."])
+    res = CliRunner().invoke(
+        main, ["convert", str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "x"), "--head", "head_2d."]
+    )
     assert res.exit_code != 0 and "no Linear(96 -> D) head at 'head_2d.'" in res.output

@@ -34,7 +34,12 @@ def test_cpu_ranks_use_gloo():
 @pytest.mark.parametrize(
     "requested,env,gpus,message",
     [
-        ("cuda", {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "5"}, 4, r"LOCAL_RANK=5 needs cuda:5, but only 4 GPU\(s\) are visible"),
+        (
+            "cuda",
+            {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "5"},
+            4,
+            r"LOCAL_RANK=5 needs cuda:5, but only 4 GPU\(s\) are visible",
+        ),
         ("cuda:0", {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, 2, r"LOCAL_RANK=1 owns cuda:1"),
         ("cuda", {}, 0, "no CUDA device is visible"),
         ("auto", {"WORLD_SIZE": "2", "RANK": "2"}, 0, "RANK=2 but WORLD_SIZE=2"),
@@ -50,7 +55,7 @@ def test_impossible_placements_are_clear(requested, env, gpus, message):
 
 def test_embedding_under_torchrun_takes_the_local_rank_gpu():
     """Core's resolve_device is the rule training's placement builds on: auto / cuda = cuda:LOCAL_RANK."""
-    from lima_zoo.encoder import resolve_device
+    from lima_zoo.device import resolve_device
 
     env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}
     assert resolve_device("auto", env, cuda_devices=4) == torch.device("cuda", 3)

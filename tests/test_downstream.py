@@ -48,7 +48,9 @@ def test_lovasz_softmax_is_zero_for_perfect_and_positive_otherwise():
 def labelled_world(tmp_path_factory):
     from lima_zoo.synth import generate
 
-    return generate(tmp_path_factory.mktemp("labelled"), "nuscenes", scenes=4, frames=2, seed=21, image_scale=0.1, workers=2)
+    return generate(
+        tmp_path_factory.mktemp("labelled"), "nuscenes", scenes=4, frames=2, seed=21, image_scale=0.1, workers=2
+    )
 
 
 def _tiny_encoder(tmp_path):
@@ -56,7 +58,13 @@ def _tiny_encoder(tmp_path):
     from lima_zoo.config import EncoderConfig, PreprocessConfig
 
     torch.manual_seed(0)
-    enc = LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5))))
+    enc = LiMAEncoder(
+        EncoderConfig(
+            backbone="minkunet14",
+            head_dim=8,
+            preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5)),
+        )
+    )
     return enc.save_pretrained(tmp_path / "enc")
 
 
@@ -65,9 +73,16 @@ def test_linear_probe_and_finetune_end_to_end(labelled_world, tmp_path):
     from lima_zoo.training.downstream import run_downstream
 
     enc = _tiny_encoder(tmp_path)
-    probe = run_downstream(DownstreamConfig(protocol="linear", augment=False, max_steps=6, lr=0.01, camera_split=True), str(enc), labelled_world, tmp_path / "lp")
+    probe = run_downstream(
+        DownstreamConfig(protocol="linear", augment=False, max_steps=6, lr=0.01, camera_split=True),
+        str(enc),
+        labelled_world,
+        tmp_path / "lp",
+    )
     assert 0 <= probe["miou"] <= 1 and probe["val_frames"] == 2
-    assert 0 <= probe["miou_inside"] <= 1 and 0 <= probe["miou_outside"] <= 1  # points inside / outside the current cameras
+    assert (
+        0 <= probe["miou_inside"] <= 1 and 0 <= probe["miou_outside"] <= 1
+    )  # points inside / outside the current cameras
     saved = json.loads((tmp_path / "lp" / "metrics.json").read_text())
     assert saved["miou"] == probe["miou"] and len(saved["per_class_iou"]) == 16
     assert (tmp_path / "lp" / "iou.png").exists() and (tmp_path / "lp" / "loss.png").exists()
@@ -95,11 +110,13 @@ def test_linear_probe_and_finetune_end_to_end(labelled_world, tmp_path):
 
 
 def test_random_backbone_is_seeded():
+    from lima_zoo.loading import load_encoder
     from lima_zoo.training.config import DownstreamConfig
-    from lima_zoo.training.downstream import load_backbone
+    from lima_zoo.training.downstream import backbone_source
 
-    a = load_backbone("random", DownstreamConfig(random_backbone="minkunet14", seed=3), torch.device("cpu")).state_dict()
-    b = load_backbone("random", DownstreamConfig(random_backbone="minkunet14", seed=3), torch.device("cpu")).state_dict()
+    cfg = DownstreamConfig(random_backbone="minkunet14", seed=3)
+    a = load_encoder(backbone_source("random", cfg), device=torch.device("cpu"), seed=cfg.seed).state_dict()
+    b = load_encoder(backbone_source("random", cfg), device=torch.device("cpu"), seed=cfg.seed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -108,7 +125,10 @@ def test_eval_cli_rejects_unknown_setting(labelled_world, tmp_path):
 
     from lima_zoo.cli import main
 
-    res = CliRunner().invoke(main, ["eval", "--model", "random", "--data", str(labelled_world), "--out", str(tmp_path / "x"), "--set", "epoch=3"])
+    res = CliRunner().invoke(
+        main,
+        ["eval", "--model", "random", "--data", str(labelled_world), "--out", str(tmp_path / "x"), "--set", "epoch=3"],
+    )
     assert res.exit_code != 0 and "unknown keys ['epoch']" in res.output and "'epochs'" in res.output
 
 
@@ -123,7 +143,9 @@ def test_camera_split_partitions_the_validation_points(labelled_world, tmp_path)
     assert torch.equal(cms["inside"].matrix + cms["outside"].matrix, cms["all"].matrix)
     frame = val.frame(0, 0)
     front, every = in_cameras(frame, ("CAM_FRONT",)), in_cameras(frame)
-    assert 0 < int(front.sum()) < int(every.sum()) < len(frame.points) and bool((every | ~front).all())  # front within all cameras
+    assert 0 < int(front.sum()) < int(every.sum()) < len(frame.points) and bool(
+        (every | ~front).all()
+    )  # front within all cameras
 
 
 @pytest.mark.parametrize("backbone", ["spvcnn18", "frnet18"])
@@ -135,7 +157,12 @@ def test_point_output_probe_and_finetune_steps(backbone, labelled_world, tmp_pat
     from lima_zoo.training.downstream import run_downstream
 
     torch.manual_seed(0)
-    cfg = EncoderConfig(backbone=backbone, width=0.25, head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5)))
+    cfg = EncoderConfig(
+        backbone=backbone,
+        width=0.25,
+        head_dim=8,
+        preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5)),
+    )
     enc = LiMAEncoder(cfg).save_pretrained(tmp_path / backbone)
     for protocol in ("linear", "finetune"):
         # batch 1: the evaluation walks the 2 validation frames in two batches

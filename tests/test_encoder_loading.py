@@ -68,7 +68,12 @@ def test_registered_model_offline_error_is_fast_and_helpful(tmp_path, monkeypatc
     # Not a speed test: it guards against huggingface_hub's ~20 s of DNS retries (a hang to a user).
     assert time.perf_counter() - start < 5
     msg = str(err.value)
-    assert "lima-zoo/vit-b-minkunet34" in msg and str(tmp_path) in msg and "save_pretrained" in msg and "lima-zoo train" in msg
+    assert (
+        "lima-zoo/vit-b-minkunet34" in msg
+        and str(tmp_path) in msg
+        and "save_pretrained" in msg
+        and "lima-zoo train" in msg
+    )
 
 
 def test_unreachable_hub_fails_within_seconds(tmp_path, monkeypatch):
@@ -119,7 +124,10 @@ def test_strict_load_lists_every_problem(saved, tmp_path):
         (lambda c: c.update(format_version=99), "newer than this lima-zoo supports"),
         (lambda c: c["preprocess"].update(voxel_type="spherical"), "voxel_type"),
         (lambda c: c.update(head_dim="big"), "expected int"),
-        (lambda c: c["preprocess"].update(intensity_scale="255"), r"config.json.preprocess.intensity_scale: expected a number, got '255'"),
+        (
+            lambda c: c["preprocess"].update(intensity_scale="255"),
+            r"config.json.preprocess.intensity_scale: expected a number, got '255'",
+        ),
         (lambda c: c.update(bn_momentum="0.05"), r"config.json.bn_momentum: expected a number"),
         (lambda c: c.update(format_version=[1]), r"config.json.format_version: expected int, got \[1\]"),
         (lambda c: c.update(format_version="one"), r"config.json.format_version: expected int, got 'one'"),
@@ -275,7 +283,9 @@ def test_a_batch_too_big_for_free_memory_is_refused_before_the_forward(saved, sm
     from lima_zoo.features import ensure_fits
 
     ensure_fits(1000, torch.device("cpu"), free=10**9)  # 3.4 MB of 1 GB: fine
-    with pytest.raises(ValueError, match=r"5,000,000 points -> 1,600,000 voxels would need ~5.1 GiB on cpu, but only 4.0 GiB is free"):
+    with pytest.raises(
+        ValueError, match=r"5,000,000 points -> 1,600,000 voxels would need ~5.1 GiB on cpu, but only 4.0 GiB is free"
+    ):
         ensure_fits(1_600_000, torch.device("cpu"), 5_000_000, free=4 * 2**30)
     enc, _ = saved
     monkeypatch.setattr(features_module, "available_memory", lambda device: 2**20)  # 1 MiB free

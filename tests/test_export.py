@@ -8,19 +8,28 @@ import torch
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.config import EncoderConfig, PreprocessConfig
-from lima_zoo.export import export_safetensors, load_encoder_source
+from lima_zoo.export import export_safetensors
+from lima_zoo.loading import load_encoder as load_encoder_source
 from lima_zoo.synth.scan import street_scan
 
 
 def _tiny() -> LiMAEncoder:
     torch.manual_seed(0)
-    return LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4))))
+    return LiMAEncoder(
+        EncoderConfig(
+            backbone="minkunet14",
+            head_dim=8,
+            preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)),
+        )
+    )
 
 
 def test_export_from_training_checkpoint_reproduces_features(tmp_path):
     enc = _tiny()
     ckpt = tmp_path / "last.pt"
-    torch.save({"encoder": enc.state_dict(), "optimizer": {}, "step": 3, "config": {"encoder": enc.config.to_dict()}}, ckpt)
+    torch.save(
+        {"encoder": enc.state_dict(), "optimizer": {}, "step": 3, "config": {"encoder": enc.config.to_dict()}}, ckpt
+    )
     out = export_safetensors(load_encoder_source(ckpt), tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     scan = street_scan(seed=1)[:, :4]

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.config import KITTI_RANGE_IMAGE, EncoderConfig, PreprocessConfig, RangeImageConfig, config_from_dict
 from lima_zoo.range_view import range_pixels, range_project
-
-from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
 
 SMALL = EncoderConfig(backbone="frnet18", width=0.25, head_dim=16)
 
@@ -33,12 +32,20 @@ def _numpy_pixel(x: float, y: float, z: float, h: int, w: int, up_deg: float, do
 def test_range_pixels_match_a_direct_numpy_projection(image):
     rng = np.random.default_rng(0)
     rng_dirs = rng.normal(size=(3000, 3)) * [20, 20, 4]
-    edges = np.array([[10, 0, 0], [-10, 1e-9, 0], [-10, -1e-9, 0], [0, 5, 0], [0, -5, 0], [1, 0, 50], [1, 0, -50], [0, 0, 0]])
+    edges = np.array(
+        [[10, 0, 0], [-10, 1e-9, 0], [-10, -1e-9, 0], [0, 5, 0], [0, -5, 0], [1, 0, 50], [1, 0, -50], [0, 0, 0]]
+    )
     xyz = np.concatenate([rng_dirs, edges])
     rows, cols = range_pixels(torch.from_numpy(xyz).float(), image)
-    want = np.array([_numpy_pixel(*map(float, p), image.height, image.width, image.fov_up, image.fov_down) for p in xyz.astype(np.float32)])
+    want = np.array(
+        [
+            _numpy_pixel(*map(float, p), image.height, image.width, image.fov_up, image.fov_down)
+            for p in xyz.astype(np.float32)
+        ]
+    )
     np.testing.assert_array_equal(np.stack([rows.numpy(), cols.numpy()], 1), want)
-    # ahead: the middle column; behind (left / right of the seam): the first / last; left a quarter, right three quarters
+    # ahead: the middle column; behind (left / right of the seam): the first / last;
+    # left a quarter, right three quarters
     assert want[-8:-3, 1].tolist() == [image.width // 2, 0, image.width - 1, image.width // 4, 3 * image.width // 4]
     horizon = math.floor(image.fov_up / (image.fov_up - image.fov_down) * image.height)
     assert want[-8:-3, 0].tolist() == [horizon] * 5
@@ -82,10 +89,18 @@ def test_config_records_the_range_image_and_refuses_it_for_voxel_backbones(tmp_p
     assert SMALL.preprocess.range_image == RangeImageConfig(32, 480, 10.0, -30.0)  # nuScenes' by default, written out
     folder = LiMAEncoder(SMALL).save_pretrained(tmp_path / "fr")
     saved = json.loads((folder / "config.json").read_text())
-    assert saved["preprocess"]["range_image"] == {"height": 32, "width": 480, "fov_up": 10.0, "fov_down": -30.0, "origin": [0.0, 0.0, 0.0]}
+    assert saved["preprocess"]["range_image"] == {
+        "height": 32,
+        "width": 480,
+        "fov_up": 10.0,
+        "fov_down": -30.0,
+        "origin": [0.0, 0.0, 0.0],
+    }
     with pytest.raises(ValueError, match="range_image is for range-view backbones .*a minkunet34 reads voxels"):
         EncoderConfig(preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE))
-    with pytest.raises(ValueError, match=r"config.preprocess.range_image: height must be a positive multiple of 8, got 30"):
+    with pytest.raises(
+        ValueError, match=r"config.preprocess.range_image: height must be a positive multiple of 8, got 30"
+    ):
         config_from_dict(EncoderConfig, {"backbone": "frnet18", "preprocess": {"range_image": {"height": 30}}})
     with pytest.raises(ValueError, match="fov_down < fov_up"):
         RangeImageConfig(fov_up=-30.0, fov_down=10.0)
@@ -104,7 +119,11 @@ def test_a_kitti_range_image_changes_the_projection_not_the_weights(small_street
     """The image size is preprocessing: the same weights run on a 64 x 512 KITTI image (config.json says which)."""
     torch.manual_seed(0)
     nus = LiMAEncoder(SMALL).eval()
-    kitti = LiMAEncoder(EncoderConfig(backbone="frnet18", width=0.25, head_dim=16, preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE))).eval()
+    kitti = LiMAEncoder(
+        EncoderConfig(
+            backbone="frnet18", width=0.25, head_dim=16, preprocess=PreprocessConfig(range_image=KITTI_RANGE_IMAGE)
+        )
+    ).eval()
     kitti.load_state_dict(nus.state_dict())
     pts = small_street_points[:3000, :4]
     a, b = nus.embed(pts), kitti.embed(pts)
@@ -121,12 +140,26 @@ def test_frnet_gradients_reach_every_parameter(small_street_points):
 def test_frnet_names_and_sizes():
     """FRNet's layout at full width (frnet34: (3, 4, 6, 3) basic blocks of 128 channels), names written out by hand."""
     state = LiMAEncoder(EncoderConfig(backbone="frnet34")).backbone.state_dict()
-    expected = {"frustum_encoder.pre_norm.weight": (8,), "frustum_encoder.ffe_layers.0.0.weight": (96, 8), "frustum_encoder.ffe_layers.3.weight": (256, 256),
-                "frustum_encoder.compression_layers.0.weight": (16, 256), "stem.0.weight": (64, 16, 3, 3), "stem.6.weight": (128, 128, 3, 3),
-                "point_stem.0.weight": (128, 384), "fusion_stem.0.weight": (128, 256, 3, 3), "layer1.2.conv2.weight": (128, 128, 3, 3),
-                "layer2.0.downsample.0.weight": (128, 128, 1, 1), "layer3.5.bn2.running_var": (128,), "layer4.2.conv1.weight": (128, 128, 3, 3),
-                "point_fusion_layers.3.0.weight": (128, 256), "attention_layers.0.3.weight": (128, 128, 3, 3), "fuse_layer1.0.weight": (256, 640, 3, 3),
-                "point_fuse_layer2.0.weight": (128, 256), "head.mlps.1.0.weight": (256, 128), "head.mlps.3.0.weight": (96, 128)}  # fmt: skip
+    expected = {
+        "frustum_encoder.pre_norm.weight": (8,),
+        "frustum_encoder.ffe_layers.0.0.weight": (96, 8),
+        "frustum_encoder.ffe_layers.3.weight": (256, 256),
+        "frustum_encoder.compression_layers.0.weight": (16, 256),
+        "stem.0.weight": (64, 16, 3, 3),
+        "stem.6.weight": (128, 128, 3, 3),
+        "point_stem.0.weight": (128, 384),
+        "fusion_stem.0.weight": (128, 256, 3, 3),
+        "layer1.2.conv2.weight": (128, 128, 3, 3),
+        "layer2.0.downsample.0.weight": (128, 128, 1, 1),
+        "layer3.5.bn2.running_var": (128,),
+        "layer4.2.conv1.weight": (128, 128, 3, 3),
+        "point_fusion_layers.3.0.weight": (128, 256),
+        "attention_layers.0.3.weight": (128, 128, 3, 3),
+        "fuse_layer1.0.weight": (256, 640, 3, 3),
+        "point_fuse_layer2.0.weight": (128, 256),
+        "head.mlps.1.0.weight": (256, 128),
+        "head.mlps.3.0.weight": (96, 128),
+    }
     assert {k: tuple(state[k].shape) for k in expected} == expected
     assert "layer1.0.downsample.0.weight" not in state and "layer4.3.conv1.weight" not in state
 

@@ -7,11 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import num_threads, random_sparse, with_bn_statistics
 
 from lima_zoo.sparse import SparseTensor, fused
 from lima_zoo.sparse.functional import sparse_conv
-
-from conftest import num_threads, random_sparse, with_bn_statistics
 
 HAVE_TOOLCHAIN = shutil.which("ninja") is not None and (shutil.which("c++") or shutil.which("g++")) is not None
 
@@ -31,7 +30,9 @@ def built():
     if not HAVE_TOOLCHAIN:
         pytest.skip("no C++ compiler or ninja here: the pure-PyTorch path is used")
     module = fused.fused_module()
-    assert module is not None, f"a compiler and ninja are present but the fused kernel did not build: {fused._state.get('error')}"
+    assert module is not None, (
+        f"a compiler and ninja are present but the fused kernel did not build: {fused._state.get('error')}"
+    )
     return module
 
 
@@ -136,7 +137,7 @@ def test_torch_choice_never_builds(kernel, monkeypatch):
     assert fused.fused_module() is None and not fused.uses_fused(torch.zeros(1, 1))
 
 
-def test_without_a_compiler_auto_falls_back_once_and_fused_says_why(kernel, monkeypatch, capsys):
+def test_without_a_compiler_auto_falls_back_once_and_fused_says_why(kernel, monkeypatch, caplog):
     def no_compiler():
         raise RuntimeError("Ninja is required to load C++ extensions")
 
@@ -148,7 +149,7 @@ def test_without_a_compiler_auto_falls_back_once_and_fused_says_why(kernel, monk
     w = torch.randn(27, 3, 4, dtype=torch.float64)
     out = sparse_conv(feats, w, kmap)
     sparse_conv(feats, w, kmap)
-    err = capsys.readouterr().err
+    err = caplog.text
     assert err.count("not available") == 1 and "Ninja is required" in err and "pure-PyTorch" in err
     kernel("torch")
     torch.testing.assert_close(out, sparse_conv(feats, w, kmap), rtol=0, atol=0)  # the same path

@@ -19,7 +19,8 @@ def cloud() -> np.ndarray:
 def write_pcd(path, pts, binary: bool):
     header = (
         "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z intensity\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\n"
-        f"WIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(pts)}\nDATA {'binary' if binary else 'ascii'}\n"
+        f"WIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(pts)}\nDATA "
+        f"{'binary' if binary else 'ascii'}\n"
     )
     with open(path, "wb") as f:
         f.write(header.encode())
@@ -115,9 +116,14 @@ def test_ply_writer_pca_colours_and_features(tmp_path, cloud):
     feats[:, 0] += np.linspace(-20, 20, 500)  # dominant direction -> first PCA axis -> red
     save_features(tmp_path / "out.ply", feats, cloud[:, :3], ply_features=True)
     raw = (tmp_path / "out.ply").read_bytes()
-    body = raw[raw.index(b"end_header\n") + len(b"end_header\n"):]
-    rec = np.frombuffer(body, dtype=np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")]
-                                             + [(f"f{i}", "<f4") for i in range(16)]))
+    body = raw[raw.index(b"end_header\n") + len(b"end_header\n") :]
+    rec = np.frombuffer(
+        body,
+        dtype=np.dtype(
+            [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")]
+            + [(f"f{i}", "<f4") for i in range(16)]
+        ),
+    )
     np.testing.assert_array_equal(rec["x"], cloud[:, 0])
     np.testing.assert_array_equal(rec["f3"], feats[:, 3])
     assert np.corrcoef(rec["r"].astype(float), feats[:, 0])[0, 1] > 0.9
@@ -132,7 +138,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writers, "_write_ply", boom)
+    monkeypatch.setattr(writers, "write_ply", boom)
     with pytest.raises(KeyboardInterrupt):
         save_features(tmp_path / "out.ply", np.zeros((3, 4), np.float32), np.zeros((3, 3), np.float32))
     assert list(tmp_path.iterdir()) == []

@@ -12,15 +12,15 @@ import torch.nn.functional as F
 
 from lima_zoo.training.augment import augment_points
 from lima_zoo.training.config import AugmentConfig
-from lima_zoo.training.cross_view import aggregate_views, sample_pixel_features
 from lima_zoo.training.datasets.frame import Frame
 from lima_zoo.training.datasets.pairing import PixelPairs
-from lima_zoo.training.losses import averaged_loss, distillation_loss
-from lima_zoo.training.memory_bank import MemoryBank, point_entry
-from lima_zoo.training.mixing import lasermix, polarmix
-from lima_zoo.training.propagation import fuse, propagate
+from lima_zoo.training.lima.cross_view import aggregate_views, sample_pixel_features
+from lima_zoo.training.lima.losses import averaged_loss, distillation_loss
+from lima_zoo.training.lima.memory_bank import MemoryBank, point_entry
+from lima_zoo.training.lima.mixing import lasermix, polarmix
+from lima_zoo.training.lima.propagation import fuse, propagate
+from lima_zoo.training.lima.targets import global_xyz
 from lima_zoo.training.streams import StreamSampler
-from lima_zoo.training.targets import global_xyz
 
 
 def _pairs(point, camera, uv=None):
@@ -90,14 +90,21 @@ def test_static_point_gets_remembered_feature_after_ego_moves_and_turns():
     bank = MemoryBank(1, capacity=5)
     # Three frames ago the ego was elsewhere, facing another way; both points had camera targets then.
     past = _frame(np.vstack([static, moving_then]), _pose(-15.0, 2.0, 0.6), lidar_to_ego)
-    bank.push(0, point_entry(global_xyz(past), torch.cat([feat_static, feat_moving]), torch.tensor([True, True]), (0, 0)))
+    bank.push(
+        0, point_entry(global_xyz(past), torch.cat([feat_static, feat_moving]), torch.tensor([True, True]), (0, 0))
+    )
     for k in (1, 2):  # two frames that saw neither point
         bank.push(0, point_entry(torch.tensor([[500.0, 500.0, 0.0]]), feat_static, torch.tensor([True]), (0, k)))
     now = _frame(np.vstack([static, moving_now]), _pose(8.0, -1.0, -0.9), lidar_to_ego)
     xyz_now = global_xyz(now)
-    np.testing.assert_allclose(xyz_now.numpy(), np.vstack([static, moving_now]), atol=1e-4)  # the pose chain undid the motion
+    np.testing.assert_allclose(
+        xyz_now.numpy(), np.vstack([static, moving_now]), atol=1e-4
+    )  # the pose chain undid the motion
     pooled, has, frames = propagate(xyz_now, bank.entries(0), cell=0.3)
-    assert has.tolist() == [True, False] and frames.tolist() == [1, 0]  # the moving object does not pull its old feature
+    assert has.tolist() == [True, False] and frames.tolist() == [
+        1,
+        0,
+    ]  # the moving object does not pull its old feature
     torch.testing.assert_close(pooled[0], feat_static[0].half().float())
     # No current camera sees either point: the static one still gets a target, from memory alone.
     target, mask = fuse(torch.zeros(2, 16), torch.tensor([False, False]), pooled, has, alpha=0.5)
@@ -132,7 +139,9 @@ def test_mixing_keeps_each_points_own_target():
 def test_lasermix_takes_alternate_inclination_bands():
     gen = torch.Generator().manual_seed(3)
     pitch = torch.linspace(-24.9, 2.9, 1000)
-    pts = torch.stack([torch.cos(torch.deg2rad(pitch)) * 10, torch.zeros(1000), torch.sin(torch.deg2rad(pitch)) * 10], 1)
+    pts = torch.stack(
+        [torch.cos(torch.deg2rad(pitch)) * 10, torch.zeros(1000), torch.sin(torch.deg2rad(pitch)) * 10], 1
+    )
     keep_a, keep_b = lasermix(pts, pts, gen)
     assert torch.all(keep_a ^ keep_b)  # the same geometry splits into complementary bands
     changes = int((keep_a[1:] != keep_a[:-1]).sum())
@@ -156,10 +165,15 @@ def test_joint_and_separate_loss_averaging():
     cur, mem = torch.tensor([True, True, True, False]), torch.tensor([False, False, False, True])
     assert float(averaged_loss(dist, cur, mem, "joint", 1.0)) == pytest.approx(6 / 4)
     assert float(averaged_loss(dist, cur, mem, "joint", 0.5)) == pytest.approx(4.5 / 3.5)
-    assert float(averaged_loss(dist, cur, mem, "separate", 1.0)) == pytest.approx(1 + 3)  # each term over its own points
+    assert float(averaged_loss(dist, cur, mem, "separate", 1.0)) == pytest.approx(
+        1 + 3
+    )  # each term over its own points
     assert float(averaged_loss(dist, cur, mem, "separate", 0.25)) == pytest.approx(1 + 0.75)
     none = torch.zeros(4, dtype=torch.bool)
-    assert float(averaged_loss(dist, none, none, "joint", 1.0)) == 0 and float(averaged_loss(dist, none, none, "separate", 1.0)) == 0
+    assert (
+        float(averaged_loss(dist, none, none, "joint", 1.0)) == 0
+        and float(averaged_loss(dist, none, none, "separate", 1.0)) == 0
+    )
 
 
 def test_augmentation_is_rigid_up_to_scale():
@@ -182,7 +196,9 @@ def test_stream_sampler_walks_sequences_in_order():
     for b in range(2):
         walk = [step[b] for step in steps]
         for prev, cur in zip(walk, walk[1:]):
-            assert (cur.sequence == prev.sequence and cur.position == prev.position + 1 and not cur.starts_sequence) or cur.starts_sequence
+            assert (
+                cur.sequence == prev.sequence and cur.position == prev.position + 1 and not cur.starts_sequence
+            ) or cur.starts_sequence
         assert walk[0].starts_sequence
     other = StreamSampler(lengths, streams=2, rank=1, world=2, seed=1, max_offset=3).epoch(0)
     assert len(other) == len(steps)  # every rank runs the same number of steps
@@ -212,7 +228,9 @@ def test_teacher_is_frozen_and_offline_without_weights_fails_fast(tmp_path, monk
     # embeddings resampled) — random weights here, standing in for the real file a user passes.
     ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
     save_file(ref.state_dict(), str(tmp_path / "dinov2_s.safetensors"))
-    teacher = build_teacher(TeacherConfig(name="vit_small_patch14_dinov2", weights=str(tmp_path / "dinov2_s.safetensors")))
+    teacher = build_teacher(
+        TeacherConfig(name="vit_small_patch14_dinov2", weights=str(tmp_path / "dinov2_s.safetensors"))
+    )
     out = teacher([np.zeros((90, 160, 3), np.uint8), np.full((900, 1600, 3), 200, np.uint8)])
     assert out.shape == (2, 384, 16, 32) and not out.requires_grad
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())

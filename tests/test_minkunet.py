@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import num_threads
 
 from lima_zoo import create_encoder, list_models
 from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet, convert_torchsparse_state_dict
 from lima_zoo.sparse import SparseTensor
 from lima_zoo.voxelize import grid_indices, voxelize
-
-from conftest import num_threads
 
 
 def test_minkunet34_size_and_output(small_street_points):
@@ -73,7 +72,9 @@ def test_voxelize_first_point_and_inverse():
 def test_cylindrical_cells():
     cfg = PreprocessConfig()  # rho 0.1 m, phi 1 degree, z 0.1 m
     deg = torch.deg2rad(torch.tensor([0.5, 90.5, -89.5], dtype=torch.float64))  # cell centres
-    pts = torch.stack([10 * torch.cos(deg), 10 * torch.sin(deg), torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64)], 1)
+    pts = torch.stack(
+        [10 * torch.cos(deg), 10 * torch.sin(deg), torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64)], 1
+    )
     cells = grid_indices(pts, cfg)
     # Same radius -> same rho cell; +90 and -90 degrees from the first point -> phi cells +-90.
     assert cells[0, 0] == cells[1, 0] == cells[2, 0]

@@ -11,11 +11,14 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import with_bn_statistics  # noqa: E402
+
 from lima_zoo import LiMAEncoder  # noqa: E402
 from lima_zoo.config import EncoderConfig, PreprocessConfig  # noqa: E402
-from lima_zoo.export import OnnxEncoder, build_onnx_model, export_onnx, graph_inputs  # noqa: E402
+from lima_zoo.export import build_onnx_model, export_onnx  # noqa: E402
+from lima_zoo.runtime import OnnxEncoder  # noqa: E402
+from lima_zoo.runtime.voxel_inputs import graph_inputs  # noqa: E402
 from lima_zoo.synth.scan import street_scan  # noqa: E402
-from conftest import with_bn_statistics  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,11 @@ def test_onnx_runtime_is_deterministic_across_thread_counts(minkunet34_export):
 
 def test_small_depth_exports_and_verification_failure_leaves_nothing(tmp_path):
     torch.manual_seed(1)
-    cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
+    cfg = EncoderConfig(
+        backbone="minkunet14",
+        head_dim=8,
+        preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)),
+    )
     enc = with_bn_statistics(LiMAEncoder(cfg), seed=1)
     path = export_onnx(enc, tmp_path / "ok")
     assert path.name == "model.onnx" and OnnxEncoder(path, cfg).embed(street_scan(seed=0)[:, :4]).shape[1] == 96
@@ -103,7 +110,10 @@ def test_runner_errors_name_the_file(tmp_path):
 
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("feats", "features")]
     graph = helper.make_graph([helper.make_node("Identity", ["feats"], ["features"])], "other", io[:1], io[1:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(tmp_path / "model.onnx"))
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8),
+        str(tmp_path / "model.onnx"),
+    )
     with pytest.raises(ValueError, match="model.onnx: its inputs .* re-export it with `lima-zoo export`"):
         OnnxEncoder.from_pretrained(tmp_path)
 
@@ -114,7 +124,11 @@ def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
     from lima_zoo.cli import main
 
     torch.manual_seed(2)
-    cfg = EncoderConfig(backbone="minkunet14", head_dim=8, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
+    cfg = EncoderConfig(
+        backbone="minkunet14",
+        head_dim=8,
+        preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)),
+    )
     src = with_bn_statistics(LiMAEncoder(cfg), seed=2).save_pretrained(tmp_path / "src")
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(src), "--out", str(tmp_path / "model"), "--format", "safetensors,onnx"])
@@ -125,7 +139,19 @@ def test_cli_export_onnx_and_embed_with_onnx_runtime(tmp_path):
     scan = tmp_path / "scan.bin"
     street_scan(seed=6)[:, :4].astype(np.float32).tofile(scan)
     for runtime in ("torch", "onnx"):
-        res = runner.invoke(main, ["embed", str(scan), "--model", str(tmp_path / "model"), "--out", str(tmp_path / runtime), "--runtime", runtime])
+        res = runner.invoke(
+            main,
+            [
+                "embed",
+                str(scan),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / runtime),
+                "--runtime",
+                runtime,
+            ],
+        )
         assert res.exit_code == 0, res.output
     a, b = np.load(tmp_path / "torch" / "scan.npy"), np.load(tmp_path / "onnx" / "scan.npy")
     # this untrained net's features reach ~40, so compare relative to their scale
@@ -146,7 +172,7 @@ def test_cli_export_onnx_without_its_packages_says_how_to_install_once(tmp_path,
 
 
 def test_sum_tables_pick_every_pair_once_and_pad_with_the_zero_row():
-    from lima_zoo.export.onnx_inputs import sum_tables
+    from lima_zoo.runtime.voxel_inputs import sum_tables
 
     out_idx = np.array([2, 0, 2, 2, 3, 0])  # row 0: 2 pairs, row 1: none, row 2: 3, row 3: 1
     tables, order = sum_tables(out_idx, 4, widths=(1, 2, 4))

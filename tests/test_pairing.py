@@ -25,7 +25,9 @@ def camera(name: str, yaw_deg: float = 0.0, ego_shift: float = 0.0) -> CameraVie
 
 def test_quaternion_yaw():
     r = quaternion_to_matrix([math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)])  # +90 deg about z
-    torch.testing.assert_close(r @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64))
+    torch.testing.assert_close(
+        r @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64)
+    )
 
 
 def test_projection_filters_and_principal_point():

@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("timm")
 
 from conftest import free_port  # noqa: E402
+
 from lima_zoo.synth import generate  # noqa: E402
 from lima_zoo.training.config import list_recipes, load_recipe  # noqa: E402
 from lima_zoo.training.synthetic_teacher import make_synthetic_teacher  # noqa: E402
@@ -23,7 +24,9 @@ from lima_zoo.training.trainer import train  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("world"), "nuscenes", scenes=3, frames=4, seed=11, image_scale=0.1, workers=2)
+    return generate(
+        tmp_path_factory.mktemp("world"), "nuscenes", scenes=3, frames=4, seed=11, image_scale=0.1, workers=2
+    )
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +37,22 @@ def tiny_teacher(tmp_path_factory) -> Path:
 
 
 def _cfg(world: Path, teacher: Path, *extra: str):
-    return load_recipe("synthetic-tiny", [
-        f"data.path={world}", "data.synthetic=false", f"teacher.weights={teacher}", "teacher.image_size=[56, 112]",
-        "encoder.head_dim=32", "encoder.preprocess.voxel_type=cartesian", "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]",
-        "optim.max_steps=4", "run.checkpoint_every=2", "lima.frames=3", *extra,
-    ])  # fmt: skip
+    return load_recipe(
+        "synthetic-tiny",
+        [
+            f"data.path={world}",
+            "data.synthetic=false",
+            f"teacher.weights={teacher}",
+            "teacher.image_size=[56, 112]",
+            "encoder.head_dim=32",
+            "encoder.preprocess.voxel_type=cartesian",
+            "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]",
+            "optim.max_steps=4",
+            "run.checkpoint_every=2",
+            "lima.frames=3",
+            *extra,
+        ],
+    )
 
 
 def _losses(out: Path) -> list[float]:
@@ -70,7 +84,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_world, tiny_teac
     from lima_zoo import LiMAEncoder
 
     enc = LiMAEncoder.from_pretrained(tmp_path / "b" / "encoder")
-    pts = np.fromfile(next((tiny_world / "samples" / "LIDAR_TOP").glob("*.pcd.bin")), dtype=np.float32).reshape(-1, 5)[:, :4]
+    pts = np.fromfile(next((tiny_world / "samples" / "LIDAR_TOP").glob("*.pcd.bin")), dtype=np.float32).reshape(-1, 5)[
+        :, :4
+    ]
     feats = enc.embed(pts)
     assert feats.shape == (len(pts), 96) and np.isfinite(feats).all()
     assert (tmp_path / "b" / "loss.png").stat().st_size > 1000
@@ -89,7 +105,11 @@ def test_resume_checks_first_and_survives_a_torn_log_and_a_moved_run_folder(tiny
     train(_cfg(tiny_world, tiny_teacher), tmp_path / "full")
     # A run whose world and teacher live inside its folder (what synthetic-tiny makes under --out).
     cfg = _cfg(tiny_world, tiny_teacher)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path="", synthetic=True), teacher=dataclasses.replace(cfg.teacher, weights=""))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, path="", synthetic=True),
+        teacher=dataclasses.replace(cfg.teacher, weights=""),
+    )
     first = tmp_path / "first"
     shutil.copytree(tiny_world, first / "data")
     shutil.copytree(tiny_teacher, first / "teacher")
@@ -125,7 +145,7 @@ def test_single_frame_and_no_bank_variants(tiny_world, tiny_teacher, tmp_path):
 
 
 def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
-    from lima_zoo.training.runlog import load_checkpoint
+    from lima_zoo.training.run import load_checkpoint
 
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="cut.pt: not a readable PyTorch checkpoint"):
@@ -141,7 +161,9 @@ def test_config_errors_are_clear(tiny_world, tiny_teacher, tmp_path):
     with pytest.raises(ValueError, match="packaged recipe; recipes: ") as err:
         load_recipe("vit-q-minkunet34")
     listed = str(err.value).split("recipes: ", 1)[1].split(", ")
-    assert listed == list_recipes() and {"synthetic-tiny", "vit-b-minkunet34", "vit-b-spvcnn", "vit-b-frnet"} <= set(listed)
+    assert listed == list_recipes() and {"synthetic-tiny", "vit-b-minkunet34", "vit-b-spvcnn", "vit-b-frnet"} <= set(
+        listed
+    )
     with pytest.raises(ValueError, match="expected int"):
         load_recipe("synthetic-tiny", ["optim.streams=two"])
     with pytest.raises(ValueError, match="encoder.head_dim=128 but the teacher outputs 32-d"):
@@ -157,13 +179,39 @@ def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_
     import signal
     import time
 
-    sets = ["data.synthetic=false", f"teacher.weights={tiny_teacher}", "teacher.image_size=[56, 112]", "encoder.head_dim=32",
-            "encoder.preprocess.voxel_type=cartesian", "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]", "optim.max_steps=6",
-            "run.checkpoint_every=2", "optim.streams=1", "lima.frames=2", "run.threads=1"]  # fmt: skip
+    sets = [
+        "data.synthetic=false",
+        f"teacher.weights={tiny_teacher}",
+        "teacher.image_size=[56, 112]",
+        "encoder.head_dim=32",
+        "encoder.preprocess.voxel_type=cartesian",
+        "encoder.preprocess.voxel_size=[0.5, 0.5, 0.5]",
+        "optim.max_steps=6",
+        "run.checkpoint_every=2",
+        "optim.streams=1",
+        "lima.frames=2",
+        "run.threads=1",
+    ]
 
     def cmd(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "lima_zoo.cli",
-                "train", "synthetic-tiny", "--data", str(tiny_world), "--out", str(out), *extra] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "lima_zoo.cli",
+            "train",
+            "synthetic-tiny",
+            "--data",
+            str(tiny_world),
+            "--out",
+            str(out),
+            *extra,
+        ] + [a for s in sets for a in ("--set", s)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd(tmp_path / "full"), capture_output=True, text=True, timeout=600, env=env)
@@ -173,7 +221,9 @@ def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_
     assert len(full) == 6 and (tmp_path / "full" / "encoder" / "model.safetensors").exists()
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 600  # a hang guard, not a speed check
     while time.monotonic() < deadline and proc.poll() is None:
         if (killed / "log.jsonl").exists() and len(_losses(killed)) >= 3:
@@ -182,7 +232,9 @@ def test_ddp_two_cpu_processes_killed_and_resumed(tiny_world, tiny_teacher, tmp_
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, no chance to clean up
     proc.wait(timeout=60)
     ckpt = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["world_size"] == 2 and 2 <= ckpt["step"] < 6 and not (killed / "encoder").exists(), "the run was not killed mid-way"
+    assert ckpt["world_size"] == 2 and 2 <= ckpt["step"] < 6 and not (killed / "encoder").exists(), (
+        "the run was not killed mid-way"
+    )
     res = subprocess.run(cmd(killed, "--resume"), capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     np.testing.assert_allclose(_losses(killed), full, rtol=1e-6)
@@ -242,13 +294,20 @@ def test_reprojection_memory_with_drawn_cameras_resumes_exactly_and_matches_no_b
 
 
 def test_student_scans_per_stream_and_consistency_term(tiny_world, tiny_teacher, tmp_path):
-    train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=1", "lima.scans_per_stream=1", "lima.mixing=lasermix"), tmp_path / "one")
+    train(
+        _cfg(tiny_world, tiny_teacher, "optim.max_steps=1", "lima.scans_per_stream=1", "lima.mixing=lasermix"),
+        tmp_path / "one",
+    )
     one = json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[0])
-    assert one["loss_mixed"] == 0 and one["loss"] == pytest.approx(one["loss_current"])  # the mixed scenes are the only scans
+    assert one["loss_mixed"] == 0 and one["loss"] == pytest.approx(
+        one["loss_current"]
+    )  # the mixed scenes are the only scans
     train(_cfg(tiny_world, tiny_teacher, "optim.max_steps=1", "lima.consistency_weight=0.5"), tmp_path / "cons")
     cons = json.loads((tmp_path / "cons" / "log.jsonl").read_text().splitlines()[0])
     assert cons["loss_consistency"] > 0
-    assert cons["loss"] == pytest.approx(cons["loss_current"] + cons["loss_mixed"] + 0.5 * cons["loss_consistency"], rel=1e-5)
+    assert cons["loss"] == pytest.approx(
+        cons["loss_current"] + cons["loss_mixed"] + 0.5 * cons["loss_consistency"], rel=1e-5
+    )
     with pytest.raises(ValueError, match="consistency_weight > 0 .* needs mixing"):
         load_recipe("synthetic-tiny", ["lima.consistency_weight=1", "lima.mixing=none"])
     with pytest.raises(ValueError, match="data.cameras: no camera 'CAM_NOPE'"):
@@ -288,8 +347,18 @@ def test_synthetic_run_copies_the_packaged_teacher_and_makes_one_for_other_sizes
     meta = json.loads((synthetic_teacher.PACKAGED_TEACHER / "teacher.json").read_text())
     defaults = {k: p.default for k, p in inspect.signature(synthetic_teacher.make_synthetic_teacher).parameters.items()}
     vit = meta["vit"]
-    assert (vit["img_size"], vit["embed_dim"], vit["depth"], vit["patch_size"]) == (list(defaults["image_size"]), defaults["dim"], defaults["depth"], defaults["patch"])
-    assert meta["trained_on"] == {"seed": defaults["seed"], "scenes": defaults["scenes"], "frames": defaults["frames"], "images": meta["trained_on"]["images"]}
+    assert (vit["img_size"], vit["embed_dim"], vit["depth"], vit["patch_size"]) == (
+        list(defaults["image_size"]),
+        defaults["dim"],
+        defaults["depth"],
+        defaults["patch"],
+    )
+    assert meta["trained_on"] == {
+        "seed": defaults["seed"],
+        "scenes": defaults["scenes"],
+        "frames": defaults["frames"],
+        "images": meta["trained_on"]["images"],
+    }
     assert f"trained {defaults['steps']} steps" in meta["description"] and meta["heldout_patch_accuracy"] > 0.8
 
     made = []
@@ -308,7 +377,9 @@ def test_synthetic_run_copies_the_packaged_teacher_and_makes_one_for_other_sizes
     assert build_teacher(resolved.teacher).dim == 128  # loads strictly
     assert _resolve_inputs(cfg, tmp_path / "run", rank=0, world=1) == resolved  # a second start reuses the run's copy
 
-    other = load_recipe("synthetic-tiny", [f"data.path={tiny_world}", "data.synthetic=false", "teacher.image_size=[56, 112]"])
+    other = load_recipe(
+        "synthetic-tiny", [f"data.path={tiny_world}", "data.synthetic=false", "teacher.image_size=[56, 112]"]
+    )
     with pytest.raises(RuntimeError, match="made"):
         _resolve_inputs(other, tmp_path / "other", rank=0, world=1)
     assert made and made[0]["image_size"] == (56, 112)
@@ -322,7 +393,9 @@ def test_sparse_backend_is_one_run_field(tiny_world, tiny_teacher, tmp_path):
     train(_cfg(tiny_world, tiny_teacher, *sets), tmp_path / "torch")
     train(_cfg(tiny_world, tiny_teacher, *sets, "run.sparse_backend=spconv"), tmp_path / "spconv")
     np.testing.assert_allclose(_losses(tmp_path / "spconv"), _losses(tmp_path / "torch"), rtol=1e-4)
-    with pytest.raises(ValueError, match=r"spconv backend's CPU backward is wrong with more than one thread.*run.threads=1"):
+    with pytest.raises(
+        ValueError, match=r"spconv backend's CPU backward is wrong with more than one thread.*run.threads=1"
+    ):
         train(_cfg(tiny_world, tiny_teacher, "run.threads=2", "run.sparse_backend=spconv"), tmp_path / "two")
     assert not (tmp_path / "two").exists()
     with pytest.raises(ValueError, match="unknown sparse backend 'spconvv'"):

@@ -31,14 +31,20 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model")
     LiMAEncoder(EncoderConfig(backbone="minkunet14", head_dim=16, teacher="synthetic")).save_pretrained(out)
-    (out / "linear.json").write_text(json.dumps({"miou": 0.4678, "protocol": "linear", "percent": 100.0, "dataset": "nuscenes", "split": "val"}))
-    (out / "ft1.json").write_text(json.dumps({"miou": 0.4254, "protocol": "finetune", "percent": 1.0, "dataset": "nuscenes", "split": "val"}))
+    (out / "linear.json").write_text(
+        json.dumps({"miou": 0.4678, "protocol": "linear", "percent": 100.0, "dataset": "nuscenes", "split": "val"})
+    )
+    (out / "ft1.json").write_text(
+        json.dumps({"miou": 0.4254, "protocol": "finetune", "percent": 1.0, "dataset": "nuscenes", "split": "val"})
+    )
     return out
 
 
 @pytest.mark.parametrize("data", sorted(p.stem for p in CARDS_DIR.glob("*.yaml")))
 def test_every_card_parses_with_the_required_metadata(model_dir, data):
-    card = ModelCard(render_card(model_dir, "lima-zoo/test-model", data, [model_dir / "linear.json", model_dir / "ft1.json"]))
+    card = ModelCard(
+        render_card(model_dir, "lima-zoo/test-model", data, [model_dir / "linear.json", model_dir / "ft1.json"])
+    )
     meta = card.data.to_dict()
     assert meta["library_name"] == "lima-zoo" and meta["license"] == "apache-2.0"
     assert meta["pipeline_tag"] == "feature-extraction"
@@ -49,7 +55,14 @@ def test_every_card_parses_with_the_required_metadata(model_dir, data):
     values = {m["name"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
     assert values == {"mIoU (linear probe)": 46.78, "mIoU (fine-tune, 1% labels)": 42.54}
     text = card.text
-    for section in ("## Usage", "## Preprocessing contract", "## Evaluation", "## Limitations", "## Citation", "trained on"):
+    for section in (
+        "## Usage",
+        "## Preprocessing contract",
+        "## Evaluation",
+        "## Limitations",
+        "## Citation",
+        "trained on",
+    ):
         assert section in text, section
     assert "| 46.78 |" in text and "2507.05260" in text
     assert "cylindrical, voxel size 0.1 x 1 x 0.1" in text  # from config.json, not from the card data
@@ -84,13 +97,17 @@ def test_usage_snippet_runs(model_dir, tmp_path):
     scan.tofile(tmp_path / "scan.pcd.bin")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     code = snippet + "\nassert features.shape == (3000, 96), features.shape\nprint('ok')\n"
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
 def test_dry_run_lists_exactly_what_would_be_uploaded(model_dir, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    res = CliRunner().invoke(main, ["push", str(model_dir), "--repo-id", "me/tiny", "--dry-run", "--eval", str(model_dir / "linear.json")])
+    res = CliRunner().invoke(
+        main, ["push", str(model_dir), "--repo-id", "me/tiny", "--dry-run", "--eval", str(model_dir / "linear.json")]
+    )
     assert res.exit_code == 0, res.output
     listed = re.findall(r"^  (\S+)\s+[\d,]+ bytes", res.output, re.M)
     assert listed == ["config.json", "model.safetensors", "README.md"]

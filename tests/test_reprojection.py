@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lima_zoo.training.config import LimaConfig
 from lima_zoo.training.datasets.frame import CameraFrame, Frame
 from lima_zoo.training.datasets.pairing import project_points
-from lima_zoo.training.long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, recall, remember
-from lima_zoo.training.config import LimaConfig
-from lima_zoo.training.reprojection import reproject, view_entry, zbuffer
-from lima_zoo.training.targets import FrameTargets, global_xyz, sample_cameras, select_cameras
+from lima_zoo.training.lima.long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, recall, remember
+from lima_zoo.training.lima.reprojection import reproject, view_entry, zbuffer
+from lima_zoo.training.lima.targets import FrameTargets, global_xyz, sample_cameras, select_cameras
 
 W, H, TOKENS_W, TOKENS_H = 64, 32, 8, 4
 K = np.array([[32.0, 0, 32.0], [0, 32.0, 16.0], [0, 0, 1]])  # 90 deg horizontal field of view
@@ -32,7 +32,9 @@ def _frame(points_global: np.ndarray, ego: np.ndarray, cameras: int = 1) -> Fram
     """A frame at ego pose ``ego`` whose LiDAR (at the ego origin) returned ``points_global``."""
     local = (points_global - ego[:3, 3]) @ ego[:3, :3]
     pts = np.column_stack([local, np.zeros(len(local))]).astype(np.float32)
-    cams = [CameraFrame(f"CAM{i}", K, CAM_TO_EGO, ego, W, H, lambda: np.zeros((H, W, 3), np.uint8)) for i in range(cameras)]
+    cams = [
+        CameraFrame(f"CAM{i}", K, CAM_TO_EGO, ego, W, H, lambda: np.zeros((H, W, 3), np.uint8)) for i in range(cameras)
+    ]
     return Frame(pts, None, np.eye(4), ego, cams, "s", 0, 0)
 
 
@@ -43,7 +45,9 @@ def _grid(x: float, ys: tuple[float, float], zs: tuple[float, float], step: floa
 
 def _token_map() -> torch.Tensor:
     """(1, 4, h, w): a feature linear in the token position, [1, column, row, 0], so bilinear reads are exact."""
-    col, row = torch.meshgrid(torch.arange(TOKENS_W, dtype=torch.float32), torch.arange(TOKENS_H, dtype=torch.float32), indexing="xy")
+    col, row = torch.meshgrid(
+        torch.arange(TOKENS_W, dtype=torch.float32), torch.arange(TOKENS_H, dtype=torch.float32), indexing="xy"
+    )
     return torch.stack([torch.ones_like(col), col, row, torch.zeros_like(col)])[None]
 
 
@@ -124,8 +128,18 @@ def test_recall_kinds_and_fusion_with_reprojected_memory():
     lima = LimaConfig(align="reproject", alpha=0.5)
     past = _frame(np.vstack([WALL, OCCLUDER]), PAST_EGO)
     pairs = project_points(torch.from_numpy(past.points[:, :3]), past.camera_views())
-    entry = remember(past, FrameTargets(torch.zeros(len(past.points), 4), torch.zeros(len(past.points), dtype=torch.bool), global_xyz(past),
-                                        _token_map(), pairs), (0, 0), lima)  # fmt: skip
+    entry = remember(
+        past,
+        FrameTargets(
+            torch.zeros(len(past.points), 4),
+            torch.zeros(len(past.points), dtype=torch.bool),
+            global_xyz(past),
+            _token_map(),
+            pairs,
+        ),
+        (0, 0),
+        lima,
+    )
     xyz = torch.tensor([[20.0, 0.0, 0.0], [20.0, 1.0, 0.0], [-5.0, 0.0, 0.0]])
     unified = F.normalize(torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 1]]), dim=1)
     cur = FrameTargets(unified, torch.tensor([True, False, False]), xyz)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import num_threads, random_sparse
 
 from lima_zoo.sparse import Conv3d, SparseTensor, kernel_offsets
 from lima_zoo.sparse.functional import sparse_conv
-
-from conftest import num_threads, random_sparse
 
 
 def densify(feats: torch.Tensor, coords: torch.Tensor, grid: int, batches: int, scale: int = 1) -> torch.Tensor:
@@ -41,7 +40,13 @@ def test_submanifold_matches_dense(kernel_size, dilation):
     conv = Conv3d(3, 5, kernel_size, dilation=dilation, bias=True).double()
     out = conv(SparseTensor(feats, coords))
     dense_w = odd_kernel_to_dense(conv.kernel.detach(), kernel_size)
-    ref = F.conv3d(densify(feats, coords, 9, 2), dense_w, conv.bias.detach(), padding=dilation * (kernel_size // 2), dilation=dilation)
+    ref = F.conv3d(
+        densify(feats, coords, 9, 2),
+        dense_w,
+        conv.bias.detach(),
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+    )
     assert torch.equal(out.coords, coords)
     torch.testing.assert_close(out.feats, sample(ref, coords), rtol=1e-12, atol=1e-12)
 
@@ -151,8 +156,8 @@ def test_kernel_map_is_cached_and_reused():
 
 def test_backward_thread_count_independent(small_street_points):
     """Training gradients equal between 1 and 2 threads (within float tolerance)."""
-    from lima_zoo.voxelize import voxelize
     from lima_zoo.config import PreprocessConfig
+    from lima_zoo.voxelize import voxelize
 
     vox = voxelize([torch.from_numpy(small_street_points)], PreprocessConfig())
     conv = Conv3d(4, 16, 3)
@@ -208,7 +213,9 @@ def test_reusing_freed_memory_changes_no_number():
     runs = {}
     for mode in ("", "system"):
         env = {**os.environ, "LIMA_ZOO_MALLOC": mode, "OMP_NUM_THREADS": "1"}
-        out = subprocess.run([sys.executable, "-c", _GRADS], env=env, capture_output=True, text=True, timeout=600, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _GRADS], env=env, capture_output=True, text=True, timeout=600, check=True
+        )
         runs[mode] = out.stdout.split()
     assert runs[""][0] == "True" and runs["system"][0] == "False"
     assert runs[""][1] == runs["system"][1]

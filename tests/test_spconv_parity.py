@@ -7,18 +7,17 @@ parity runs at one thread; ours is checked separately at any thread count.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
+from conftest import num_threads, random_sparse
 
 from lima_zoo.config import PreprocessConfig
 from lima_zoo.models import MinkUNet
 from lima_zoo.sparse import Conv3d, SparseTensor, set_backend
 from lima_zoo.sparse.backends import spconv_cpu_unguarded
 from lima_zoo.voxelize import voxelize
-
-from conftest import num_threads, random_sparse
-
-import importlib.util
 
 FOREIGN = [
     pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed"))
@@ -65,7 +64,10 @@ def test_whole_minkunet34(street_points, voxel_type, size, foreign):
             m.running_var.uniform_(0.5, 1.5)
     a, b = _run_both(net, lambda: SparseTensor(vox.feats, vox.coords), foreign)
     diff = (a - b).abs().max().item()
-    print(f"\nMinkUNet-34 torch vs {foreign} ({voxel_type}, {len(vox.coords)} voxels): max |diff| = {diff:.3g}, max |y| = {a.abs().max():.3g}")
+    print(
+        f"\nMinkUNet-34 torch vs {foreign} ({voxel_type}, {len(vox.coords)} voxels): max |diff| = {diff:.3g}, max "
+        f"|y| = {a.abs().max():.3g}"
+    )
     assert diff < 1e-4
 
 
@@ -74,7 +76,9 @@ def test_backward_through_every_backend(foreign):
     """Training runs on a foreign backend: input and weight gradients match the torch engine's."""
     feats, coords = random_sparse(grid=10, density=0.3, dtype=torch.float32)
     torch.manual_seed(0)
-    net = torch.nn.Sequential(Conv3d(3, 8, 3), Conv3d(8, 8, 2, stride=2), Conv3d(8, 8, 3), Conv3d(8, 5, 2, stride=2, transposed=True))
+    net = torch.nn.Sequential(
+        Conv3d(3, 8, 3), Conv3d(8, 8, 2, stride=2), Conv3d(8, 8, 3), Conv3d(8, 5, 2, stride=2, transposed=True)
+    )
     grads = []
     with num_threads(1):
         for backend in ("torch", foreign):
@@ -103,7 +107,10 @@ def test_spconv_on_cpu_is_right_at_two_threads_or_refuses(street_points):
         assert torch.get_num_threads() == 2
     assert (want - got).abs().max().item() < 1e-4
     net.train()
-    with num_threads(2), pytest.raises(ValueError, match=r"CPU backward is wrong with more than one thread.*run.threads=1"):
+    with (
+        num_threads(2),
+        pytest.raises(ValueError, match=r"CPU backward is wrong with more than one thread.*run.threads=1"),
+    ):
         net(SparseTensor(vox.feats, vox.coords))
     with num_threads(2), spconv_cpu_unguarded():  # benchmarks time spconv as its users run it
         net(SparseTensor(vox.feats, vox.coords)).feats.sum().backward()

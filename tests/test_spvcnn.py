@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.config import EncoderConfig, PreprocessConfig
@@ -13,9 +14,12 @@ from lima_zoo.sparse import SparseTensor
 from lima_zoo.sparse.points import PointFeatures, devoxelize, voxelize_mean
 from lima_zoo.voxelize import voxelize
 
-from conftest import check_gradients_reach_every_parameter, check_point_output_encoder
-
-SMALL = EncoderConfig(backbone="spvcnn18", width=0.25, head_dim=16, preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)))
+SMALL = EncoderConfig(
+    backbone="spvcnn18",
+    width=0.25,
+    head_dim=16,
+    preprocess=PreprocessConfig(voxel_type="cartesian", voxel_size=(0.4, 0.4, 0.4)),
+)
 
 
 def _numpy_trilinear(cells: dict, feats: np.ndarray, grid: np.ndarray, stride: int) -> np.ndarray:
@@ -32,7 +36,11 @@ def _numpy_trilinear(cells: dict, feats: np.ndarray, grid: np.ndarray, stride: i
                     row = cells.get((int(b), base[0] + dx, base[1] + dy, base[2] + dz))
                     if row is None:
                         continue
-                    w = (frac[0] if dx else 1 - frac[0]) * (frac[1] if dy else 1 - frac[1]) * (frac[2] if dz else 1 - frac[2])
+                    w = (
+                        (frac[0] if dx else 1 - frac[0])
+                        * (frac[1] if dy else 1 - frac[1])
+                        * (frac[2] if dz else 1 - frac[2])
+                    )
                     out[n] += w * feats[row]
                     total += w
         out[n] /= total + 1e-8
@@ -44,7 +52,9 @@ def test_point_voxel_moves_match_a_direct_numpy_reference(stride):
     rng = np.random.default_rng(0)
     xyz = np.concatenate([rng.uniform(0, 6, (400, 3)), rng.uniform(0, 6, (300, 3)) + [0, 0, 0]])
     batch = [torch.from_numpy(xyz[:400]).float(), torch.from_numpy(xyz[400:]).float()]
-    vox = voxelize(batch, PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5), use_dim=3), keep_points=True)
+    vox = voxelize(
+        batch, PreprocessConfig(voxel_type="cartesian", voxel_size=(0.5, 0.5, 0.5), use_dim=3), keep_points=True
+    )
     assert torch.equal(torch.floor(vox.grid[:, 1:]).long(), vox.coords[vox.inverse][:, 1:].long())
     x = SparseTensor(torch.zeros(len(vox.coords), 5, dtype=torch.float64), vox.coords)
     s = 1
@@ -70,13 +80,30 @@ def test_point_voxel_moves_match_a_direct_numpy_reference(stride):
 def test_torchsparse_key_names_and_shapes():
     """Names from SPVNAS's SPVCNN (stem / stageN / upN / point_transforms), written out by hand."""
     state = LiMAEncoder(EncoderConfig(backbone="spvcnn18")).backbone.state_dict()
-    expected = {"stem.0.kernel": (27, 4, 32), "stem.4.running_var": (32,), "stage1.0.net.0.kernel": (8, 32, 32), "stage1.1.net.3.kernel": (27, 32, 32),
-                "stage2.1.downsample.0.kernel": (1, 32, 64), "stage4.2.net.4.weight": (256,), "up1.0.net.0.kernel": (8, 256, 256),
-                "up1.1.0.net.0.kernel": (27, 384, 256), "up1.1.0.downsample.1.weight": (256,), "up4.1.1.net.3.kernel": (27, 96, 96),
-                "point_transforms.0.0.weight": (256, 32), "point_transforms.2.1.running_mean": (96,)}  # fmt: skip
+    expected = {
+        "stem.0.kernel": (27, 4, 32),
+        "stem.4.running_var": (32,),
+        "stage1.0.net.0.kernel": (8, 32, 32),
+        "stage1.1.net.3.kernel": (27, 32, 32),
+        "stage2.1.downsample.0.kernel": (1, 32, 64),
+        "stage4.2.net.4.weight": (256,),
+        "up1.0.net.0.kernel": (8, 256, 256),
+        "up1.1.0.net.0.kernel": (27, 384, 256),
+        "up1.1.0.downsample.1.weight": (256,),
+        "up4.1.1.net.3.kernel": (27, 96, 96),
+        "point_transforms.0.0.weight": (256, 32),
+        "point_transforms.2.1.running_mean": (96,),
+    }
     assert {k: tuple(state[k].shape) for k in expected} == expected
     assert "stage1.1.downsample.0.kernel" not in state  # 32 -> 32: an identity shortcut, as in SPVNAS
-    assert sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == 21_776_160  # SPVNAS: 21.8M
+    assert (
+        sum(
+            v.numel()
+            for k, v in state.items()
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+        == 21_776_160
+    )  # SPVNAS: 21.8M
 
 
 def test_spvcnn_encoder_one_row_per_point_in_order_deterministic_and_strict(tmp_path, small_street_points):
@@ -101,22 +128,29 @@ def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
     bucket); the runner refuses a MinkUNet graph under an SPVCNN config; the card names the inputs."""
     pytest.importorskip("onnxruntime")
     from conftest import check_onnx_point_runner, with_bn_statistics
+
     from lima_zoo.export.card import render_card
 
     torch.manual_seed(0)
     enc = with_bn_statistics(LiMAEncoder(SMALL))
     pile = small_street_points[:1, :4] + np.random.default_rng(0).uniform(0, 0.05, (60, 4)).astype(np.float32)
-    check_onnx_point_runner(enc, tmp_path, [np.concatenate([small_street_points[:3000, :4], pile]), small_street_points[3000:, :4]])
-    assert "onnx_spvcnn.point_voxel_inputs" in render_card(tmp_path, "lima-zoo/vit-b-spvcnn", "vit-b-spvcnn")  # from config.json
+    check_onnx_point_runner(
+        enc, tmp_path, [np.concatenate([small_street_points[:3000, :4], pile]), small_street_points[3000:, :4]]
+    )
+    assert "runtime.point_voxel_inputs" in render_card(
+        tmp_path, "lima-zoo/vit-b-spvcnn", "vit-b-spvcnn"
+    )  # from config.json
 
 
 def test_onnx_inputs_refuse_a_voxel_beyond_the_widest_sum():
     """More points in one voxel than the graph's widest cell bucket: a clear error, not a wrong sum."""
     pytest.importorskip("onnx")
-    from lima_zoo.export.onnx_spvcnn import CELL_WIDTHS, point_voxel_inputs
+    from lima_zoo.runtime.point_voxel_inputs import CELL_WIDTHS, point_voxel_inputs
 
     pile = torch.full((CELL_WIDTHS[-1] + 1, 4), 1.0)
-    with pytest.raises(ValueError, match=f"a voxel holds {CELL_WIDTHS[-1] + 1} points; the ONNX graph sums at most {CELL_WIDTHS[-1]}"):
+    with pytest.raises(
+        ValueError, match=f"a voxel holds {CELL_WIDTHS[-1] + 1} points; the ONNX graph sums at most {CELL_WIDTHS[-1]}"
+    ):
         point_voxel_inputs(voxelize([pile], SMALL.preprocess, keep_points=True))
 
 
@@ -124,7 +158,9 @@ def test_converted_spvnas_checkpoint_reports_the_classifier(tmp_path):
     """A bare SPVNAS segmentation state dict: 2-D 1x1 kernels, a classifier; converted with --head none."""
     torch.manual_seed(0)
     src = LiMAEncoder(EncoderConfig(backbone="spvcnn18", head_dim=0)).eval()
-    state = {k: (v[0] if k.endswith(".kernel") and v.shape[0] == 1 else v) for k, v in src.backbone.state_dict().items()}
+    state = {
+        k: (v[0] if k.endswith(".kernel") and v.shape[0] == 1 else v) for k, v in src.backbone.state_dict().items()
+    }
     state |= {"classifier.0.weight": torch.zeros(19, 96), "classifier.0.bias": torch.zeros(19)}
     torch.save(state, tmp_path / "spvcnn.pt")
     enc, report = convert_checkpoint(tmp_path / "spvcnn.pt", head="none")

@@ -192,7 +192,9 @@ def test_waymo_round_trip(waymo_root):
     assert len(ds.sequences) == 3 and len(open_dataset(waymo_root, split="val").sequences) == 1
     frame = ds.frame(2, 1)
     ext = _lidar_extrinsic()
-    xyz, intensity, _, mat, _ = _world_scan(7, 2, 3, WAYMO_LIDAR, 0.1, 1, azimuths=waymo_azimuths(WAYMO_LIDAR.azimuth_steps, ext))
+    xyz, intensity, _, mat, _ = _world_scan(
+        7, 2, 3, WAYMO_LIDAR, 0.1, 1, azimuths=waymo_azimuths(WAYMO_LIDAR.azimuth_steps, ext)
+    )
     np.testing.assert_allclose(frame.points[:, :3], xyz @ ext[:3, :3].T + ext[:3, 3], atol=1e-4)
     np.testing.assert_allclose(frame.points[:, 3], intensity, atol=0.3)
     np.testing.assert_array_equal(frame.labels, label_tables()["waymo"][mat])
@@ -248,8 +250,24 @@ def test_cli_synth_with_preview(tmp_path):
     from lima_zoo.cli import main
 
     out = tmp_path / "world"
-    res = CliRunner().invoke(main, ["synth", str(out), "--format", "semantickitti", "--scenes", "1", "--frames", "2", "--image-scale", "0.2",
-                                    "--workers", "1", "--preview"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            str(out),
+            "--format",
+            "semantickitti",
+            "--scenes",
+            "1",
+            "--frames",
+            "2",
+            "--image-scale",
+            "0.2",
+            "--workers",
+            "1",
+            "--preview",
+        ],
+    )
     assert res.exit_code == 0, res.output
     from PIL import Image
 
@@ -268,4 +286,8 @@ def test_cli_synth_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a))
     res = CliRunner().invoke(main, ["synth", str(tmp_path / "w"), "--scenes", "1", "--frames", "1"])
-    assert res.exit_code == 1 and "needs Pillow: pip install 'lima-zoo[synth]'" in res.output and not (tmp_path / "w").exists()
+    assert (
+        res.exit_code == 1
+        and "needs Pillow: pip install 'lima-zoo[synth]'" in res.output
+        and not (tmp_path / "w").exists()
+    )

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_cli import model_dir  # noqa: F401  (the tiny random encoder folder the embed tests use)
 
 from lima_zoo.cli import main
 from lima_zoo.viz import render
 from lima_zoo.viz.views import bev_view, cosine_similarity, nearest_point, range_view
-
-from test_cli import model_dir  # noqa: F401  (the tiny random encoder folder the embed tests use)
 
 pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402  (pillow comes with matplotlib)
@@ -84,9 +83,13 @@ def test_cli_viz_png_ply_rrd(tmp_path, model_dir, scan):
     res = runner.invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "f.png")])
     assert res.exit_code == 0, res.output
     assert "pca of" in res.output and Image.open(tmp_path / "f.png").size[0] > 600
-    res = runner.invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "s.png"), "--query-index", "10"])
+    res = runner.invoke(
+        main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "s.png"), "--query-index", "10"]
+    )
     assert res.exit_code == 0 and "similarity" in res.output and "query point 10" in res.output, res.output
-    res = runner.invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "s.ply"), "--query", "5,0,-1.5"])
+    res = runner.invoke(
+        main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "s.ply"), "--query", "5,0,-1.5"]
+    )
     assert res.exit_code == 0, res.output
     from lima_zoo.io import load_points
 
@@ -126,7 +129,9 @@ def test_cli_viz_bad_scan_and_missing_extras(tmp_path, model_dir, scan, monkeypa
     assert res.exit_code != 0 and "pip install 'lima-zoo[rerun]'" in res.output, res.output
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     res = CliRunner().invoke(main, ["viz", str(scan), "-m", str(model_dir), "-o", str(tmp_path / "f.png")])
-    assert res.exit_code != 0 and "pip install 'lima-zoo[viz]'" in res.output and len(res.output.strip().splitlines()) <= 3, res.output
+    assert (
+        res.exit_code != 0 and "pip install 'lima-zoo[viz]'" in res.output and len(res.output.strip().splitlines()) <= 3
+    ), res.output
     assert not (tmp_path / "f.png").exists()
 
 
@@ -138,15 +143,17 @@ from test_pretrain import tiny_teacher, tiny_world  # noqa: E402,F401  (session 
 def test_teacher_similarity_samples_the_query_like_the_distillation_targets():
     import torch
 
-    from lima_zoo.training.cross_view import sample_pixel_features
     from lima_zoo.training.datasets.pairing import PixelPairs
+    from lima_zoo.training.lima.cross_view import sample_pixel_features
     from lima_zoo.viz.cameras import teacher_similarity
 
     rng = np.random.default_rng(0)
     tokens = rng.normal(size=(2, 8, 4, 6)).astype(np.float32)
     for uv in ((37.3, 11.8), (0.2, 0.4), (59.6, 39.5)):  # inside, and within half a patch of two corners
         q, sim = teacher_similarity(tokens, 1, uv, (60, 40))
-        pairs = PixelPairs(torch.tensor([0]), torch.tensor([1]), torch.tensor([uv], dtype=torch.float32), torch.tensor([5.0]))
+        pairs = PixelPairs(
+            torch.tensor([0]), torch.tensor([1]), torch.tensor([uv], dtype=torch.float32), torch.tensor([5.0])
+        )
         ref = sample_pixel_features(torch.from_numpy(tokens), pairs, [(60, 40), (60, 40)])[0].double().numpy()
         np.testing.assert_allclose(q, ref, rtol=1e-5, atol=1e-6)
         assert sim.shape == (2, 4, 6) and np.all(sim <= 1.0 + 1e-9)
@@ -157,8 +164,26 @@ def test_teacher_similarity_samples_the_query_like_the_distillation_targets():
 
 def test_viz_data_draws_teacher_beside_student_for_every_camera(tmp_path, tiny_world, tiny_teacher, model_dir):
     out = tmp_path / "cams.png"
-    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "--sample", "1", "-m", str(model_dir),
-                                    "--teacher", str(tiny_teacher), "--query-class", "car", "-o", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "viz",
+            "--data",
+            str(tiny_world),
+            "--split",
+            "train",
+            "--sample",
+            "1",
+            "-m",
+            str(model_dir),
+            "--teacher",
+            str(tiny_teacher),
+            "--query-class",
+            "car",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "6 camera panel(s)" in res.output and "teacher synthetic" in res.output
     png = np.asarray(Image.open(out))
@@ -167,19 +192,52 @@ def test_viz_data_draws_teacher_beside_student_for_every_camera(tmp_path, tiny_w
 
 def test_viz_data_query_grid_one_row_per_class(tmp_path, tiny_world, tiny_teacher, model_dir):
     out = tmp_path / "grid.png"
-    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "--teacher", str(tiny_teacher),
-                                    "--queries", "car,driveable_surface,manmade", "-o", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "viz",
+            "--data",
+            str(tiny_world),
+            "--split",
+            "train",
+            "-m",
+            str(model_dir),
+            "--teacher",
+            str(tiny_teacher),
+            "--queries",
+            "car,driveable_surface,manmade",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "3 camera panel(s)" in res.output and out.is_file()
     # Without a teacher the student column is still drawn.
-    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "--teacher", "none",
-                                    "--query-index", "0", "-o", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "viz",
+            "--data",
+            str(tiny_world),
+            "--split",
+            "train",
+            "-m",
+            str(model_dir),
+            "--teacher",
+            "none",
+            "--query-index",
+            "0",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "teacher none" in res.output
 
 
 def test_class_query_picks_the_biggest_view_of_the_class():
-    from lima_zoo.cli.viz import _absent, class_id, class_query
+    from lima_zoo.training.query_figure import absent_class as _absent
+    from lima_zoo.training.query_figure import class_id, class_query
 
     # Class 1: a lone point near the image centre and a tight cluster of 5 near a corner.
     uv = np.array([[50.0, 50.0], [10, 10], [11, 10], [10, 11], [12, 12], [11, 11], [80, 80]])
@@ -206,7 +264,21 @@ def test_class_query_picks_the_biggest_view_of_the_class():
     ],
 )
 def test_viz_data_bad_inputs_are_one_line_errors(tmp_path, tiny_world, model_dir, args, message):
-    res = CliRunner().invoke(main, ["viz", "--data", str(tiny_world), "--split", "train", "-m", str(model_dir), "-o", str(tmp_path / "x.png"), *args])
+    res = CliRunner().invoke(
+        main,
+        [
+            "viz",
+            "--data",
+            str(tiny_world),
+            "--split",
+            "train",
+            "-m",
+            str(model_dir),
+            "-o",
+            str(tmp_path / "x.png"),
+            *args,
+        ],
+    )
     assert res.exit_code != 0 and message in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "x.png").exists()
 

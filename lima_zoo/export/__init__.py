@@ -1,12 +1,20 @@
-"""Deployable artifacts: safetensors encoder folders, a self-contained ONNX graph and its onnxruntime
-runner, converted torchsparse-lineage checkpoints. May import core, never training; onnx and
-onnxruntime are imported only when used."""
+"""Writing deployable artifacts: safetensors encoder folders, ONNX graphs (verified with the
+runtime before they are kept), model cards and Hub uploads, converted torchsparse-lineage
+checkpoints. May import core, never training; onnx is imported only when used. Reading an
+exported model is :mod:`lima_zoo.runtime`'s job.
+"""
 
 from .convert import ConversionReport, convert_checkpoint
-from .onnx_graph import build_onnx_model, export_onnx
-from .onnx_inputs import graph_inputs
-from .onnx_runtime import OnnxEncoder
-from .safetensors import export_safetensors, load_encoder_source
+from .folder import convert_to_folder, export_folder
+from .onnx_export import build_onnx_model, export_onnx
+from .safetensors import export_safetensors
 
-__all__ = ["export_safetensors", "load_encoder_source", "build_onnx_model", "export_onnx", "OnnxEncoder", "graph_inputs",
-           "convert_checkpoint", "ConversionReport"]
+__all__ = [
+    "export_folder",
+    "convert_to_folder",
+    "export_safetensors",
+    "build_onnx_model",
+    "export_onnx",
+    "convert_checkpoint",
+    "ConversionReport",
+]

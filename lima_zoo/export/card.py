@@ -14,15 +14,28 @@ from pathlib import Path
 import yaml
 
 from ..config import POINT_VOXEL_BACKBONES
-from ..encoder import read_config
 from ..models import parameter_count
+from ..weights import read_config
 
 __all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 REQUIRED_DATA = ("title", "description", "trained_on", "datasets", "recipe", "limitations")
-TAGS = ["lidar", "point-cloud", "feature-extraction", "self-supervised", "knowledge-distillation", "autonomous-driving", "lima-zoo"]
-DATASET_NAMES = {"nuscenes": "nuScenes", "semantickitti": "SemanticKITTI", "waymo": "Waymo Open Dataset", "folder": "sequence folder"}
+TAGS = [
+    "lidar",
+    "point-cloud",
+    "feature-extraction",
+    "self-supervised",
+    "knowledge-distillation",
+    "autonomous-driving",
+    "lima-zoo",
+]
+DATASET_NAMES = {
+    "nuscenes": "nuScenes",
+    "semantickitti": "SemanticKITTI",
+    "waymo": "Waymo Open Dataset",
+    "folder": "sequence folder",
+}
 
 
 def card_data_path(name_or_path: str | Path | None, config) -> Path:
@@ -61,22 +74,42 @@ def evaluation_results(paths: list[Path]) -> list:
             report = json.loads(Path(path).read_text())
             miou = float(report["miou"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a lima-zoo evaluation JSON with an 'miou' ({type(e).__name__}: {e})") from None
-        protocol = {"linear": "linear probe", "finetune": "fine-tune"}.get(report.get("protocol"), str(report.get("protocol", "?")))
+            raise ValueError(
+                f"{path}: not a lima-zoo evaluation JSON with an 'miou' ({type(e).__name__}: {e})"
+            ) from None
+        protocol = {"linear": "linear probe", "finetune": "fine-tune"}.get(
+            report.get("protocol"), str(report.get("protocol", "?"))
+        )
         percent = report.get("percent")
         if percent is not None and float(percent) != 100:
             protocol += f", {float(percent):g}% labels"
         dataset = str(report.get("dataset", "unknown"))
-        results.append(EvalResult(
-            task_type="semantic-segmentation", task_name="LiDAR semantic segmentation",
-            dataset_type=dataset, dataset_name=DATASET_NAMES.get(dataset, dataset), dataset_split=str(report.get("split", "val")),
-            metric_type="mIoU", metric_name=f"mIoU ({protocol})", metric_value=round(100 * miou, 2),
-        ))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="semantic-segmentation",
+                task_name="LiDAR semantic segmentation",
+                dataset_type=dataset,
+                dataset_name=DATASET_NAMES.get(dataset, dataset),
+                dataset_split=str(report.get("split", "val")),
+                metric_type="mIoU",
+                metric_name=f"mIoU ({protocol})",
+                metric_value=round(100 * miou, 2),
+            )
+        )
     return results
 
 
-def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()) -> str:
-    """README.md text for the encoder folder ``model_dir`` published as ``repo_id``."""
+def render_card(
+    model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()
+) -> str:
+    """README.md text for the encoder folder ``model_dir`` published as ``repo_id``.
+
+    Args:
+        model_dir: the encoder folder; its config.json fills the card's architecture rows.
+        repo_id: the Hub repo the card describes.
+        card_data: a card-data name under ``lima_zoo/model_cards/`` or a YAML file.
+        evals: metrics.json files from ``lima-zoo eval``: the results table and model-index.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     model_dir = Path(model_dir)
@@ -84,9 +117,14 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
     data = _read_card_data(card_data_path(card_data, config))
     results = evaluation_results(list(evals))
     meta = ModelCardData(
-        library_name="lima-zoo", license="apache-2.0", pipeline_tag="feature-extraction", tags=TAGS,
-        datasets=list(data["datasets"]) or None, model_name=repo_id.split("/")[-1], eval_results=results or None,
-    )  # fmt: skip
+        library_name="lima-zoo",
+        license="apache-2.0",
+        pipeline_tag="feature-extraction",
+        tags=TAGS,
+        datasets=list(data["datasets"]) or None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
+    )
     pre = config.preprocess
     card = ModelCard.from_template(
         meta,
@@ -108,20 +146,33 @@ def render_card(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
         input_columns="x, y, z, intensity" if pre.use_dim == 4 else "x, y, z",
         intensity_scale=f"{pre.intensity_scale:g}",
         grid_kind="range image" if pre.range_image else "voxelization",
-        onnx_inputs=_ONNX_INPUTS["range" if pre.range_image else "point_voxel" if config.backbone in POINT_VOXEL_BACKBONES else "voxel"],
+        onnx_inputs=_ONNX_INPUTS[
+            "range" if pre.range_image else "point_voxel" if config.backbone in POINT_VOXEL_BACKBONES else "voxel"
+        ],
         grid=_grid_text(pre),
     )
     return str(card)
 
 
 _ONNX_INPUTS = {  # what each graph layout takes, for the card
-    "range": "Its inputs are one scan's points, their pixels and the occupied pixels, which the lima-zoo runtime lays out "
-             "(`lima_zoo.export.onnx_frnet.range_feeds`); it runs one scan per call.",
-    "point_voxel": "Its inputs are the points, the kernel maps and each point's voxel look-ups, which the lima-zoo runtime "
-                   "builds (`lima_zoo.export.onnx_spvcnn.point_voxel_inputs`).",
-    "voxel": "Its inputs are the voxel features and the kernel maps, which the lima-zoo runtime builds (`lima_zoo.export.graph_inputs`).",
-}  # fmt: skip
-_FAMILIES = {"minkunet": "torchsparse-lineage MinkUNet", "spvcnn": "SPVNAS-lineage point-voxel SPVCNN", "frnet": "range-view FRNet"}
+    "range": (
+        "Its inputs are one scan's points, their pixels and the occupied pixels, which the lima-zoo runtime lays out "
+        "(`lima_zoo.runtime.range_inputs.range_feeds`); it runs one scan per call."
+    ),
+    "point_voxel": (
+        "Its inputs are the points, the kernel maps and each point's voxel look-ups, which the lima-zoo runtime "
+        "builds (`lima_zoo.runtime.point_voxel_inputs`)."
+    ),
+    "voxel": (
+        "Its inputs are the voxel features and the kernel maps, which the lima-zoo runtime builds "
+        "(`lima_zoo.runtime.voxel_inputs.graph_inputs`)."
+    ),
+}
+_FAMILIES = {
+    "minkunet": "torchsparse-lineage MinkUNet",
+    "spvcnn": "SPVNAS-lineage point-voxel SPVCNN",
+    "frnet": "range-view FRNet",
+}
 
 
 def _grid_text(pre) -> str:
@@ -129,7 +180,8 @@ def _grid_text(pre) -> str:
     if pre.range_image:
         r = pre.range_image
         seen_from = f", seen from ({', '.join(f'{v:g}' for v in r.origin)}) m" if any(r.origin) else ""
-        return f"{r.height} x {r.width} pixels, {r.fov_up:g} to {r.fov_down:g} degrees inclination{seen_from}; the points of a pixel keep their own features"
+        inclination = f"{r.fov_up:g} to {r.fov_down:g} degrees inclination"
+        return f"{r.height} x {r.width} pixels, {inclination}{seen_from}; the points of a pixel keep their own features"
     units = "rho m, phi degrees, z m" if pre.voxel_type == "cylindrical" else "x, y, z in m"
-    return f"{pre.voxel_type}, voxel size {' x '.join(f'{v:g}' for v in pre.voxel_size)} ({units}), first point of each voxel"
-
+    size = " x ".join(f"{v:g}" for v in pre.voxel_size)
+    return f"{pre.voxel_type}, voxel size {size} ({units}), first point of each voxel"

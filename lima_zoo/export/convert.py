@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from ..config import EncoderConfig, PreprocessConfig
-from ..encoder import LiMAEncoder, load_safetensors, load_state_strict, load_weights_only
+from ..encoder import LiMAEncoder
 from ..models import BACKBONE_LAYERS, build_backbone, convert_torchsparse_state_dict
+from ..weights import load_state_strict, read_state_dict
 
-__all__ = ["convert_checkpoint", "read_state_dict", "ConversionReport", "BACKBONE_PREFIXES", "HEAD_PREFIXES"]
+__all__ = ["convert_checkpoint", "ConversionReport", "BACKBONE_PREFIXES", "HEAD_PREFIXES"]
 
 # Where the lineage keeps its backbone / 3D head, most specific first ("" = a bare backbone).
 BACKBONE_PREFIXES = ("module.backbone_3d.", "backbone_3d.", "module.backbone.", "backbone.", "model.backbone.", "")
@@ -53,30 +54,13 @@ class ConversionReport:
         else:
             lines.append(f"  head from {self.head_prefix!r}: {', '.join(self.head_keys)}")
         if self.unmapped:
-            shown = ", ".join(self.unmapped[:12]) + (f" ... (+{len(self.unmapped) - 12})" if len(self.unmapped) > 12 else "")
+            shown = ", ".join(self.unmapped[:12]) + (
+                f" ... (+{len(self.unmapped) - 12})" if len(self.unmapped) > 12 else ""
+            )
             lines.append(f"  left out ({len(self.unmapped)} keys, not part of the encoder): {shown}")
         else:
             lines.append("  left out: nothing")
         return "\n".join(lines)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or a .pth/.pt checkpoint (weights_only), unwrapping the usual
-    ``state_dict`` / ``model`` / ``module`` nesting."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)
-    obj = load_weights_only(path)
-    for key in ("state_dict", "model", "module", "encoder"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not isinstance(obj.get(key), torch.Tensor):
-            obj = obj[key]
-            break
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
-    if not tensors:
-        raise ValueError(f"{path}: no tensors found (expected a state dict, or one under 'state_dict' / 'model')")
-    return tensors
 
 
 @functools.cache  # asked for per prefix and depth while detecting, then once more
@@ -92,14 +76,18 @@ def _detect_backbone(state: dict, prefix: str | None) -> tuple[str, str]:
     depths = sorted(BACKBONE_LAYERS, key=lambda d: sum(BACKBONE_LAYERS[d]), reverse=True)
     best = (0, "", "")
     for p in prefixes:
-        names = {k[len(p):] for k in state if k.startswith(p)}
+        names = {k[len(p) :] for k in state if k.startswith(p)}
         for depth in depths:
             own = _own_backbone_keys(depth)
             if own <= names:
                 return p, depth  # complete match
             best = max(best, (len(names & own), p, depth))
     hits, p, depth = best
-    where = f"prefix {prefix!r}" if prefix is not None else f"any of the prefixes {', '.join(repr(x) for x in BACKBONE_PREFIXES)}"
+    where = (
+        f"prefix {prefix!r}"
+        if prefix is not None
+        else f"any of the prefixes {', '.join(repr(x) for x in BACKBONE_PREFIXES)}"
+    )
     raise ValueError(
         f"no complete MinkUNet or SPVCNN backbone under {where}: best match {hits} tensors of {depth} under {p!r}; "
         "pass --prefix if the backbone lives elsewhere"
@@ -126,11 +114,14 @@ def convert_checkpoint(
 ) -> tuple[LiMAEncoder, ConversionReport]:
     """Checkpoint -> (LiMAEncoder loaded strictly, report of every key).
 
-    prefix: the backbone's key prefix (default: detected among BACKBONE_PREFIXES).
-    head: the 3D head's key prefix (default: detected among HEAD_PREFIXES); "none" converts a
-        checkpoint without a head (head_dim 0). Without "none", a missing head is an error.
-    preprocess: the voxelization the weights were trained with (default: LiMA's cylindrical
-        0.1 m x 1 deg x 0.1 m, which SuperFlow also uses).
+    Args:
+        path: a ``.safetensors`` or ``.pth`` / ``.pt`` file (read with ``weights_only``).
+        prefix: the backbone's key prefix (default: detected among BACKBONE_PREFIXES).
+        head: the 3D head's key prefix (default: detected among HEAD_PREFIXES); "none" converts a
+            checkpoint without a head (head_dim 0). Without "none", a missing head is an error.
+        preprocess: the voxelization the weights were trained with (default: LiMA's cylindrical
+            0.1 m x 1 deg x 0.1 m, which SuperFlow also uses).
+        teacher: the image model the head's features belong to, recorded in the config.
     """
     state = read_state_dict(path)
     prefix, depth = _detect_backbone(state, prefix)
@@ -142,7 +133,7 @@ def convert_checkpoint(
             "(the encoder then has no teacher-space features)"
         )
     own = _own_backbone_keys(depth)
-    backbone_state = {k: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in own}
+    backbone_state = {k: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in own}
     converted, _ = convert_torchsparse_state_dict(backbone_state, prefix)
     report = ConversionReport(str(path), prefix, found[0] if found else None, backbone_keys=len(converted))
     weights = {f"backbone.{k}": v for k, v in converted.items()}
@@ -156,7 +147,11 @@ def convert_checkpoint(
         report.head_keys = [head_prefix + "weight", head_prefix + "bias"]
     used = set(backbone_state) | set(report.head_keys)
     report.unmapped = sorted(k for k in state if k not in used)
-    in_channels = int(weights["backbone.conv0.0.conv.kernel" if "backbone.conv0.0.conv.kernel" in weights else "backbone.stem.0.kernel"].shape[1])
+    in_channels = int(
+        weights[
+            "backbone.conv0.0.conv.kernel" if "backbone.conv0.0.conv.kernel" in weights else "backbone.stem.0.kernel"
+        ].shape[1]
+    )
     pre = preprocess or PreprocessConfig()
     if pre.use_dim != in_channels:
         pre = dataclasses.replace(pre, use_dim=in_channels)

@@ -1,12 +1,12 @@
 """SPVCNN (point-voxel) as an ONNX graph: points and kernel maps in, per-point features out.
 
 The voxel branch is the MinkUNet graph's own gather -> GEMM -> bucketed-sum convs on the same
-kernel-map inputs (``onnx_graph.py``). The point branch adds two moves, written without a scatter
-for the reason that graph has none (onnxruntime's CPU ScatterElements(add) took 180-320 ms for
-100k points x 96 channels, against 11-18 ms for the gathers below):
+kernel-map inputs (``onnx_builder.py``). The point branch adds two moves, written without a scatter
+for the reason that graph has none (onnxruntime's CPU ScatterElements(add) is an order of magnitude
+slower than the gathers below; docs/performance.md):
 
 * **points -> voxels (mean).** The points of each level-0 voxel are summed with the bucketed
-  tables of ``onnx_inputs.sum_tables`` (``cell_sum{w}``, a row per voxel listing its points; widths
+  tables of ``runtime.voxel_inputs.sum_tables`` (``cell_sum{w}``, a row per voxel listing its points; widths
   up to 131072 points in one voxel), then carried up level by level with the stride-2 maps' own
   tables (a coarse voxel's sum is its <= 8 children's), and divided by ``count{l}``. Only a
   level-0 table is needed however deep the mean, and every sum has at most 8 terms above level 0.
@@ -14,15 +14,7 @@ for the reason that graph has none (onnxruntime's CPU ScatterElements(add) took 
   at level l (in the graph's row order), ``weights{l}`` (8, N) their renormalised trilinear weights
   (absent corners weigh 0), exactly the engine's ``sparse/points.py`` look-ups: 8 Gathers, 8 Muls.
 
-Inputs, in order (:func:`point_voxel_inputs` builds them; N points, M_l voxels at level l):
-
-* ``point_feats`` (N, C_in) float32 — every point's columns (x, y, z[, intensity]).
-* ``teacher_space`` () bool.
-* the kernel-map inputs of ``onnx_graph.input_names()`` from ``subm0_in`` on.
-* ``cell_sum{w}`` (m_w, w) int64, w in CELL_WIDTHS — the points of each level-0 voxel (N = padding);
-  ``cell_rank`` (M_0,) int64 — each voxel's row among those bucket-sorted sums.
-* per level l in POINT_LEVELS: ``count{l}`` (M_l, 1) float32 points per voxel, ``corners{l}`` (8, N)
-  int64, ``weights{l}`` (8, N) float32.
+Inputs: :mod:`lima_zoo.runtime.point_voxel_inputs`.
 
 Output ``features``: (N, 96 * width) per point in input order (or the head output, as for MinkUNet).
 """
@@ -35,28 +27,18 @@ import numpy as np
 import torch
 
 from ..models.spvcnn import SPVCNN
-from ..sparse import SparseTensor
+from ..runtime.point_voxel_inputs import CELL_WIDTHS, POINT_VOXEL_INPUT_NAMES, point_input_shape
+from ..runtime.voxel_inputs import DOWN_WIDTHS, input_shape
 from ..sparse.nn import bn_affine
-from ..sparse.points import PointFeatures, corner_rows, voxel_rows
-from ..voxelize import Voxels
-from .onnx_graph import DOWN_WIDTHS, SUBM_WIDTHS, _Graph, _index_shape, add_head, finish_model, input_names
-from .onnx_inputs import inverse_permutation, map_inputs, sum_tables
+from .onnx_builder import Graph, add_head, finish_model
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["POINT_VOXEL_INPUT_NAMES", "CELL_WIDTHS", "POINT_LEVELS", "build_spvcnn_onnx", "point_voxel_inputs"]
-
-# Points per level-0 voxel: exact up to 8, padded by <= 4x beyond 26 (rare: a dense patch near the sensor).
-CELL_WIDTHS = SUBM_WIDTHS + (40, 64, 128, 512, 2048, 8192, 32768, 131072)
-POINT_LEVELS = (0, 2, 4)  # where SPVCNN's point branch meets the voxels (strides 1, 4, 16)
-POINT_VOXEL_INPUT_NAMES = (
-    ["point_feats", "teacher_space", *input_names()[4:], *[f"cell_sum{w}" for w in CELL_WIDTHS], "cell_rank"]
-    + [f"{name}{level}" for level in POINT_LEVELS for name in ("count", "corners", "weights")]
-)
+__all__ = ["build_spvcnn_onnx"]
 
 
-class _PointVoxelGraph(_Graph):
+class PointVoxelGraph(Graph):
     """The voxel graph's convs plus the point branch's two moves; ``spvcnn`` mirrors SPVCNN.point_features."""
 
     def __init__(self):
@@ -68,8 +50,12 @@ class _PointVoxelGraph(_Graph):
         summed = self.bucket_sums(self.op("Concat", [points, self.zero_row(channels)], axis=0), "cell_sum", CELL_WIDTHS)
         summed = self.op("Gather", [summed, "cell_rank"], "cell_sums", axis=0)
         for k in range(level):  # a level-(k+1) voxel sums its children (the stride-2 map's tables)
-            children = self.op("Concat", [self.op("Gather", [summed, f"down{k}_in"], axis=0), self.zero_row(channels)], axis=0)
-            summed = self.op("Gather", [self.bucket_sums(children, f"down{k}_sum", DOWN_WIDTHS), f"down{k}_parents"], "sums", axis=0)
+            children = self.op(
+                "Concat", [self.op("Gather", [summed, f"down{k}_in"], axis=0), self.zero_row(channels)], axis=0
+            )
+            summed = self.op(
+                "Gather", [self.bucket_sums(children, f"down{k}_sum", DOWN_WIDTHS), f"down{k}_parents"], "sums", axis=0
+            )
         return self.op("Div", [summed, f"count{level}"], "mean")
 
     def devoxelize(self, x: str, level: int) -> str:
@@ -79,7 +65,9 @@ class _PointVoxelGraph(_Graph):
             for k in range(8):
                 at = self.tensor(np.array(k, np.int64), "corner")
                 weight = self.op("Gather", [f"weights{level}", at], axis=0)
-                reads.append((self.op("Gather", [f"corners{level}", at], axis=0), self.op("Unsqueeze", [weight, self.ints(1)])))
+                reads.append(
+                    (self.op("Gather", [f"corners{level}", at], axis=0), self.op("Unsqueeze", [weight, self.ints(1)]))
+                )
             self._corner_reads[level] = reads
         out = None
         for rows, weight in self._corner_reads[level]:
@@ -92,7 +80,9 @@ class _PointVoxelGraph(_Graph):
         linear, norm = mlp[0], mlp[1]
         scale, shift = bn_affine(linear, norm)
         weight, bias = (linear.weight.t() * scale).detach(), shift.detach()
-        return self.op("Relu", [self.op("Add", [self.op("MatMul", [points, self.tensor(weight, "w")]), self.tensor(bias, "b")])])
+        return self.op(
+            "Relu", [self.op("Add", [self.op("MatMul", [points, self.tensor(weight, "w")]), self.tensor(bias, "b")])]
+        )
 
     def stage(self, x: str, level: int, stage: torch.nn.Sequential) -> tuple[str, int]:
         """A stride-2 conv-BN-ReLU then residual blocks: level -> level + 1."""
@@ -130,55 +120,20 @@ class _PointVoxelGraph(_Graph):
         return self.op("Add", [self.devoxelize(y4, 0), self.point_mlp(z2, net.point_transforms[2])], "backbone")
 
 
-def _point_shape(name: str) -> list:
-    """Symbolic shape of a point-branch input."""
-    if name.startswith("cell_sum"):
-        return ["cells_rows" + name[8:], int(name[8:])]
-    if name == "cell_rank":
-        return ["voxels_0"]
-    level = name[-1]
-    return [f"voxels_{level}", 1] if name.startswith("count") else [8, "points"]
-
-
 def build_spvcnn_onnx(encoder) -> "onnx.ModelProto":
     """An SPVCNN encoder (eval mode, BN folded) as an ONNX model with this module's inputs."""
     from onnx import TensorProto, helper
 
-    g = _PointVoxelGraph()
+    g = PointVoxelGraph()
     add_head(g, encoder, g.spvcnn(encoder.backbone, encoder.config.in_channels))
-    inputs = [helper.make_tensor_value_info("point_feats", TensorProto.FLOAT, ["points", encoder.config.in_channels]),
-              helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, [])]  # fmt: skip
+    inputs = [
+        helper.make_tensor_value_info("point_feats", TensorProto.FLOAT, ["points", encoder.config.in_channels]),
+        helper.make_tensor_value_info("teacher_space", TensorProto.BOOL, []),
+    ]
     for name in POINT_VOXEL_INPUT_NAMES[2:]:
         is_map = name.startswith(("subm", "down"))
         dtype = TensorProto.FLOAT if name.startswith(("count", "weights")) else TensorProto.INT64
-        inputs.append(helper.make_tensor_value_info(name, dtype, _index_shape(name) if is_map else _point_shape(name)))
+        inputs.append(
+            helper.make_tensor_value_info(name, dtype, input_shape(name) if is_map else point_input_shape(name))
+        )
     return finish_model(g, inputs, "points")
-
-
-def point_voxel_inputs(vox: Voxels) -> dict[str, np.ndarray]:
-    """The graph's inputs for one batch voxelized with its points (``voxelize(..., keep_points=True)``).
-
-    The look-ups are the PyTorch engine's own (``voxel_rows``, ``corner_rows``), renumbered into
-    the graph's row order of each level, so both runtimes read the same voxels with the same weights.
-    """
-    base = SparseTensor(vox.feats.cpu(), vox.coords.cpu())
-    arrays, ranks = map_inputs(base.cache)
-    points = PointFeatures(vox.point_feats.cpu(), vox.grid.cpu(), {("cell", 1): vox.inverse.cpu()})
-    for level in POINT_LEVELS:
-        stride = 2**level
-        at_level = SparseTensor.derived(torch.empty(len(base.cache.coords[stride]), 0), base, stride=stride)
-        rows = voxel_rows(points, at_level).numpy()
-        count = np.bincount(rows, minlength=at_level.num_voxels)
-        arrays[f"count{level}"] = count[inverse_permutation(ranks[level])].astype(np.float32)[:, None]  # graph row order
-        if level == 0:
-            if count.max() > CELL_WIDTHS[-1]:
-                raise ValueError(f"a voxel holds {count.max()} points; the ONNX graph sums at most {CELL_WIDTHS[-1]} per voxel "
-                                 "(embed this scan with the torch runtime)")  # fmt: skip
-            tables, order = sum_tables(ranks[0][rows], at_level.num_voxels, CELL_WIDTHS)
-            arrays.update({f"cell_sum{w}": t for w, t in tables.items()})
-            arrays["cell_rank"] = inverse_permutation(order)
-        corners, weights = corner_rows(points, at_level)
-        arrays[f"corners{level}"] = np.ascontiguousarray(ranks[level][corners.numpy()].T)
-        arrays[f"weights{level}"] = np.ascontiguousarray(weights.numpy().T.astype(np.float32))
-    arrays.update(point_feats=points.feats.float().numpy(), teacher_space=np.array(False))
-    return {name: arrays[name] for name in POINT_VOXEL_INPUT_NAMES}

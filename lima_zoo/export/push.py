@@ -48,8 +48,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def plan_upload(model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()) -> UploadPlan:
-    """Check the folder (strict load, ONNX inputs) and render the card; no network."""
+def plan_upload(
+    model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()
+) -> UploadPlan:
+    """Check the folder (strict load, ONNX inputs) and render the card; no network.
+
+    Args:
+        model_dir: an encoder folder (config.json, model.safetensors, model.onnx if exported).
+        repo_id: the Hub repo, ``org/name``.
+        card_data: a card-data name under ``lima_zoo/model_cards/`` or a YAML file (default: by the
+            folder's config).
+        evals: metrics.json files from ``lima-zoo eval``: the card's results.
+    """
     from ..encoder import LiMAEncoder
 
     model_dir = Path(model_dir)
@@ -60,7 +70,7 @@ def plan_upload(model_dir: str | Path, repo_id: str, card_data: str | Path | Non
     LiMAEncoder.from_pretrained(model_dir)  # strict: missing/unexpected tensors are an error here
     files = [(CONFIG_NAME, model_dir / CONFIG_NAME), (WEIGHTS_NAME, model_dir / WEIGHTS_NAME)]
     if (model_dir / ONNX_NAME).is_file():
-        from .onnx_runtime import OnnxEncoder
+        from ..runtime import OnnxEncoder
 
         OnnxEncoder.from_files({CONFIG_NAME: model_dir / CONFIG_NAME, ONNX_NAME: model_dir / ONNX_NAME})  # loads
         files.append((ONNX_NAME, model_dir / ONNX_NAME))
@@ -72,12 +82,21 @@ def _token() -> str:
 
     token = get_token()  # HF_TOKEN, else the stored login
     if not token:
-        raise PermissionError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login` (the token is never printed)")
+        raise PermissionError(
+            "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login` (the token is never printed)"
+        )
     return token
 
 
 def push(plan: UploadPlan, private: bool = False, revision: str | None = None, message: str | None = None) -> str:
-    """Create the repo if needed and upload the plan in one commit; returns the commit URL."""
+    """Create the repo if needed and upload the plan in one commit; returns the commit URL.
+
+    Args:
+        plan: what :func:`plan_upload` checked and rendered.
+        private: create the repo as private.
+        revision: the branch to commit to (created if needed; default main).
+        message: the commit message.
+    """
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
@@ -90,5 +109,7 @@ def push(plan: UploadPlan, private: bool = False, revision: str | None = None, m
         api.create_branch(plan.repo_id, branch=revision, exist_ok=True)
     ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in plan.files]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=plan.card.encode()))
-    info = api.create_commit(plan.repo_id, ops, commit_message=message or "Upload LiMA encoder with lima-zoo", revision=revision)
+    info = api.create_commit(
+        plan.repo_id, ops, commit_message=message or "Upload LiMA encoder with lima-zoo", revision=revision
+    )
     return str(info.commit_url)

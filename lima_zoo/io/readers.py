@@ -36,6 +36,15 @@ class PointCloud:
     kept: np.ndarray | None = None  # (rows in the file,) bool: rows kept (None: all); non-finite rows are dropped
     origin: np.ndarray | None = None  # (3,) float64 subtracted from georeferenced coordinates (LAS), else None
 
+    def source_intensity_range(self) -> float | None:
+        """The scan's intensity range: from the format when it says, else 1.0 if every value is in
+        [0, 1] (KITTI-style remission) and 255.0 otherwise; None without an intensity column."""
+        if self.points.shape[1] < 4:
+            return None
+        if self.intensity_range is not None:
+            return self.intensity_range
+        return 1.0 if float(self.points[:, 3].max()) <= 1.0 else 255.0
+
 
 def point_suffix(path: str | os.PathLike) -> str:
     name = Path(path).name.lower()
@@ -48,16 +57,27 @@ def point_suffix(path: str | os.PathLike) -> str:
 def load_points(
     path: str | os.PathLike, load_dim: int | None = None, use_dim: int | list[int] | None = None
 ) -> PointCloud:
-    """Read a point cloud.
+    """Read a point cloud: KITTI / nuScenes ``.bin``, ``.npy`` / ``.npz``, ``.pcd``, ``.ply``, ``.las`` / ``.laz``.
 
-    load_dim: float32 columns per point of a raw ``.bin`` (default 5 for ``.pcd.bin``, else 4).
-    use_dim: keep the first ``use_dim`` columns, or the listed column indices (default: x, y, z and
-        intensity when present).
+    Args:
+        path: the file; its suffix says the format.
+        load_dim: float32 columns per point of a raw ``.bin`` (default 5 for ``.pcd.bin``, else 4).
+        use_dim: keep the first ``use_dim`` columns, or the listed column indices (default: x, y, z
+            and intensity when present).
+
+    Returns:
+        a PointCloud: (N, D) float32 points (rows with NaN / Inf coordinates left out, ``kept`` says
+        which), the format's intensity range, and a georeferenced file's origin.
+
+    Raises:
+        PointCloudError: the file cannot be read as a point cloud (the message names it and why).
     """
     path = Path(path)
     suffix = point_suffix(path)
     if suffix not in POINT_SUFFIXES:
-        raise PointCloudError(f"{path}: unknown point-cloud extension {suffix!r}; readable: {', '.join(POINT_SUFFIXES)}")
+        raise PointCloudError(
+            f"{path}: unknown point-cloud extension {suffix!r}; readable: {', '.join(POINT_SUFFIXES)}"
+        )
     if not path.is_file():
         raise PointCloudError(f"{path}: no such file")
     try:
@@ -128,8 +148,18 @@ def _read_numpy(path: Path) -> np.ndarray:
         return data[key]
 
 
-_PCD_TYPES = {("F", 4): "<f4", ("F", 8): "<f8", ("I", 1): "<i1", ("I", 2): "<i2", ("I", 4): "<i4",
-              ("U", 1): "<u1", ("U", 2): "<u2", ("U", 4): "<u4", ("I", 8): "<i8", ("U", 8): "<u8"}
+_PCD_TYPES = {
+    ("F", 4): "<f4",
+    ("F", 8): "<f8",
+    ("I", 1): "<i1",
+    ("I", 2): "<i2",
+    ("I", 4): "<i4",
+    ("U", 1): "<u1",
+    ("U", 2): "<u2",
+    ("U", 4): "<u4",
+    ("I", 8): "<i8",
+    ("U", 8): "<u8",
+}
 
 
 def _read_pcd(path: Path) -> PointCloud:
@@ -176,7 +206,9 @@ def _read_pcd(path: Path) -> PointCloud:
         data = lzf_decompress(raw[pos + 8 : pos + 8 + packed], unpacked, path)
         widths = [np.dtype(d).itemsize for d in dtypes]
         if unpacked != n * sum(widths):
-            raise PointCloudError(f"{path}: binary_compressed PCD holds {unpacked} bytes, expected {n * sum(widths)} for {n} points")
+            raise PointCloudError(
+                f"{path}: binary_compressed PCD holds {unpacked} bytes, expected {n * sum(widths)} for {n} points"
+            )
         columns, at = {}, 0
         for name, d, w in zip(names, dtypes, widths):
             columns[name] = np.frombuffer(data, d, n, at)
@@ -220,9 +252,24 @@ def lzf_decompress(src: bytes, size: int, path: Path | str = "") -> bytes:
     return bytes(out)
 
 
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_PLY_TYPES = {
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+}
 
 
 def _read_ply(path: Path) -> PointCloud:
@@ -265,12 +312,17 @@ def _read_ply(path: Path) -> PointCloud:
         if len(body) < n * dt.itemsize:
             raise PointCloudError(f"{path}: truncated binary PLY ({len(body)} bytes for {n} vertices)")
         if not later_elements and len(body) >= (n + 1) * dt.itemsize:
-            warnings.warn(f"{path}: the header declares {n} vertices but the file holds {len(body) // dt.itemsize}; "
-                          f"reading the first {n}", stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"{path}: the header declares {n} vertices but the file holds {len(body) // dt.itemsize}; "
+                f"reading the first {n}",
+                stacklevel=3,
+            )
         rec = np.frombuffer(body, dtype=dt, count=n)
         columns = {name: rec[name].astype(rec[name].dtype.newbyteorder("=")) for name, _ in props}
     else:
-        raise PointCloudError(f"{path}: PLY format {fmt!r} is not supported (ascii, binary_little_endian, binary_big_endian)")
+        raise PointCloudError(
+            f"{path}: PLY format {fmt!r} is not supported (ascii, binary_little_endian, binary_big_endian)"
+        )
     return _columns_to_cloud(columns, path)
 
 

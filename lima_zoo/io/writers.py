@@ -24,8 +24,18 @@ def save_features(
     metadata: dict[str, str] | None = None,
     ply_features: bool = False,
 ) -> Path:
-    """Write (N, D) float32 features (and (N, 3) xyz where the format holds them) to ``path``;
-    the format is the file's suffix. Returns the path."""
+    """Write per-point features to ``path`` (atomically); the format is the file's suffix.
+
+    Args:
+        path: ``.npy``, ``.safetensors``, ``.parquet`` or ``.ply``.
+        features: (N, D) float32 features.
+        xyz: (N, 3) coordinates, stored where the format holds them (all but ``.npy``).
+        metadata: strings stored with the features (safetensors metadata, Parquet schema metadata).
+        ply_features: with ``.ply``, also store the features as vertex properties.
+
+    Returns:
+        the path written.
+    """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FEATURE_FORMATS:
@@ -40,12 +50,15 @@ def save_features(
         elif fmt == "safetensors":
             from safetensors.numpy import save_file
 
-            save_file({"features": features, "xyz": np.ascontiguousarray(xyz[:, :3], dtype=np.float32)}, str(tmp),
-                      metadata={k: str(v) for k, v in (metadata or {}).items()})
+            save_file(
+                {"features": features, "xyz": np.ascontiguousarray(xyz[:, :3], dtype=np.float32)},
+                str(tmp),
+                metadata={k: str(v) for k, v in (metadata or {}).items()},
+            )
         elif fmt == "parquet":
             _write_parquet(tmp, features, xyz)
         else:
-            _write_ply(tmp, features, xyz, ply_features)
+            write_ply(tmp, features, xyz, ply_features)
     return path
 
 
@@ -82,8 +95,14 @@ def pca_colors(features: np.ndarray) -> np.ndarray:
     return (np.clip((proj - lo) / np.maximum(hi - lo, 1e-12), 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_ply(path: Path, features: np.ndarray, xyz: np.ndarray, with_features: bool, rgb: np.ndarray | None = None,
-               comment: str = "RGB = PCA of features") -> None:
+def write_ply(
+    path: Path,
+    features: np.ndarray,
+    xyz: np.ndarray,
+    with_features: bool,
+    rgb: np.ndarray | None = None,
+    comment: str = "RGB = PCA of features",
+) -> None:
     """Binary PLY of xyz + RGB (uint8, default the features' PCA colours) (+ the features)."""
     rgb = pca_colors(features) if rgb is None else rgb
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
@@ -96,8 +115,16 @@ def _write_ply(path: Path, features: np.ndarray, xyz: np.ndarray, with_features:
         for i in range(features.shape[1]):
             rec[f"f{i}"] = features[:, i]
     ply_type = {"<f4": "float", "u1": "uchar"}
-    header = ["ply", "format binary_little_endian 1.0", f"comment lima-zoo features ({comment})",
-              f"element vertex {len(rec)}"] + [f"property {ply_type[t]} {n}" for n, t in fields] + ["end_header"]
+    header = (
+        [
+            "ply",
+            "format binary_little_endian 1.0",
+            f"comment lima-zoo features ({comment})",
+            f"element vertex {len(rec)}",
+        ]
+        + [f"property {ply_type[t]} {n}" for n, t in fields]
+        + ["end_header"]
+    )
     with open(path, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(rec.tobytes())

@@ -17,14 +17,31 @@ from .heads import DistillationHead
 from .minkunet import LAYERS, MinkUNet, convert_torchsparse_state_dict
 from .spvcnn import SPVCNN, SPVCNN_LAYERS
 
-__all__ = ["MinkUNet", "SPVCNN", "FRNet", "LAYERS", "SPVCNN_LAYERS", "FRNET_LAYERS", "BACKBONE_LAYERS", "DistillationHead", "build_backbone", "parameter_count",
-           "convert_torchsparse_state_dict"]  # fmt: skip
+__all__ = [
+    "MinkUNet",
+    "SPVCNN",
+    "FRNet",
+    "LAYERS",
+    "SPVCNN_LAYERS",
+    "FRNET_LAYERS",
+    "BACKBONE_LAYERS",
+    "DistillationHead",
+    "build_backbone",
+    "parameter_count",
+    "convert_torchsparse_state_dict",
+]
 
 # name -> residual blocks per stage, for every backbone (the converter matches checkpoints deepest first)
 BACKBONE_LAYERS: dict[str, tuple[int, ...]] = {**LAYERS, **SPVCNN_LAYERS, **FRNET_LAYERS}
 
 
-def build_backbone(name: str, in_channels: int = 4, width: float = 1.0, bn_momentum: float = 0.05, range_image: RangeImageConfig | None = None) -> nn.Module:
+def build_backbone(
+    name: str,
+    in_channels: int = 4,
+    width: float = 1.0,
+    bn_momentum: float = 0.05,
+    range_image: RangeImageConfig | None = None,
+) -> nn.Module:
     """The backbone ``name`` (minkunet14/18/34, spvcnn18/34, frnet18/34) with fresh weights;
     ``range_image``: the image a range-view backbone reads (default: nuScenes')."""
     if name in LAYERS:

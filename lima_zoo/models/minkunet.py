@@ -55,9 +55,7 @@ class BasicBlock(nn.Module):
         self.norm1 = BatchNorm(c_out, momentum=bn_momentum)
         self.conv2 = Conv3d(c_out, c_out, 3)
         self.norm2 = BatchNorm(c_out, momentum=bn_momentum)
-        self.downsample = (
-            ConvModule(c_in, c_out, 1, activate=False, bn_momentum=bn_momentum) if c_in != c_out else None
-        )
+        self.downsample = ConvModule(c_in, c_out, 1, activate=False, bn_momentum=bn_momentum) if c_in != c_out else None
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         residual = self.downsample(x) if self.downsample is not None else x

@@ -42,9 +42,13 @@ SPVCNN_LAYERS = {
 class _ConvBlock(nn.Module):
     """``net`` = conv-BN-ReLU (torchsparse's BasicConvolutionBlock / BasicDeconvolutionBlock)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, transposed: bool = False, m: float = 0.1):
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, transposed: bool = False, m: float = 0.1
+    ):
         super().__init__()
-        self.net = nn.Sequential(Conv3d(c_in, c_out, kernel_size, stride=stride, transposed=transposed), BatchNorm(c_out, momentum=m), ReLU())
+        self.net = nn.Sequential(
+            Conv3d(c_in, c_out, kernel_size, stride=stride, transposed=transposed), BatchNorm(c_out, momentum=m), ReLU()
+        )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         return conv_bn(x, self.net[0], self.net[1], relu=True)
@@ -55,11 +59,23 @@ class _ResidualBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, m: float):
         super().__init__()
-        self.net = nn.Sequential(Conv3d(c_in, c_out, 3), BatchNorm(c_out, momentum=m), ReLU(), Conv3d(c_out, c_out, 3), BatchNorm(c_out, momentum=m))
-        self.downsample = nn.Sequential(Conv3d(c_in, c_out, 1), BatchNorm(c_out, momentum=m)) if c_in != c_out else nn.Identity()
+        self.net = nn.Sequential(
+            Conv3d(c_in, c_out, 3),
+            BatchNorm(c_out, momentum=m),
+            ReLU(),
+            Conv3d(c_out, c_out, 3),
+            BatchNorm(c_out, momentum=m),
+        )
+        self.downsample = (
+            nn.Sequential(Conv3d(c_in, c_out, 1), BatchNorm(c_out, momentum=m)) if c_in != c_out else nn.Identity()
+        )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        residual = x if isinstance(self.downsample, nn.Identity) else conv_bn(x, self.downsample[0], self.downsample[1], relu=False)
+        residual = (
+            x
+            if isinstance(self.downsample, nn.Identity)
+            else conv_bn(x, self.downsample[0], self.downsample[1], relu=False)
+        )
         out = conv_bn(x, self.net[0], self.net[1], relu=True)
         return conv_bn(out, self.net[3], self.net[4], relu=True, residual=residual)
 
@@ -85,8 +101,14 @@ class SPVCNN(nn.Module):
         layers, m = check_architecture("SPVCNN", depth, SPVCNN_LAYERS, width), bn_momentum
         cs = [scaled(c, width) for c in CHANNELS]
         self.out_channels = cs[8]
-        self.stem = _Stem(Conv3d(in_channels, cs[0], 3), BatchNorm(cs[0], momentum=m), ReLU(),
-                          Conv3d(cs[0], cs[0], 3), BatchNorm(cs[0], momentum=m), ReLU())  # fmt: skip
+        self.stem = _Stem(
+            Conv3d(in_channels, cs[0], 3),
+            BatchNorm(cs[0], momentum=m),
+            ReLU(),
+            Conv3d(cs[0], cs[0], 3),
+            BatchNorm(cs[0], momentum=m),
+            ReLU(),
+        )
         for i in range(4):  # stage i+1: cs[i] -> cs[i+1] at stride 2^(i+1)
             blocks = [_ResidualBlock(cs[i] if j == 0 else cs[i + 1], cs[i + 1], m) for j in range(layers[i])]
             setattr(self, f"stage{i + 1}", nn.Sequential(_ConvBlock(cs[i], cs[i], 2, stride=2, m=m), *blocks))
@@ -94,14 +116,22 @@ class SPVCNN(nn.Module):
         for i in range(4):  # up i+1: cs[4+i] -> cs[5+i], then the skip of the matching stage
             c_in, c_out = cs[4 + i], cs[5 + i]
             blocks = [_ResidualBlock(c_out + skips[i] if j == 0 else c_out, c_out, m) for j in range(layers[4 + i])]
-            setattr(self, f"up{i + 1}", nn.ModuleList([_ConvBlock(c_in, c_out, 2, stride=2, transposed=True, m=m), nn.Sequential(*blocks)]))
-        self.point_transforms = nn.ModuleList([_point_mlp(cs[0], cs[4], m), _point_mlp(cs[4], cs[6], m), _point_mlp(cs[6], cs[8], m)])
+            setattr(
+                self,
+                f"up{i + 1}",
+                nn.ModuleList([_ConvBlock(c_in, c_out, 2, stride=2, transposed=True, m=m), nn.Sequential(*blocks)]),
+            )
+        self.point_transforms = nn.ModuleList(
+            [_point_mlp(cs[0], cs[4], m), _point_mlp(cs[4], cs[6], m), _point_mlp(cs[6], cs[8], m)]
+        )
 
     def point_features(self, vox: Voxels) -> torch.Tensor:
         """(N, out_channels): one row per point of ``vox``, in input order."""
         if vox.grid is None or vox.point_feats is None:
             raise ValueError("SPVCNN needs the points with their voxels: voxelize(..., keep_points=True)")
-        points = PointFeatures(vox.point_feats, vox.grid, {("cell", 1): vox.inverse})  # stride 1: the voxelizer's own map
+        points = PointFeatures(
+            vox.point_feats, vox.grid, {("cell", 1): vox.inverse}
+        )  # stride 1: the voxelizer's own map
         # the stem's input is the mean of each voxel's points (torchsparse's initial_voxelize)
         x = SparseTensor(vox.feats, vox.coords)
         x0 = self.stem(voxelize_mean(points, x))

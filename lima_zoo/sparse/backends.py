@@ -31,12 +31,22 @@ from .functional import epilogue, sparse_conv
 from .kmap import CoordinateKeys, KernelMap, kernel_offsets
 from .tensor import SparseTensor
 
-__all__ = ["available_backends", "check_backend", "check_trainable", "spconv_cpu_unguarded", "conv3d", "kernel_map", "BACKENDS"]
+__all__ = [
+    "available_backends",
+    "check_backend",
+    "check_trainable",
+    "spconv_cpu_unguarded",
+    "conv3d",
+    "kernel_map",
+    "BACKENDS",
+]
 
 BACKENDS = ("torch", "spconv", "torchsparse")
 INSTALL_HINTS = {
     "spconv": "pip install spconv (CPU); on a GPU the wheel of your CUDA, e.g. pip install spconv-cu120",
-    "torchsparse": "it is not on PyPI: build it from source, github.com/mit-han-lab/torchsparse, for your torch and CUDA",
+    "torchsparse": (
+        "it is not on PyPI: build it from source, github.com/mit-han-lab/torchsparse, for your torch and CUDA"
+    ),
 }
 
 
@@ -49,7 +59,9 @@ def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "torch" and importlib.util.find_spec(name) is None:
-        raise ValueError(f"sparse backend {name!r} is not installed ({INSTALL_HINTS[name]}); available: {available_backends()}")
+        raise ValueError(
+            f"sparse backend {name!r} is not installed ({INSTALL_HINTS[name]}); available: {available_backends()}"
+        )
 
 
 def check_trainable(name: str, device: torch.device) -> None:
@@ -110,7 +122,9 @@ def _out_stride(x: SparseTensor, stride: int, transposed: bool) -> int:
     return _fine_stride(x) if transposed else 2 * x.stride
 
 
-def _torch_conv(x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False, scale=None) -> SparseTensor:
+def _torch_conv(
+    x, kernel, bias, kernel_size, stride, dilation, transposed, residual=None, relu=False, scale=None
+) -> SparseTensor:
     kmap = kernel_map(x, kernel_size, stride, dilation, transposed)
     feats = sparse_conv(x.feats, kernel, kmap, bias, _feats(residual), relu, scale)
     return SparseTensor.derived(feats, x, stride=_out_stride(x, stride, transposed))
@@ -123,9 +137,7 @@ def _feats(t: SparseTensor | None) -> torch.Tensor | None:
 def _fine_stride(x: SparseTensor) -> int:
     fine = x.stride // 2
     if x.stride % 2 or ("down", fine) not in x.cache.kmaps:
-        raise ValueError(
-            f"transposed conv at stride {x.stride}: no stride-{fine} level was downsampled on this input"
-        )
+        raise ValueError(f"transposed conv at stride {x.stride}: no stride-{fine} level was downsampled on this input")
     return fine
 
 
@@ -203,8 +215,11 @@ def _spconv_races(device: torch.device) -> bool:
 
 def _refuse_racy_backward(device: torch.device) -> None:
     if _spconv_races(device):
-        raise ValueError(f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
-                         f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the torch backend")
+        raise ValueError(
+            f"the spconv backend's CPU backward is wrong with more than one thread (traveller59/spconv#679), "
+            f"and torch has {torch.get_num_threads()}: train with torch.set_num_threads(1) (run.threads=1), or the "
+            "torch backend"
+        )
 
 
 @contextlib.contextmanager
@@ -296,7 +311,9 @@ def _our_rows(x: SparseTensor, stride: int, level_bxyz: torch.Tensor) -> torch.T
     ours = CoordinateKeys(x.cache.level_coords(stride), margin=0)
     rows = ours.lookup(ours.pack(level_bxyz.to(torch.int64)))
     if len(rows) != ours.keys.numel() or bool((rows < 0).any()):
-        raise RuntimeError(f"the foreign backend produced a different set of stride-{stride} voxels than the torch engine")
+        raise RuntimeError(
+            f"the foreign backend produced a different set of stride-{stride} voxels than the torch engine"
+        )
     return rows
 
 

@@ -5,7 +5,7 @@ pure-PyTorch path (CUDA, and CPU with LIMA_ZOO_KERNEL=torch or without a compile
 
 ``out[o] = sum_k sum_{(i, o) in map_k} in[i] @ W[k]``, with ``W`` of shape (K, C_in, C_out).
 
-Why this shape (measured, see docs/sparse-engine.md): one concatenated gather for all offsets, one
+Why this shape (measured, see docs/performance.md): one concatenated gather for all offsets, one
 ``mm`` per offset into a pair buffer, then a single ``index_add_``; the centre offset of a
 submanifold conv is a plain ``mm`` with no gather. Gather and pair buffers come from a per-thread
 workspace that is reused across layers: fresh buffers above glibc's mmap threshold (32 MB) page-fault

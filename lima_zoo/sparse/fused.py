@@ -1,7 +1,7 @@
 """The fused CPU kernel (``csrc/fused_conv.cpp``): gather, GEMM and scatter per cache-sized tile.
 
 Built with ``torch.utils.cpp_extension`` the first time a CPU convolution runs (needs a C++
-compiler and ``ninja``; the build is cached by torch, ~1 min once), then used for every CPU conv of
+compiler and ``ninja``; the build is cached by torch, so it happens once), then used for every CPU conv of
 the "torch" backend in forward and backward. ``LIMA_ZOO_KERNEL`` chooses:
 
 * unset or ``auto``: the fused kernel where it builds, else the pure-PyTorch path (one message why);
@@ -12,7 +12,7 @@ Both paths compute the same sums; the fused one in a different (but fixed) order
 float rounding and each is bit-identical run to run and at any thread count. CUDA tensors always
 take the pure-PyTorch path.
 
-Why tiles (measured, README "Sparse engine"): the pure-PyTorch path writes every gathered row and
+Why tiles (measured, docs/performance.md): the pure-PyTorch path writes every gathered row and
 every product to memory and reads it back (index_select, mm, index_add_); here a tile of pairs is
 gathered into a thread-local buffer that stays in cache, multiplied, and added into its output rows
 at once. Output rows are cut into blocks owned by one task each, so no atomics are needed.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +29,8 @@ from types import ModuleType
 import torch
 
 from .kmap import KernelMap
+
+log = logging.getLogger(__name__)
 
 __all__ = ["kernel_choice", "fused_module", "uses_fused", "apply_map", "weight_grad", "KERNEL_ENV"]
 
@@ -65,7 +66,7 @@ def _build() -> ModuleType:
     name = "lima_zoo_fused_conv"
     build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
     if not any(build_dir.glob(f"{name}*.so")):
-        print(f"lima-zoo: compiling the fused sparse-conv kernel once (~1 min; cached in {build_dir}) ...", file=sys.stderr, flush=True)
+        log.warning("lima-zoo: compiling the fused sparse-conv kernel once (~1 min; cached in %s) ...", build_dir)
     return cpp_extension.load(
         name=name,
         sources=[str(_SOURCE)],
@@ -89,11 +90,11 @@ def fused_module() -> ModuleType | None:
                 first = str(exc).strip().splitlines()
                 _state["error"] = f"{type(exc).__name__}: {first[-1] if first else exc}"
                 if choice == "auto":
-                    print(
-                        f"lima-zoo: the fused sparse-conv kernel is not available ({_state['error']}); "
-                        f"using the pure-PyTorch path (set {KERNEL_ENV}=torch to skip this check)",
-                        file=sys.stderr,
-                        flush=True,
+                    log.warning(
+                        "lima-zoo: the fused sparse-conv kernel is not available (%s); using the pure-PyTorch path "
+                        "(set %s=torch to skip this check)",
+                        _state["error"],
+                        KERNEL_ENV,
                     )
     if "error" in _state and choice == "fused":
         # A ValueError like every other bad setting, so the command line reports it without a traceback.
@@ -138,7 +139,9 @@ def _sorted_by_output(kmap: KernelMap) -> tuple[torch.Tensor, torch.Tensor]:
     drops[boundaries] = False  # a drop where one offset's pairs end and the next begin is fine
     if not bool(drops.any()):
         return in_idx, out_idx
-    group = torch.repeat_interleave(torch.arange(kmap.volume), torch.tensor([kmap.bounds[k + 1] - kmap.bounds[k] for k in range(kmap.volume)]))
+    group = torch.repeat_interleave(
+        torch.arange(kmap.volume), torch.tensor([kmap.bounds[k + 1] - kmap.bounds[k] for k in range(kmap.volume)])
+    )
     order = torch.argsort(group * max(kmap.n_out, 1) + out_idx)
     return in_idx[order].contiguous(), out_idx[order].contiguous()
 
@@ -160,7 +163,9 @@ def apply_map(
     rows = _tile_rows(c_in, c_out)
     in_idx, out_idx, starts = _plan(kmap, rows)
     identity = -1 if kmap.identity is None else kmap.identity
-    return fused_module().apply_map(x, weight, in_idx, out_idx, starts, identity, scale, bias, residual, relu, transpose_weight, kmap.n_out, rows)
+    return fused_module().apply_map(
+        x, weight, in_idx, out_idx, starts, identity, scale, bias, residual, relu, transpose_weight, kmap.n_out, rows
+    )
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["KernelMap", "CoordinateKeys", "kernel_offsets", "build_submanifold_map", "build_downsample_map", "unique_first"]
+__all__ = [
+    "KernelMap",
+    "CoordinateKeys",
+    "kernel_offsets",
+    "build_submanifold_map",
+    "build_downsample_map",
+    "unique_first",
+]
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,9 @@ class KernelMap:
         Built once per map, so what is cached on it survives from one backward pass to the next."""
         t = self.cache.get("transposed")
         if t is None:
-            t = self.cache["transposed"] = KernelMap(self.out_idx, self.in_idx, self.bounds, self.identity, self.n_out, self.n_in)
+            t = self.cache["transposed"] = KernelMap(
+                self.out_idx, self.in_idx, self.bounds, self.identity, self.n_out, self.n_in
+            )
         return t
 
     def pair_counts(self) -> list[int]:

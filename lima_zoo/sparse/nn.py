@@ -61,11 +61,15 @@ class Conv3d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return conv3d(x, self.kernel, self.bias, self.kernel_size, self.stride, self.dilation, self.transposed, self.backend)
+        return conv3d(
+            x, self.kernel, self.bias, self.kernel_size, self.stride, self.dilation, self.transposed, self.backend
+        )
 
     def extra_repr(self) -> str:
         kind = "transposed" if self.transposed else ("strided" if self.stride > 1 else "submanifold")
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, {kind}, backend={self.backend}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, {kind}, backend={self.backend}"
+        )
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -80,7 +84,9 @@ class ReLU(nn.ReLU):
         return x.replace_feats(torch.relu(x.feats))
 
 
-def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual: SparseTensor | None = None) -> SparseTensor:
+def conv_bn(
+    x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual: SparseTensor | None = None
+) -> SparseTensor:
     """conv -> BN (-> + residual) (-> ReLU). With BN in eval mode the BN is folded into the conv
     (kernel scaled per output channel, shift as bias), which saves two full passes over the
     features per layer; the residual and ReLU then run inside the conv's pass where the backend can."""
@@ -88,11 +94,22 @@ def conv_bn(x: SparseTensor, conv: Conv3d, norm: BatchNorm, relu: bool, residual
         out = norm(conv(x))
         return out.replace_feats(epilogue(out.feats, None if residual is None else residual.feats, relu))
     scale, shift = bn_affine(conv, norm)
-    return conv3d(x, conv.kernel, shift, conv.kernel_size, conv.stride, conv.dilation, conv.transposed, conv.backend,
-                  residual=residual, relu=relu, scale=scale)  # fmt: skip
+    return conv3d(
+        x,
+        conv.kernel,
+        shift,
+        conv.kernel_size,
+        conv.stride,
+        conv.dilation,
+        conv.transposed,
+        conv.backend,
+        residual=residual,
+        relu=relu,
+        scale=scale,
+    )
 
 
-def _folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def folded(conv: Conv3d, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel * scale, shift): conv followed by eval-mode BN as one conv (for graph exporters)."""
     scale, shift = bn_affine(conv, norm)
     return conv.kernel * scale, shift

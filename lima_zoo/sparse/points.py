@@ -51,7 +51,10 @@ def voxel_rows(points: PointFeatures, x: SparseTensor) -> torch.Tensor:
         cells, _ = _level_cells(points.grid, x.stride)
         rows = x.cache.coordinate_keys(x.stride).lookup(x.cache.coordinate_keys(x.stride).pack(cells))
         if bool((rows < 0).any()):
-            raise ValueError(f"{int((rows < 0).sum())} point(s) fall outside the voxels at stride {x.stride}: the points are not the ones voxelized")
+            raise ValueError(
+                f"{int((rows < 0).sum())} point(s) fall outside the voxels at stride {x.stride}: the points are not "
+                "the ones voxelized"
+            )
         points.cache[key] = rows
     return points.cache[key]
 

@@ -14,9 +14,30 @@ __all__ = ["generate", "SYNTH_FORMATS"]
 SYNTH_FORMATS = ("nuscenes", "semantickitti", "waymo", "folder")
 
 
-def generate(out: str | Path, format: str = "nuscenes", scenes: int = 4, frames: int = 10, seed: int = 0, image_scale: float | None = None,
-             workers: int | None = None, progress: Callable[[int], None] | None = None, **kwargs) -> Path:  # fmt: skip
-    """Write a synthetic dataset in ``format`` under ``out``; returns the dataset root."""
+def generate(
+    out: str | Path,
+    format: str = "nuscenes",
+    scenes: int = 4,
+    frames: int = 10,
+    seed: int = 0,
+    image_scale: float | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    **kwargs,
+) -> Path:
+    """Write a synthetic dataset in ``format`` under ``out``; returns the dataset root.
+
+    Args:
+        out: the dataset root to write.
+        format: "nuscenes", "semantickitti", "waymo" or "folder" (a sequence folder).
+        scenes: driving sequences (every 4th is validation).
+        frames: keyframes (nuScenes, folder) or scans per sequence.
+        seed: the world seed (deterministic output).
+        image_scale: camera resolution relative to the real sensor's (default per format).
+        workers: processes rendering scenes (default: one per CPU core).
+        progress: called with the number of frames finished since the last call.
+        **kwargs: format options (nuScenes: ``sweeps``).
+    """
     if scenes < 1 or frames < 1:
         raise ValueError(f"scenes and frames must be >= 1 (got scenes={scenes}, frames={frames})")
     common = dict(scenes=scenes, frames=frames, seed=seed, workers=workers, progress=progress, **kwargs)

@@ -50,22 +50,45 @@ def _drive(root: Path, seed: int, sc: int, frames: int, image_scale: float) -> s
             with atomic_path(out / "cameras" / cam.name / f"{tc}.jpg") as tmp:
                 Image.fromarray(render_camera(world, t + cam.time_offset, cam).rgb).save(tmp, format="JPEG", quality=92)
             poses[tc] = ego_matrix(world, t + cam.time_offset)
-    lines = [f"{ts} {m[0, 3]:.6f} {m[1, 3]:.6f} {m[2, 3]:.6f} " + " ".join(f"{q:.9f}" for q in matrix_to_quaternion(m[:3, :3]))
-             for ts, m in sorted(poses.items())]  # fmt: skip
+    lines = [
+        f"{ts} {m[0, 3]:.6f} {m[1, 3]:.6f} {m[2, 3]:.6f} "
+        + " ".join(f"{q:.9f}" for q in matrix_to_quaternion(m[:3, :3]))
+        for ts, m in sorted(poses.items())
+    ]
     with atomic_path(out / "poses.txt") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     return name
 
 
-def write_sequence_folder(out: str | Path, scenes: int = 4, frames: int = 10, seed: int = 0, image_scale: float = 0.25,
-                          workers: int | None = None, progress: Callable[[int], None] | None = None) -> Path:  # fmt: skip
+def write_sequence_folder(
+    out: str | Path,
+    scenes: int = 4,
+    frames: int = 10,
+    seed: int = 0,
+    image_scale: float = 0.25,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write ``scenes`` drives of ``frames`` scans plus calibration.json under ``out``; returns ``out``."""
     root = Path(out)
     cams = nuscenes_cameras(image_scale)
     calibration = {
-        "lidar": {"translation": list(NUSCENES_LIDAR.translation), "rotation": [1.0, 0.0, 0.0, 0.0], "intensity_range": 255, "load_dim": 4},
-        "cameras": {c.name: {"intrinsic": c.intrinsic.tolist(), "translation": list(c.translation), "rotation": matrix_to_quaternion(c.rotation),
-                             "width": c.width, "height": c.height} for c in cams},  # fmt: skip
+        "lidar": {
+            "translation": list(NUSCENES_LIDAR.translation),
+            "rotation": [1.0, 0.0, 0.0, 0.0],
+            "intensity_range": 255,
+            "load_dim": 4,
+        },
+        "cameras": {
+            c.name: {
+                "intrinsic": c.intrinsic.tolist(),
+                "translation": list(c.translation),
+                "rotation": matrix_to_quaternion(c.rotation),
+                "width": c.width,
+                "height": c.height,
+            }
+            for c in cams
+        },
         "max_camera_offset_us": 50_000,
         "class_names": list(NUSCENES_EVAL_CLASSES),
     }

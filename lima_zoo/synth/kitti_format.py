@@ -80,13 +80,23 @@ def _scene(root: Path, seed: int, sc: int, frames: int, image_scale: float) -> s
     return seq
 
 
-def write_semantickitti(out: str | Path, scenes: int = 4, frames: int = 10, seed: int = 0, image_scale: float = 0.5,
-                        workers: int | None = None, progress: Callable[[int], None] | None = None) -> Path:  # fmt: skip
+def write_semantickitti(
+    out: str | Path,
+    scenes: int = 4,
+    frames: int = 10,
+    seed: int = 0,
+    image_scale: float = 0.5,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write ``scenes`` sequences of ``frames`` scans under ``out``; returns ``out``."""
     root = Path(out)
     args = [(root, seed, sc, frames, image_scale) for sc in range(scenes)]
     seqs = list(run_scenes(_scene, args, workers, progress, frames))
-    splits = {"train": [s for i, s in enumerate(seqs) if not is_val_scene(i)], "val": [s for i, s in enumerate(seqs) if is_val_scene(i)]}
+    splits = {
+        "train": [s for i, s in enumerate(seqs) if not is_val_scene(i)],
+        "val": [s for i, s in enumerate(seqs) if is_val_scene(i)],
+    }
     with atomic_path(root / "lima_splits.json") as tmp:
         Path(tmp).write_text(json.dumps(splits))
     return root

@@ -79,12 +79,16 @@ def _texture(mat: np.ndarray, base: np.ndarray, p: np.ndarray, u: np.ndarray) ->
     col[sel] *= np.where(grout, 0.6, 0.95 + 0.1 * _hash(np.floor(x[sel]), np.floor(y[sel])))[:, None]
     sel = where("grass")
     n = _hash(np.floor(x[sel] * 3), np.floor(y[sel] * 3))
-    col[sel] = col[sel] * (0.75 + 0.5 * n)[:, None] + np.outer(_hash(np.floor(x[sel] / 4), np.floor(y[sel] / 4)) * 0.12, [0.5, 0.2, 0])
+    col[sel] = col[sel] * (0.75 + 0.5 * n)[:, None] + np.outer(
+        _hash(np.floor(x[sel] / 4), np.floor(y[sel] / 4)) * 0.12, [0.5, 0.2, 0]
+    )
     sel = where("gravel")
     col[sel] *= (0.8 + 0.4 * _hash(np.floor(x[sel] * 10), np.floor(y[sel] * 10)))[:, None]
     sel = where("facade")  # window grid: dark panes every 3 m along the wall and every 3 m up
     win = (np.modf(np.abs(u[sel]) / 3.0)[0] > 0.35) & (np.modf(z[sel] / 3.0)[0] > 0.4) & (z[sel] > 1.0)
-    col[sel] = np.where(win[:, None], np.array([0.16, 0.20, 0.26]), col[sel] * (0.92 + 0.08 * _hash(np.floor(z[sel] * 5))[:, None]))
+    col[sel] = np.where(
+        win[:, None], np.array([0.16, 0.20, 0.26]), col[sel] * (0.92 + 0.08 * _hash(np.floor(z[sel] * 5))[:, None])
+    )
     sel = where("leaves")
     n = _hash(np.floor(x[sel] * 6), np.floor(y[sel] * 6), np.floor(z[sel] * 6))
     col[sel] *= (0.55 + 0.9 * n)[:, None]
@@ -109,7 +113,13 @@ SKY_HORIZON = np.array([0.80, 0.85, 0.90])
 
 
 def shade(
-    mat: np.ndarray, colour: np.ndarray, p: np.ndarray, normal: np.ndarray, u: np.ndarray, dist: np.ndarray, dirs: np.ndarray
+    mat: np.ndarray,
+    colour: np.ndarray,
+    p: np.ndarray,
+    normal: np.ndarray,
+    u: np.ndarray,
+    dist: np.ndarray,
+    dirs: np.ndarray,
 ) -> np.ndarray:
     """Camera RGB in 0-1 for hits (material (N,), object colour (N, 3) or NaN for the material's own,
     point (N, 3), unit normal (N, 3), surface coordinate (N,), distance (N,)) and sky where mat == 0."""

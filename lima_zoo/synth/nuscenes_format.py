@@ -20,8 +20,8 @@ import numpy as np
 from ..atomic import atomic_path
 from ..labels import NUSCENES_CATEGORIES
 from .materials import label_tables
-from .sensors import NUSCENES_LIDAR, CameraSpec, ego_matrix, nuscenes_cameras, render_camera, scan_lidar
 from .parallel import run_scenes
+from .sensors import NUSCENES_LIDAR, CameraSpec, ego_matrix, nuscenes_cameras, render_camera, scan_lidar
 from .world import ROAD_HALF_WIDTH, World, is_val_scene, make_world, scene_seed
 
 __all__ = ["write_nuscenes", "matrix_to_quaternion", "LIDAR_ROTATION"]
@@ -54,8 +54,22 @@ def matrix_to_quaternion(r: np.ndarray) -> list[float]:
     return (q / np.linalg.norm(q)).tolist()
 
 
-TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log", "scene",
-          "sample", "sample_data", "sample_annotation", "map", "lidarseg")  # fmt: skip
+TABLES = (
+    "category",
+    "attribute",
+    "visibility",
+    "instance",
+    "sensor",
+    "calibrated_sensor",
+    "ego_pose",
+    "log",
+    "scene",
+    "sample",
+    "sample_data",
+    "sample_annotation",
+    "map",
+    "lidarseg",
+)
 
 
 def _token(*parts: object) -> str:
@@ -84,13 +98,17 @@ def _map_png(world: World, offset: np.ndarray, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-def _scene_tables(root: Path, seed: int, sc: int, frames: int, image_scale: float, sweeps: int, version: str) -> dict[str, list]:
+def _scene_tables(
+    root: Path, seed: int, sc: int, frames: int, image_scale: float, sweeps: int, version: str
+) -> dict[str, list]:
     """Render and write one scene's files; returns its rows of the per-scene tables."""
     from PIL import Image
 
     cams = nuscenes_cameras(image_scale)
     channels = ["LIDAR_TOP"] + [c.name for c in cams]
-    tables: dict[str, list] = {k: [] for k in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "map", "lidarseg")}
+    tables: dict[str, list] = {
+        k: [] for k in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "map", "lidarseg")
+    }
     world = make_world(scene_seed(seed, sc), frames * KEYFRAME_PERIOD + 1.0)
     rng = np.random.default_rng(scene_seed(seed, sc) + 1)
     s_probe = np.arange(world.road.s_start, world.road.s_start + world.road.length, 5.0)
@@ -98,18 +116,36 @@ def _scene_tables(root: Path, seed: int, sc: int, frames: int, image_scale: floa
     offset = np.array([60.0 - px.min(), 60.0 - py.min()]).round()  # map frame: every coordinate > 0
     log_name = f"n000-synth-{seed:04d}-{sc:04d}"
     log_tok, scene_tok, map_tok = _token("log", seed, sc), _token("scene", seed, sc), _token("map", seed, sc)
-    tables["log"].append({"token": log_tok, "logfile": log_name, "vehicle": "synth", "date_captured": "2018-08-01", "location": "synth-town"})
+    tables["log"].append(
+        {
+            "token": log_tok,
+            "logfile": log_name,
+            "vehicle": "synth",
+            "date_captured": "2018-08-01",
+            "location": "synth-town",
+        }
+    )
     _map_png(world, offset, root / "maps" / f"{map_tok}.png")
-    tables["map"].append({"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior", "filename": f"maps/{map_tok}.png"})
+    tables["map"].append(
+        {"token": map_tok, "log_tokens": [log_tok], "category": "semantic_prior", "filename": f"maps/{map_tok}.png"}
+    )
     calib = {}
     for ch in channels:
         tok = _token("calibrated_sensor", seed, sc, ch)
         calib[ch] = tok
         if ch == "LIDAR_TOP":
-            rec = {"translation": list(NUSCENES_LIDAR.translation), "rotation": matrix_to_quaternion(LIDAR_ROTATION), "camera_intrinsic": []}
+            rec = {
+                "translation": list(NUSCENES_LIDAR.translation),
+                "rotation": matrix_to_quaternion(LIDAR_ROTATION),
+                "camera_intrinsic": [],
+            }
         else:
             cam = next(c for c in cams if c.name == ch)
-            rec = {"translation": list(cam.translation), "rotation": matrix_to_quaternion(cam.rotation), "camera_intrinsic": cam.intrinsic.tolist()}
+            rec = {
+                "translation": list(cam.translation),
+                "rotation": matrix_to_quaternion(cam.rotation),
+                "camera_intrinsic": cam.intrinsic.tolist(),
+            }
         tables["calibrated_sensor"].append({"token": tok, "sensor_token": _token("sensor", ch), **rec})
 
     last_sd: dict[str, dict | None] = {ch: None for ch in channels}
@@ -121,11 +157,28 @@ def _scene_tables(root: Path, seed: int, sc: int, frames: int, image_scale: floa
         tok = _token("sample_data", seed, sc, ch, ts)
         ego = ego_matrix(world, t)
         pose_tok = _token("ego_pose", seed, sc, ch, ts)
-        tables["ego_pose"].append({"token": pose_tok, "timestamp": ts, "rotation": matrix_to_quaternion(ego[:3, :3]),
-                                   "translation": [ego[0, 3] + offset[0], ego[1, 3] + offset[1], 0.0]})  # fmt: skip
-        rec = {"token": tok, "sample_token": sample_tok, "ego_pose_token": pose_tok, "calibrated_sensor_token": calib[ch],
-               "timestamp": ts, "fileformat": "pcd" if ch == "LIDAR_TOP" else "jpg", "is_key_frame": key,
-               "height": wh[1], "width": wh[0], "filename": filename, "prev": "", "next": ""}  # fmt: skip
+        tables["ego_pose"].append(
+            {
+                "token": pose_tok,
+                "timestamp": ts,
+                "rotation": matrix_to_quaternion(ego[:3, :3]),
+                "translation": [ego[0, 3] + offset[0], ego[1, 3] + offset[1], 0.0],
+            }
+        )
+        rec = {
+            "token": tok,
+            "sample_token": sample_tok,
+            "ego_pose_token": pose_tok,
+            "calibrated_sensor_token": calib[ch],
+            "timestamp": ts,
+            "fileformat": "pcd" if ch == "LIDAR_TOP" else "jpg",
+            "is_key_frame": key,
+            "height": wh[1],
+            "width": wh[0],
+            "filename": filename,
+            "prev": "",
+            "next": "",
+        }
         prev = last_sd[ch]
         if prev is not None:
             prev["next"], rec["prev"] = tok, prev["token"]
@@ -168,13 +221,29 @@ def _scene_tables(root: Path, seed: int, sc: int, frames: int, image_scale: floa
         write_lidar(t_key, sample_tok, True)
         for cam in cams:
             write_camera(cam, t_key + cam.time_offset, sample_tok)
-        samples.append({"token": sample_tok, "timestamp": t0_us + int(round(t_key * 1e6)), "scene_token": scene_tok, "prev": "", "next": ""})
+        samples.append(
+            {
+                "token": sample_tok,
+                "timestamp": t0_us + int(round(t_key * 1e6)),
+                "scene_token": scene_tok,
+                "prev": "",
+                "next": "",
+            }
+        )
     for a, b in zip(samples[:-1], samples[1:]):
         a["next"], b["prev"] = b["token"], a["token"]
     tables["sample"] = samples
-    tables["scene"].append({"token": scene_tok, "log_token": log_tok, "nbr_samples": frames, "first_sample_token": samples[0]["token"],
-                            "last_sample_token": samples[-1]["token"], "name": scene_name(seed, sc),
-                            "description": f"synthetic drive, world seed {scene_seed(seed, sc)}"})  # fmt: skip
+    tables["scene"].append(
+        {
+            "token": scene_tok,
+            "log_token": log_tok,
+            "nbr_samples": frames,
+            "first_sample_token": samples[0]["token"],
+            "last_sample_token": samples[-1]["token"],
+            "name": scene_name(seed, sc),
+            "description": f"synthetic drive, world seed {scene_seed(seed, sc)}",
+        }
+    )
     return tables
 
 
@@ -201,17 +270,24 @@ def write_nuscenes(
     """
     root = Path(out)
     tables: dict[str, list] = {k: [] for k in TABLES}
-    tables["category"] = [{"token": _token("category", n), "name": n, "description": f"synthetic {n}", "index": i}
-                          for i, n in enumerate(NUSCENES_CATEGORIES)]  # fmt: skip
+    tables["category"] = [
+        {"token": _token("category", n), "name": n, "description": f"synthetic {n}", "index": i}
+        for i, n in enumerate(NUSCENES_CATEGORIES)
+    ]
     channels = ["LIDAR_TOP"] + [c.name for c in nuscenes_cameras(image_scale)]
-    tables["sensor"] = [{"token": _token("sensor", ch), "channel": ch, "modality": "lidar" if ch == "LIDAR_TOP" else "camera"} for ch in channels]
+    tables["sensor"] = [
+        {"token": _token("sensor", ch), "channel": ch, "modality": "lidar" if ch == "LIDAR_TOP" else "camera"}
+        for ch in channels
+    ]
     args = [(root, seed, sc, frames, image_scale, sweeps, version) for sc in range(scenes)]
-    for sc, rows in enumerate(run_scenes(_scene_tables, args, workers, progress, frames)):
+    for rows in run_scenes(_scene_tables, args, workers, progress, frames):
         for name, r in rows.items():
             tables[name].extend(r)
     for name, rows in tables.items():
         _write_json(root / version / f"{name}.json", rows)
-    splits = {"train": [scene_name(seed, i) for i in range(scenes) if not is_val_scene(i)],
-              "val": [scene_name(seed, i) for i in range(scenes) if is_val_scene(i)]}  # fmt: skip
+    splits = {
+        "train": [scene_name(seed, i) for i in range(scenes) if not is_val_scene(i)],
+        "val": [scene_name(seed, i) for i in range(scenes) if is_val_scene(i)],
+    }
     _write_json(root / "lima_splits.json", splits)
     return root

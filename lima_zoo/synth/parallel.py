@@ -11,7 +11,11 @@ __all__ = ["run_scenes"]
 
 
 def run_scenes(
-    fn: Callable[..., Any], args: Sequence[tuple], workers: int | None, progress: Callable[[int], None] | None, frames: int
+    fn: Callable[..., Any],
+    args: Sequence[tuple],
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    frames: int,
 ) -> Iterator[Any]:
     """Yield ``fn(*a)`` for every ``a`` in ``args``, in order; ``progress(frames)`` after each scene.
 

@@ -17,8 +17,21 @@ from .materials import MATERIALS, M, label_tables, shade
 from .raycast import PinholeGrid, SphericalGrid, cast
 from .world import World
 
-__all__ = ["LidarSpec", "CameraSpec", "LidarScan", "CameraImage", "NUSCENES_LIDAR", "KITTI_LIDAR", "WAYMO_LIDAR",
-           "nuscenes_cameras", "kitti_camera", "waymo_cameras", "ego_matrix", "scan_lidar", "render_camera"]  # fmt: skip
+__all__ = [
+    "LidarSpec",
+    "CameraSpec",
+    "LidarScan",
+    "CameraImage",
+    "NUSCENES_LIDAR",
+    "KITTI_LIDAR",
+    "WAYMO_LIDAR",
+    "nuscenes_cameras",
+    "kitti_camera",
+    "waymo_cameras",
+    "ego_matrix",
+    "scan_lidar",
+    "render_camera",
+]
 
 
 @dataclass(frozen=True)
@@ -70,22 +83,35 @@ class CameraSpec:
 def nuscenes_cameras(scale: float = 0.25) -> list[CameraSpec]:
     """The six nuScenes cameras at ``scale`` x 1600x900, in the order the cameras fire."""
     w, h, fov = round(1600 * scale), round(900 * scale), np.deg2rad(64.0)
-    rows = [("CAM_FRONT", 0, (1.70, 0.0, 1.51)), ("CAM_FRONT_RIGHT", -55, (1.55, -0.49, 1.50)),
-            ("CAM_BACK_RIGHT", -125, (1.03, -0.48, 1.56)), ("CAM_BACK", 180, (0.03, 0.0, 1.57)),
-            ("CAM_BACK_LEFT", 125, (1.04, 0.48, 1.56)), ("CAM_FRONT_LEFT", 55, (1.52, 0.49, 1.51))]  # fmt: skip
+    rows = [
+        ("CAM_FRONT", 0, (1.70, 0.0, 1.51)),
+        ("CAM_FRONT_RIGHT", -55, (1.55, -0.49, 1.50)),
+        ("CAM_BACK_RIGHT", -125, (1.03, -0.48, 1.56)),
+        ("CAM_BACK", 180, (0.03, 0.0, 1.57)),
+        ("CAM_BACK_LEFT", 125, (1.04, 0.48, 1.56)),
+        ("CAM_FRONT_LEFT", 55, (1.52, 0.49, 1.51)),
+    ]
     return [CameraSpec(n, np.deg2rad(y), t, fov, w, h, 0.008 * i) for i, (n, y, t) in enumerate(rows)]
 
 
 def kitti_camera(scale: float = 0.5) -> CameraSpec:
     """KITTI's left colour camera (image_2), 1242x375 at ``scale``; fired with the scan."""
-    return CameraSpec("image_2", 0.0, (1.03, 0.06, 1.65), np.deg2rad(81.0), round(1242 * scale), round(375 * scale), 0.0)
+    return CameraSpec(
+        "image_2", 0.0, (1.03, 0.06, 1.65), np.deg2rad(81.0), round(1242 * scale), round(375 * scale), 0.0
+    )
 
 
 def waymo_cameras(scale: float = 0.25) -> list[CameraSpec]:
     """Waymo's five cameras (FRONT=1, FRONT_LEFT=2, FRONT_RIGHT=3, SIDE_LEFT=4, SIDE_RIGHT=5)."""
     w, h, fov = round(1920 * scale), round(1280 * scale), np.deg2rad(50.0)
     ws = round(886 * scale)
-    rows = [("FRONT", 0, w, h), ("FRONT_LEFT", 45, w, h), ("FRONT_RIGHT", -45, w, h), ("SIDE_LEFT", 90, w, ws), ("SIDE_RIGHT", -90, w, ws)]
+    rows = [
+        ("FRONT", 0, w, h),
+        ("FRONT_LEFT", 45, w, h),
+        ("FRONT_RIGHT", -45, w, h),
+        ("SIDE_LEFT", 90, w, ws),
+        ("SIDE_RIGHT", -90, w, ws),
+    ]
     return [CameraSpec(n, np.deg2rad(y), (1.5, 0.0, 2.1), fov, ww, hh, 0.0) for n, y, ww, hh in rows]
 
 
@@ -119,7 +145,9 @@ class LidarScan:
 _THINGS = [M[n] for n in ("car", "glass", "truck", "pedestrian", "skin")]
 
 
-def scan_lidar(world: World, t: float, spec: LidarSpec, rng: np.random.Generator, azimuths: np.ndarray | None = None) -> LidarScan:
+def scan_lidar(
+    world: World, t: float, spec: LidarSpec, rng: np.random.Generator, azimuths: np.ndarray | None = None
+) -> LidarScan:
     """Ray-cast one sweep at time t (the whole sweep at one instant); 2 cm range noise."""
     ego = ego_matrix(world, t)
     origin = ego[:3, :3] @ np.asarray(spec.translation) + ego[:3, 3]
@@ -132,11 +160,19 @@ def scan_lidar(world: World, t: float, spec: LidarSpec, rng: np.random.Generator
     rng_m = np.where(ok, hits.t + rng.normal(0, 0.02, len(hits.t)), 0.0)
     cos_inc = np.abs((hits.normal * grid.dirs).sum(1))
     refl = np.array([m.reflectivity for m in MATERIALS])[hits.mat]
-    inten = np.clip(255 * refl * (0.4 + 0.6 * cos_inc) * rng.uniform(0.85, 1.15, len(ok)) * np.exp(-hits.t.clip(0, 200) / 120), 0, 255)
+    inten = np.clip(
+        255 * refl * (0.4 + 0.6 * cos_inc) * rng.uniform(0.85, 1.15, len(ok)) * np.exp(-hits.t.clip(0, 200) / 120),
+        0,
+        255,
+    )
     thing = np.isin(hits.mat, _THINGS) & ok
-    return LidarScan(rng_m.reshape(shape).astype(np.float32), np.where(ok, inten, 0).reshape(shape).astype(np.float32),
-                     np.where(ok, hits.mat, 0).reshape(shape), np.where(thing, hits.obj + 1, 0).reshape(shape),
-                     grid.local.reshape(*shape, 3))  # fmt: skip
+    return LidarScan(
+        rng_m.reshape(shape).astype(np.float32),
+        np.where(ok, inten, 0).reshape(shape).astype(np.float32),
+        np.where(ok, hits.mat, 0).reshape(shape),
+        np.where(thing, hits.obj + 1, 0).reshape(shape),
+        grid.local.reshape(*shape, 3),
+    )
 
 
 @dataclass
@@ -159,9 +195,19 @@ def render_camera(world: World, t: float, spec: CameraSpec, ego: np.ndarray | No
     origin = ego[:3, :3] @ np.asarray(spec.translation) + ego[:3, 3]
     grid = PinholeGrid(spec.intrinsic, spec.width, spec.height, rot, origin)
     hits = cast(world, world.primitives(t), grid)
-    rgb = shade(hits.mat, hits.colour, origin + grid.dirs * np.where(np.isfinite(hits.t), hits.t, 0)[:, None],
-                hits.normal, hits.u, np.where(np.isfinite(hits.t), hits.t, 1e9), grid.dirs)  # fmt: skip
+    rgb = shade(
+        hits.mat,
+        hits.colour,
+        origin + grid.dirs * np.where(np.isfinite(hits.t), hits.t, 0)[:, None],
+        hits.normal,
+        hits.u,
+        np.where(np.isfinite(hits.t), hits.t, 1e9),
+        grid.dirs,
+    )
     depth = hits.t * (grid.dirs @ rot[:, 2])
     hw = (spec.height, spec.width)
-    return CameraImage((rgb * 255 + 0.5).astype(np.uint8).reshape(*hw, 3), _NUSCENES_OF_MATERIAL[hits.mat].astype(np.uint8).reshape(hw),
-                       depth.astype(np.float32).reshape(hw))  # fmt: skip
+    return CameraImage(
+        (rgb * 255 + 0.5).astype(np.uint8).reshape(*hw, 3),
+        _NUSCENES_OF_MATERIAL[hits.mat].astype(np.uint8).reshape(hw),
+        depth.astype(np.float32).reshape(hw),
+    )

@@ -71,7 +71,9 @@ def _segment(root: Path, seed: int, sc: int, frames: int, image_scale: float) ->
     inc = np.asarray(WAYMO_LIDAR.inclinations)  # row 0 = highest beam; stored ascending, as Waymo does
     cams = waymo_cameras(image_scale)
     key = {"key.segment_context_name": segment}
-    tables: dict[str, dict[str, list]] = {c: {} for c in ("lidar", "lidar_segmentation", "vehicle_pose", "camera_image")}
+    tables: dict[str, dict[str, list]] = {
+        c: {} for c in ("lidar", "lidar_segmentation", "vehicle_pose", "camera_image")
+    }
 
     def add(table: str, row: dict) -> None:
         for k, v in {**key, **row}.items():
@@ -87,29 +89,65 @@ def _segment(root: Path, seed: int, sc: int, frames: int, image_scale: float) ->
         ri[scan.range <= 0] = -1.0  # Waymo marks no-return pixels with -1
         seg = np.stack([scan.instance, _WAYMO_OF_MAT[scan.material]], -1).astype(np.int32)
         ident = {"key.frame_timestamp_micros": ts, "key.laser_name": 1}
-        add("lidar", {**ident, "[LiDARComponent].range_image_return1.values": ri.astype(np.float32).ravel().tolist(),
-                      "[LiDARComponent].range_image_return1.shape": [h, width, 4]})  # fmt: skip
-        add("lidar_segmentation", {**ident, "[LiDARSegmentationLabelComponent].range_image_return1.values": seg.ravel().tolist(),
-                                   "[LiDARSegmentationLabelComponent].range_image_return1.shape": [h, width, 2]})  # fmt: skip
-        add("vehicle_pose", {"key.frame_timestamp_micros": ts, "[VehiclePoseComponent].world_from_vehicle.transform": ego_matrix(world, t).ravel().tolist()})
+        add(
+            "lidar",
+            {
+                **ident,
+                "[LiDARComponent].range_image_return1.values": ri.astype(np.float32).ravel().tolist(),
+                "[LiDARComponent].range_image_return1.shape": [h, width, 4],
+            },
+        )
+        add(
+            "lidar_segmentation",
+            {
+                **ident,
+                "[LiDARSegmentationLabelComponent].range_image_return1.values": seg.ravel().tolist(),
+                "[LiDARSegmentationLabelComponent].range_image_return1.shape": [h, width, 2],
+            },
+        )
+        add(
+            "vehicle_pose",
+            {
+                "key.frame_timestamp_micros": ts,
+                "[VehiclePoseComponent].world_from_vehicle.transform": ego_matrix(world, t).ravel().tolist(),
+            },
+        )
         for cam in cams:
             image = render_camera(world, t + cam.time_offset, cam)
             buf = io.BytesIO()
             Image.fromarray(image.rgb).save(buf, format="JPEG", quality=92)
-            add("camera_image", {"key.frame_timestamp_micros": ts, "key.camera_name": _CAMERA_IDS[cam.name], "[CameraImageComponent].image": buf.getvalue(),
-                                 "[CameraImageComponent].pose.transform": ego_matrix(world, t + cam.time_offset).ravel().tolist()})  # fmt: skip
-    calib = {"key.segment_context_name": [segment], "key.laser_name": [1], "[LiDARCalibrationComponent].extrinsic.transform": [ext.ravel().tolist()],
-             "[LiDARCalibrationComponent].beam_inclination.values": [inc[::-1].tolist()],
-             "[LiDARCalibrationComponent].beam_inclination.min": [float(inc.min())], "[LiDARCalibrationComponent].beam_inclination.max": [float(inc.max())]}  # fmt: skip
+            add(
+                "camera_image",
+                {
+                    "key.frame_timestamp_micros": ts,
+                    "key.camera_name": _CAMERA_IDS[cam.name],
+                    "[CameraImageComponent].image": buf.getvalue(),
+                    "[CameraImageComponent].pose.transform": ego_matrix(world, t + cam.time_offset).ravel().tolist(),
+                },
+            )
+    calib = {
+        "key.segment_context_name": [segment],
+        "key.laser_name": [1],
+        "[LiDARCalibrationComponent].extrinsic.transform": [ext.ravel().tolist()],
+        "[LiDARCalibrationComponent].beam_inclination.values": [inc[::-1].tolist()],
+        "[LiDARCalibrationComponent].beam_inclination.min": [float(inc.min())],
+        "[LiDARCalibrationComponent].beam_inclination.max": [float(inc.max())],
+    }
     cam_calib: dict[str, list] = {}
     for cam in cams:
         K = cam.intrinsic
-        row = {"key.segment_context_name": segment, "key.camera_name": _CAMERA_IDS[cam.name],
-               "[CameraCalibrationComponent].intrinsic.f_u": K[0, 0], "[CameraCalibrationComponent].intrinsic.f_v": K[1, 1],
-               "[CameraCalibrationComponent].intrinsic.c_u": K[0, 2], "[CameraCalibrationComponent].intrinsic.c_v": K[1, 2],
-               **{f"[CameraCalibrationComponent].intrinsic.{d}": 0.0 for d in ("k1", "k2", "p1", "p2", "k3")},
-               "[CameraCalibrationComponent].extrinsic.transform": camera_extrinsic(cam).ravel().tolist(),
-               "[CameraCalibrationComponent].width": cam.width, "[CameraCalibrationComponent].height": cam.height}  # fmt: skip
+        row = {
+            "key.segment_context_name": segment,
+            "key.camera_name": _CAMERA_IDS[cam.name],
+            "[CameraCalibrationComponent].intrinsic.f_u": K[0, 0],
+            "[CameraCalibrationComponent].intrinsic.f_v": K[1, 1],
+            "[CameraCalibrationComponent].intrinsic.c_u": K[0, 2],
+            "[CameraCalibrationComponent].intrinsic.c_v": K[1, 2],
+            **{f"[CameraCalibrationComponent].intrinsic.{d}": 0.0 for d in ("k1", "k2", "p1", "p2", "k3")},
+            "[CameraCalibrationComponent].extrinsic.transform": camera_extrinsic(cam).ravel().tolist(),
+            "[CameraCalibrationComponent].width": cam.width,
+            "[CameraCalibrationComponent].height": cam.height,
+        }
         for k2, v in row.items():
             cam_calib.setdefault(k2, []).append(v)
     tables["lidar_calibration"], tables["camera_calibration"] = calib, cam_calib
@@ -118,9 +156,18 @@ def _segment(root: Path, seed: int, sc: int, frames: int, image_scale: float) ->
     return segment
 
 
-def write_waymo(out: str | Path, scenes: int = 4, frames: int = 10, seed: int = 0, image_scale: float = 0.2,
-                workers: int | None = None, progress: Callable[[int], None] | None = None) -> Path:  # fmt: skip
+def write_waymo(
+    out: str | Path,
+    scenes: int = 4,
+    frames: int = 10,
+    seed: int = 0,
+    image_scale: float = 0.2,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write ``scenes`` segments of ``frames`` frames under ``out``/{training,validation}; returns ``out``."""
     root = Path(out)
-    list(run_scenes(_segment, [(root, seed, sc, frames, image_scale) for sc in range(scenes)], workers, progress, frames))
+    list(
+        run_scenes(_segment, [(root, seed, sc, frames, image_scale) for sc in range(scenes)], workers, progress, frames)
+    )
     return root

@@ -16,7 +16,16 @@ import numpy as np
 
 from .materials import M
 
-__all__ = ["Road", "Primitives", "World", "make_world", "scene_seed", "is_val_scene", "ROAD_HALF_WIDTH", "SIDEWALK_WIDTH"]
+__all__ = [
+    "Road",
+    "Primitives",
+    "World",
+    "make_world",
+    "scene_seed",
+    "is_val_scene",
+    "ROAD_HALF_WIDTH",
+    "SIDEWALK_WIDTH",
+]
 
 ROAD_HALF_WIDTH = 5.5  # two 3.5 m lanes plus a 2 m parking strip on each side
 SIDEWALK_WIDTH = 3.0
@@ -166,29 +175,42 @@ class World:
             for sol in obj.solids:
                 cx = x[0] + c * sol.centre[0] - s_ * sol.centre[1]
                 cy = y[0] + s_ * sol.centre[0] + c * sol.centre[1]
-                rows[sol.kind].append((np.array([cx, cy, sol.centre[2]]), sol.size, yaw + sol.yaw, sol.mat, sol.colour, oid))
+                rows[sol.kind].append(
+                    (np.array([cx, cy, sol.centre[2]]), sol.size, yaw + sol.yaw, sol.mat, sol.colour, oid)
+                )
 
         def stack(r: list, i: int, shape: tuple, dtype=np.float64):
             return np.array([v[i] for v in r], dtype=dtype).reshape(shape)
 
         b, e = rows["box"], rows["ell"]
         return Primitives(
-            stack(b, 0, (-1, 3)), stack(b, 1, (-1, 3)), stack(b, 2, (-1,)), stack(b, 3, (-1,), np.int64),
-            stack(b, 4, (-1, 3)), stack(b, 5, (-1,), np.int64),
-            stack(e, 0, (-1, 3)), stack(e, 1, (-1, 3)), stack(e, 3, (-1,), np.int64), stack(e, 4, (-1, 3)),
+            stack(b, 0, (-1, 3)),
+            stack(b, 1, (-1, 3)),
+            stack(b, 2, (-1,)),
+            stack(b, 3, (-1,), np.int64),
+            stack(b, 4, (-1, 3)),
+            stack(b, 5, (-1,), np.int64),
+            stack(e, 0, (-1, 3)),
+            stack(e, 1, (-1, 3)),
+            stack(e, 3, (-1,), np.int64),
+            stack(e, 4, (-1, 3)),
             stack(e, 5, (-1,), np.int64),
-        )  # fmt: skip
+        )
 
 
 _NAN3 = np.full(3, np.nan)
 
 
 def _box(cx, cy, cz, hx, hy, hz, mat, colour=_NAN3, yaw=0.0) -> _Solid:
-    return _Solid("box", np.array([cx, cy, cz], float), np.array([hx, hy, hz], float), yaw, M[mat], np.asarray(colour, float))
+    return _Solid(
+        "box", np.array([cx, cy, cz], float), np.array([hx, hy, hz], float), yaw, M[mat], np.asarray(colour, float)
+    )
 
 
 def _car(rng: np.random.Generator) -> list[_Solid]:
-    paint = rng.choice([[0.7, 0.1, 0.1], [0.1, 0.2, 0.6], [0.85, 0.85, 0.85], [0.1, 0.1, 0.1], [0.5, 0.5, 0.55], [0.2, 0.45, 0.3]])
+    paint = rng.choice(
+        [[0.7, 0.1, 0.1], [0.1, 0.2, 0.6], [0.85, 0.85, 0.85], [0.1, 0.1, 0.1], [0.5, 0.5, 0.55], [0.2, 0.45, 0.3]]
+    )
     paint = np.clip(np.asarray(paint) + rng.normal(0, 0.04, 3), 0, 1)
     length, width = rng.uniform(4.0, 4.9), rng.uniform(1.7, 1.95)
     return [
@@ -199,8 +221,11 @@ def _car(rng: np.random.Generator) -> list[_Solid]:
 
 def _truck(rng: np.random.Generator) -> list[_Solid]:
     body = np.clip(np.array([0.9, 0.9, 0.85]) * rng.uniform(0.7, 1.0) + rng.normal(0, 0.05, 3), 0, 1)
-    return [_box(-1.0, 0, 1.8, 3.0, 1.25, 1.4, "truck", body), _box(2.9, 0, 1.3, 0.9, 1.2, 0.95, "truck", body * 0.8),
-            _box(3.4, 0, 1.75, 0.45, 1.1, 0.35, "glass")]  # fmt: skip
+    return [
+        _box(-1.0, 0, 1.8, 3.0, 1.25, 1.4, "truck", body),
+        _box(2.9, 0, 1.3, 0.9, 1.2, 0.95, "truck", body * 0.8),
+        _box(3.4, 0, 1.75, 0.45, 1.1, 0.35, "glass"),
+    ]
 
 
 def _pedestrian(rng: np.random.Generator) -> list[_Solid]:
@@ -215,8 +240,17 @@ def _pedestrian(rng: np.random.Generator) -> list[_Solid]:
 def _tree(rng: np.random.Generator) -> list[_Solid]:
     trunk_h, crown = rng.uniform(1.8, 3.0), rng.uniform(1.3, 2.4)
     green = np.clip(np.array([0.2, 0.42, 0.14]) * rng.uniform(0.7, 1.3, 3), 0, 1)
-    return [_box(0, 0, trunk_h / 2, 0.15, 0.15, trunk_h / 2, "trunk"),
-            _Solid("ell", np.array([0, 0, trunk_h + crown * 0.8]), np.array([crown, crown, crown * 1.1]), 0.0, M["vegetation"], green)]  # fmt: skip
+    return [
+        _box(0, 0, trunk_h / 2, 0.15, 0.15, trunk_h / 2, "trunk"),
+        _Solid(
+            "ell",
+            np.array([0, 0, trunk_h + crown * 0.8]),
+            np.array([crown, crown, crown * 1.1]),
+            0.0,
+            M["vegetation"],
+            green,
+        ),
+    ]
 
 
 def make_world(seed: int, duration: float) -> World:
@@ -227,7 +261,9 @@ def make_world(seed: int, duration: float) -> World:
     turn = rng.choice([-1, 1]) * np.deg2rad(rng.uniform(35, 90))
     radius = rng.uniform(18.0, 30.0)
     tail = ego_speed * duration + 80.0
-    road = Road.build([(60.0 + straight, 0.0), (abs(turn) * radius, turn / abs(turn) / radius), (tail, 0.0)], s_start=-60.0)
+    road = Road.build(
+        [(60.0 + straight, 0.0), (abs(turn) * radius, turn / abs(turn) / radius), (tail, 0.0)], s_start=-60.0
+    )
     world = World(road, ego_speed=ego_speed, ego_s0=0.0)
     s_end = road.s_start + road.length
     objs = world.objects
@@ -236,7 +272,9 @@ def make_world(seed: int, duration: float) -> World:
         x, y, h = road.pose(np.array([s]), d)
         yaw = h[0] + yaw_off
         corners = [(a * half_len, b * half_wid) for a in (-1, 1) for b in (-1, 1)] + [(0, 0)]
-        pts = np.array([[x[0] + np.cos(yaw) * u - np.sin(yaw) * v, y[0] + np.sin(yaw) * u + np.cos(yaw) * v] for u, v in corners])
+        pts = np.array(
+            [[x[0] + np.cos(yaw) * u - np.sin(yaw) * v, y[0] + np.sin(yaw) * u + np.cos(yaw) * v] for u, v in corners]
+        )
         _, dd = road.locate(pts)
         return bool(np.all(np.abs(dd) > ROAD_HALF_WIDTH + SIDEWALK_WIDTH + 0.3) and np.all(np.sign(dd) == np.sign(d)))
 
@@ -248,8 +286,19 @@ def make_world(seed: int, duration: float) -> World:
                 depth, height = rng.uniform(8, 14), rng.uniform(5, 18)
                 d = side * (ROAD_HALF_WIDTH + SIDEWALK_WIDTH + rng.uniform(1.0, 6.0) + depth / 2)
                 if clear_of_road(s + length / 2, d, length / 2, depth / 2):
-                    facade = np.clip(rng.choice([[0.62, 0.36, 0.28], [0.75, 0.70, 0.60], [0.55, 0.55, 0.55], [0.85, 0.80, 0.70]]) + rng.normal(0, 0.04, 3), 0, 1)
-                    objs.append(_Object([_box(0, 0, height / 2, length / 2, depth / 2, height / 2, "building", facade)], s + length / 2, d))
+                    facade = np.clip(
+                        rng.choice([[0.62, 0.36, 0.28], [0.75, 0.70, 0.60], [0.55, 0.55, 0.55], [0.85, 0.80, 0.70]])
+                        + rng.normal(0, 0.04, 3),
+                        0,
+                        1,
+                    )
+                    objs.append(
+                        _Object(
+                            [_box(0, 0, height / 2, length / 2, depth / 2, height / 2, "building", facade)],
+                            s + length / 2,
+                            d,
+                        )
+                    )
             s += length + rng.uniform(0, 6)
         s = road.s_start + rng.uniform(0, 10)
         while s < s_end:  # street furniture on the sidewalk
@@ -268,7 +317,9 @@ def make_world(seed: int, duration: float) -> World:
         while s < s_end:  # parked cars and trucks in the parking strip
             if rng.random() < 0.55:
                 truck = rng.random() < 0.15
-                objs.append(_Object(_truck(rng) if truck else _car(rng), s, side * (ROAD_HALF_WIDTH - 1.0), yaw_offset=0.0))
+                objs.append(
+                    _Object(_truck(rng) if truck else _car(rng), s, side * (ROAD_HALF_WIDTH - 1.0), yaw_offset=0.0)
+                )
             s += rng.uniform(7, 11)
         for _ in range(int(rng.integers(1, 3))):  # a row of barriers or a cluster of cones at the kerb
             s = rng.uniform(road.s_start + 20, s_end - 20)
@@ -276,12 +327,19 @@ def make_world(seed: int, duration: float) -> World:
                 solids = [_box(i * 2.1, 0, 0.45, 1.0, 0.25, 0.45, "barrier") for i in range(int(rng.integers(3, 7)))]
                 objs.append(_Object(solids, s, side * (ROAD_HALF_WIDTH + 0.3)))
             else:
-                solids = [_box(i * 1.5, rng.normal(0, 0.1), 0.35, 0.17, 0.17, 0.35, "cone") for i in range(int(rng.integers(3, 7)))]
+                solids = [
+                    _box(i * 1.5, rng.normal(0, 0.1), 0.35, 0.17, 0.17, 0.35, "cone")
+                    for i in range(int(rng.integers(3, 7)))
+                ]
                 objs.append(_Object(solids, s, side * (ROAD_HALF_WIDTH - 2.4)))
         for _ in range(int(rng.integers(3, 8))):  # pedestrians walking along the sidewalk
             speed = rng.choice([-1, 1]) * rng.uniform(0.9, 1.6)
             d = side * (ROAD_HALF_WIDTH + rng.uniform(0.8, SIDEWALK_WIDTH - 0.6))
-            objs.append(_Object(_pedestrian(rng), rng.uniform(road.s_start + 10, s_end - 10), d, speed, 0.0 if speed > 0 else np.pi))
+            objs.append(
+                _Object(
+                    _pedestrian(rng), rng.uniform(road.s_start + 10, s_end - 10), d, speed, 0.0 if speed > 0 else np.pi
+                )
+            )
     for _ in range(int(rng.integers(2, 5))):  # oncoming traffic in the left lane
         objs.append(_Object(_car(rng), rng.uniform(20, s_end - 10), LANE_CENTRE, -rng.uniform(6, 12), np.pi))
     for _ in range(int(rng.integers(1, 3))):  # traffic ahead in the ego lane, slightly faster than the ego

@@ -21,7 +21,10 @@ def augment_points(points: torch.Tensor, cfg: AugmentConfig, gen: torch.Generato
     m = torch.eye(3, dtype=torch.float64)
     if cfg.flip:
         flips = torch.rand(2, generator=gen) < 0.5
-        m = torch.diag(torch.tensor([-1.0 if flips[0] else 1.0, -1.0 if flips[1] else 1.0, 1.0], dtype=torch.float64)) @ m
+        m = (
+            torch.diag(torch.tensor([-1.0 if flips[0] else 1.0, -1.0 if flips[1] else 1.0, 1.0], dtype=torch.float64))
+            @ m
+        )
     if cfg.rotate:
         t = float(torch.rand((), generator=gen)) * 2 * math.pi
         c, s = math.cos(t), math.sin(t)

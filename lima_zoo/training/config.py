@@ -1,6 +1,6 @@
 """Training configuration: nested frozen dataclasses, read from a YAML recipe plus ``--set a.b=c``.
 
-Every LiMA choice the paper leaves open is a field here (see ../shared/docs/lima-method.md). Unknown
+Every LiMA choice the paper leaves open is a field here (the README's method section). Unknown
 keys are refused with the valid ones listed; overrides are type-checked; the whole config is saved in
 every checkpoint. Recipes live in ``lima_zoo/training/recipes/*.yaml``.
 """
@@ -15,8 +15,20 @@ from typing import Any
 from ..config import EncoderConfig, config_from_dict
 from ..sparse.backends import check_backend
 
-__all__ = ["DataConfig", "DownstreamConfig", "TeacherConfig", "LimaConfig", "AugmentConfig", "OptimConfig", "RunConfig", "TrainConfig",
-           "load_recipe", "apply_overrides", "list_recipes", "RECIPE_DIR"]  # fmt: skip
+__all__ = [
+    "DataConfig",
+    "DownstreamConfig",
+    "TeacherConfig",
+    "LimaConfig",
+    "AugmentConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_recipe",
+    "apply_overrides",
+    "list_recipes",
+    "RECIPE_DIR",
+]
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 
@@ -57,13 +69,16 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class LimaConfig:
-    """LiMA's choices (../shared/docs/lima-method.md); the benchmark rows are settings of these."""
+    """LiMA's choices (the README's method section); the benchmark rows are settings of these."""
 
     frames: int = 6  # 1 = single-frame distillation
     memory_bank: bool = True  # False: re-run the teacher on every past frame (what the bank saves)
-    align: str = "reproject"  # (bench_quality: >= cell on both worlds, reaches more points) cell: 3-D cells of past LiDAR points | reproject: current points into past cameras' 2-D maps
+    # cell: 3-D cells of past LiDAR points | reproject: current points into past cameras' 2-D maps
+    align: str = "reproject"
     cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones (align=cell)
-    check: str = "agreement"  # align=reproject: none | occlusion | agreement (occlusion + free-space moving-object guard)
+    check: str = (
+        "agreement"  # align=reproject: none | occlusion | agreement (occlusion + free-space moving-object guard)
+    )
     depth_cells: int = 32  # z-buffer cells across an image's width (align=reproject; benchmarks/memory_probe.py)
     depth_tolerance: tuple[float, float] = (0.5, 0.1)  # m + fraction of depth a sample may differ from the past LiDAR
     pool: str = "mean"  # mean | max over the frames that matched
@@ -75,25 +90,41 @@ class LimaConfig:
     loss_average: str = "joint"  # joint: one mean over every target | separate: L_cur + memory_weight * L_mem
     memory_weight: float = 1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem)
     mixing: str = "lasermix"  # lasermix | polarmix | none
-    scans_per_stream: int = 2  # student scans per stream and step: 2 = current + mixed (no mixing: a second augmentation)
+    scans_per_stream: int = (
+        2  # student scans per stream and step: 2 = current + mixed (no mixing: a second augmentation)
+    )
     mix_weight: float = 1.0
     consistency_weight: float = 0.0  # > 0 (needs mixing, 2 scans): pull a mixed point's feature to its unmixed one
     bank_dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        checks = {"frames": self.frames >= 1, "cell": self.cell > 0, "alpha": 0.0 <= self.alpha <= 1.0,
-                  "align": self.align in ("cell", "reproject"), "check": self.check in ("none", "occlusion", "agreement"),
-                  "depth_cells": self.depth_cells >= 1, "depth_tolerance": len(self.depth_tolerance) == 2 and min(self.depth_tolerance) >= 0,
-                  "pool": self.pool in ("mean", "max"), "recency": 0 < self.recency <= 1, "view_range": self.view_range >= 0,
-                  "cva": self.cva in ("mean", "center"), "cameras_per_frame": self.cameras_per_frame >= 0,
-                  "loss_average": self.loss_average in ("joint", "separate"), "memory_weight": self.memory_weight >= 0,
-                  "mixing": self.mixing in ("lasermix", "polarmix", "none"), "scans_per_stream": self.scans_per_stream in (1, 2),
-                  "consistency_weight": self.consistency_weight >= 0, "bank_dtype": self.bank_dtype in ("float16", "float32")}  # fmt: skip
+        checks = {
+            "frames": self.frames >= 1,
+            "cell": self.cell > 0,
+            "alpha": 0.0 <= self.alpha <= 1.0,
+            "align": self.align in ("cell", "reproject"),
+            "check": self.check in ("none", "occlusion", "agreement"),
+            "depth_cells": self.depth_cells >= 1,
+            "depth_tolerance": len(self.depth_tolerance) == 2 and min(self.depth_tolerance) >= 0,
+            "pool": self.pool in ("mean", "max"),
+            "recency": 0 < self.recency <= 1,
+            "view_range": self.view_range >= 0,
+            "cva": self.cva in ("mean", "center"),
+            "cameras_per_frame": self.cameras_per_frame >= 0,
+            "loss_average": self.loss_average in ("joint", "separate"),
+            "memory_weight": self.memory_weight >= 0,
+            "mixing": self.mixing in ("lasermix", "polarmix", "none"),
+            "scans_per_stream": self.scans_per_stream in (1, 2),
+            "consistency_weight": self.consistency_weight >= 0,
+            "bank_dtype": self.bank_dtype in ("float16", "float32"),
+        }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"lima: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         if self.consistency_weight > 0 and (self.mixing == "none" or self.scans_per_stream != 2):
-            raise ValueError("lima.consistency_weight > 0 compares mixed and unmixed scenes: it needs mixing and scans_per_stream=2")
+            raise ValueError(
+                "lima.consistency_weight > 0 compares mixed and unmixed scenes: it needs mixing and scans_per_stream=2"
+            )
 
 
 @dataclass(frozen=True)
@@ -217,7 +248,9 @@ def load_recipe(recipe: str, overrides: list[str] | None = None) -> TrainConfig:
     if not path.is_file():
         path = RECIPE_DIR / f"{recipe}.yaml"
         if not path.is_file():
-            raise ValueError(f"{recipe!r} is neither a YAML file nor a packaged recipe; recipes: {', '.join(list_recipes())}")
+            raise ValueError(
+                f"{recipe!r} is neither a YAML file nor a packaged recipe; recipes: {', '.join(list_recipes())}"
+            )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:

@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from ..encoder import env_int, resolve_device
+from ..device import env_int, resolve_device
 
 __all__ = ["Placement", "placement", "join", "leave"]
 
@@ -39,7 +39,9 @@ class Placement:
         return {}
 
 
-def placement(requested: str = "auto", env: Mapping[str, str] | None = None, cuda_devices: int | None = None) -> Placement:
+def placement(
+    requested: str = "auto", env: Mapping[str, str] | None = None, cuda_devices: int | None = None
+) -> Placement:
     """The placement of this process. requested: run.device ("auto", "cpu", "cuda", "cuda:N").
 
     The device follows ``encoder.resolve_device`` (under torchrun "auto" / "cuda" mean

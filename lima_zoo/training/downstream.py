@@ -12,7 +12,7 @@ Checkpoints and ``resume`` work as in pretraining: the data order is a function 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,22 +21,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path
-from ..config import EncoderConfig
-from ..encoder import LiMAEncoder, resolve_device
+from ..device import resolve_device
+from ..encoder import LiMAEncoder
+from ..loading import RANDOM_PREFIX, load_encoder
+from ..sparse.allocator import reuse_freed_memory
 from ..sparse.backends import check_trainable
 from ..voxelize import Voxels
-from ..sparse.allocator import reuse_freed_memory
 from .augment import augment_points
 from .config import AugmentConfig, DownstreamConfig
 from .datasets import Frame, FrameDataset, detect_format, open_dataset, project_points
+from .lima.targets import select_cameras
 from .lovasz import lovasz_softmax
 from .metrics import ConfusionMatrix, save_report
-from .runlog import RunLog, last_checkpoint, load_checkpoint, loss_curve, save_checkpoint
+from .run import (
+    RunLog,
+    load_checkpoint,
+    loss_curve,
+    run_steps,
+    save_checkpoint,
+    start_run,
+    step_generator,
+    write_config,
+)
 from .schedule import one_cycle
-from .targets import select_cameras
 
-__all__ = ["Segmenter", "run_downstream", "evaluate", "load_backbone", "in_cameras"]
+__all__ = ["Segmenter", "run_downstream", "evaluate", "in_cameras", "backbone_source"]
+
+log = logging.getLogger(__name__)
 
 
 class Segmenter(nn.Module):
@@ -71,12 +82,10 @@ class Segmenter(nn.Module):
         return self.classifier(self.norm(features))
 
 
-def load_backbone(model: str, cfg: DownstreamConfig, device: torch.device) -> LiMAEncoder:
-    """``random`` (seeded initialisation of ``cfg.random_backbone``) or anything from_pretrained takes."""
-    if model == "random":
-        torch.manual_seed(cfg.seed)
-        return LiMAEncoder(EncoderConfig(backbone=cfg.random_backbone)).to(device)
-    return LiMAEncoder.from_pretrained(model, device=device)
+def backbone_source(model: str, cfg: DownstreamConfig) -> str:
+    """What ``eval --model`` names, as a :func:`~lima_zoo.loading.load_encoder` source: ``random``
+    is a seeded initialisation of ``cfg.random_backbone``."""
+    return f"{RANDOM_PREFIX}{cfg.random_backbone}" if model == "random" else model
 
 
 def in_cameras(frame: Frame, cameras: tuple[str, ...] = ()) -> torch.Tensor:
@@ -88,11 +97,16 @@ def in_cameras(frame: Frame, cameras: tuple[str, ...] = ()) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Segmenter, dataset: FrameDataset, batch: int = 2, camera_split: tuple[str, ...] | None = None) -> dict[str, ConfusionMatrix]:
+def evaluate(
+    model: Segmenter, dataset: FrameDataset, batch: int = 2, camera_split: tuple[str, ...] | None = None
+) -> dict[str, ConfusionMatrix]:
     """Confusion matrices over every labelled point of ``dataset`` (predictions 1..C): ``all``, and with
     ``camera_split`` (camera names; () = every camera) also ``inside`` / ``outside`` the current cameras."""
     model.eval()
-    cms = {k: ConfusionMatrix(dataset.class_names) for k in (("all", "inside", "outside") if camera_split is not None else ("all",))}
+    cms = {
+        k: ConfusionMatrix(dataset.class_names)
+        for k in (("all", "inside", "outside") if camera_split is not None else ("all",))
+    }
     index = dataset.index()
     for i in range(0, len(index), batch):
         frames = [dataset.frame(s, k) for s, k in index[i : i + batch]]
@@ -116,100 +130,146 @@ class _FeatureCache:
         with torch.no_grad():
             for s, k in dataset.index():
                 f = dataset.frame(s, k)
-                self.feats.append(model.features(model.encoder.backbone_input([f.points], intensity_range=255.0)).half().cpu())
+                self.feats.append(
+                    model.features(model.encoder.backbone_input([f.points], intensity_range=255.0)).half().cpu()
+                )
                 self.labels.append(torch.from_numpy(f.labels))
 
 
-def run_downstream(cfg: DownstreamConfig, model_name: str, data: str | Path, out: str | Path, resume: bool = False,
-                   on_step: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+def run_downstream(
+    cfg: DownstreamConfig,
+    model_name: str,
+    data: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
     """Train a probe / fine-tune on ``data``'s training split, evaluate on ``cfg.eval_split``; returns
-    the report also written to ``out/metrics.json``."""
+    the report also written to ``out/metrics.json``, with the per-class IoU ``table`` as text.
+
+    Args:
+        cfg: the protocol and its settings.
+        model_name: any ``load_encoder`` source, or "random" (a seeded ``cfg.random_backbone``).
+        data: a labelled dataset root (format detected).
+        out: the run folder (checkpoints, log, metrics.json, iou.png).
+        resume: continue from ``out/checkpoints/last.pt``.
+        on_step: called with each step's log record.
+    """
     out = Path(out)
-    ckpt = last_checkpoint(out, resume)
+    ckpt = start_run(out, resume)
     device = resolve_device(cfg.device)
     reuse_freed_memory()
     linear = cfg.protocol == "linear"
     train_ds = open_dataset(data, "train", cfg.percent, labels=True)
     val_ds = open_dataset(data, cfg.eval_split, labels=True)
     if not train_ds.class_names:
-        raise ValueError(f"{data}: the dataset names no classes (a sequence folder needs 'class_names' in calibration.json)")
+        raise ValueError(
+            f"{data}: the dataset names no classes (a sequence folder needs 'class_names' in calibration.json)"
+        )
     if not linear:
         check_trainable(cfg.sparse_backend, device)
-    encoder = load_backbone(model_name, cfg, device).set_backend(cfg.sparse_backend)
+    encoder = load_encoder(backbone_source(model_name, cfg), device=device, backend=cfg.sparse_backend, seed=cfg.seed)
     model = Segmenter(encoder, len(train_ds.class_names), frozen=linear, bn_momentum=cfg.bn_momentum).to(device)
     index = train_ds.index()
     steps_per_epoch = max(1, len(index) // cfg.batch)
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
     head = list(model.norm.parameters()) + list(model.classifier.parameters())
-    groups = [{"params": head, "lr": cfg.lr * cfg.head_lr_mult}] + ([] if linear else [{"params": list(encoder.parameters()), "lr": cfg.lr}])
+    groups = [{"params": head, "lr": cfg.lr * cfg.head_lr_mult}] + (
+        [] if linear else [{"params": list(encoder.parameters()), "lr": cfg.lr}]
+    )
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = one_cycle(optimizer, [g["lr"] for g in groups], total, cfg.warmup)
     config = {"downstream": dataclasses.asdict(cfg), "model": str(model_name), "data": str(data)}
     step = 0
     if resume:
-        state = load_checkpoint(ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every", "downstream.sparse_backend"))
+        state = load_checkpoint(
+            ckpt, config, device, free=("downstream.device", "downstream.checkpoint_every", "downstream.sparse_backend")
+        )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
-    elif ckpt.exists():
-        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
     cache = None
     if linear and not cfg.augment:
         points = sum(len(train_ds.frame(s, k).points) for s, k in index[:3]) / min(3, len(index)) * len(index)
         if points * encoder.config.out_dim * 2 / 2**20 <= cfg.cache_mb:
             cache = _FeatureCache(model, train_ds)
     aug = AugmentConfig()
-    what = f"{'linear probe' if linear else 'fine-tune'} of {model_name} on {len(index)} frames ({cfg.percent:g}% of train)"
-    print(f"{what}: {total} steps" + (" on cached features" if cache else ""), flush=True)
-    log = RunLog(out, total, step, ("loss", "lr", "loss_ce", "loss_lovasz"), desc=cfg.protocol)
-    try:
-        while step < total:
-            t0 = time.perf_counter()
-            epoch, at = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(index), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
-            chosen = order[at * cfg.batch : (at + 1) * cfg.batch]
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            model.train()
-            if cache is not None:
-                feats = torch.cat([cache.feats[i] for i in chosen]).to(device).float()
-                labels = torch.cat([cache.labels[i] for i in chosen]).to(device)
-                logits = model.head(feats)
-            else:
-                frames = [train_ds.frame(*index[i]) for i in chosen]
-                pts = [torch.from_numpy(f.points) for f in frames]
-                if cfg.augment:
-                    pts = [augment_points(p, aug, gen) for p in pts]
-                logits = model.head(model.features(encoder.backbone_input(pts, intensity_range=255.0)))  # per point, like the cached path
-                labels = torch.cat([torch.from_numpy(f.labels) for f in frames]).to(device)
-            target = labels - 1  # classes 1..C -> 0..C-1; the ignore id 0 becomes -1
-            ce = F.cross_entropy(logits, target, ignore_index=-1) if bool((target >= 0).any()) else logits.sum() * 0
-            lov = lovasz_softmax(logits.softmax(1), target, ignore=-1) if cfg.lovasz_weight > 0 else ce * 0
-            loss = ce + cfg.lovasz_weight * lov
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            rec = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "loss_ce": float(ce.detach()), "loss_lovasz": float(lov.detach()),
-                   "lr": lr, "seconds": time.perf_counter() - t0}  # fmt: skip
-            log.write(rec)
-            if on_step is not None:
-                on_step(rec)
-            if step % cfg.checkpoint_every == 0 or step == total:
-                save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                       "step": step, "config": config})  # fmt: skip
-    finally:
-        log.close()
+    protocol = "linear probe" if linear else "fine-tune"
+    what = f"{protocol} of {model_name} on {len(index)} frames ({cfg.percent:g}% of train)"
+    log.info("%s: %d steps%s", what, total, " on cached features" if cache else "")
+    run_log = RunLog(out, total, step, ("loss", "lr", "loss_ce", "loss_lovasz"), desc=cfg.protocol)
+
+    def take_step() -> dict:
+        nonlocal step
+        t0 = time.perf_counter()
+        epoch, at = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(index), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
+        chosen = order[at * cfg.batch : (at + 1) * cfg.batch]
+        gen = step_generator(cfg.seed, step)
+        model.train()
+        if cache is not None:
+            feats = torch.cat([cache.feats[i] for i in chosen]).to(device).float()
+            labels = torch.cat([cache.labels[i] for i in chosen]).to(device)
+            logits = model.head(feats)
+        else:
+            frames = [train_ds.frame(*index[i]) for i in chosen]
+            pts = [torch.from_numpy(f.points) for f in frames]
+            if cfg.augment:
+                pts = [augment_points(p, aug, gen) for p in pts]
+            logits = model.head(
+                model.features(encoder.backbone_input(pts, intensity_range=255.0))
+            )  # per point, like the cached path
+            labels = torch.cat([torch.from_numpy(f.labels) for f in frames]).to(device)
+        target = labels - 1  # classes 1..C -> 0..C-1; the ignore id 0 becomes -1
+        ce = F.cross_entropy(logits, target, ignore_index=-1) if bool((target >= 0).any()) else logits.sum() * 0
+        lov = lovasz_softmax(logits.softmax(1), target, ignore=-1) if cfg.lovasz_weight > 0 else ce * 0
+        loss = ce + cfg.lovasz_weight * lov
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": float(loss.detach()),
+            "loss_ce": float(ce.detach()),
+            "loss_lovasz": float(lov.detach()),
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def save() -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "config": config,
+        }
+        save_checkpoint(ckpt, state)
+
+    run_steps(take_step, step, total, run_log, cfg.checkpoint_every, save, on_step, checkpoint=ckpt)
     loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_ce", "loss_lovasz"))
     cms = evaluate(model, val_ds, cfg.batch, tuple(cfg.cameras) if cfg.camera_split else None)
     cm = cms["all"]
     split = {f"miou_{k}": c.miou() for k, c in cms.items() if k != "all"}
-    report = save_report(cm, out, f"{what}; eval on {cfg.eval_split}", {"protocol": cfg.protocol, "percent": cfg.percent, "model": str(model_name),
-                                                                         "dataset": detect_format(data), "split": cfg.eval_split,
-                                                                         "steps": total, "val_frames": len(val_ds), **split})  # fmt: skip
-    print(cm.table(), flush=True)
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2))
-    return report
+    report = save_report(
+        cm,
+        out,
+        f"{what}; eval on {cfg.eval_split}",
+        {
+            "protocol": cfg.protocol,
+            "percent": cfg.percent,
+            "model": str(model_name),
+            "dataset": detect_format(data),
+            "split": cfg.eval_split,
+            "steps": total,
+            "val_frames": len(val_ds),
+            **split,
+        },
+    )
+    write_config(out, config)
+    return {**report, "table": cm.table()}  # the table for the command line; metrics.json has the numbers

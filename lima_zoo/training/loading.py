@@ -17,12 +17,12 @@ import multiprocessing
 from typing import Iterator
 
 import numpy as np
-
 import torch
 
 from .datasets.frame import Frame
+from .lima.targets import sample_cameras, select_cameras
+from .run import step_seed
 from .streams import StreamItem, StreamSampler
-from .targets import sample_cameras, select_cameras
 
 __all__ = ["FrameSource", "StepFrames", "step_frames"]
 
@@ -36,7 +36,7 @@ class FrameSource:
 
     def __call__(self, sequence: int, position: int, epoch: int) -> Frame:
         f = select_cameras(self.dataset.frame(sequence, position), self.cameras)
-        draw = ((self.seed * 1_000_003 + epoch) * 100_003 + sequence) * 10_007 + position
+        draw = (step_seed(self.seed, epoch) * 100_003 + sequence) * 10_007 + position
         return sample_cameras(f, self.cameras_per_frame, draw)
 
 
@@ -59,7 +59,13 @@ class StepFrames(torch.utils.data.Dataset):
     """Micro-step ``m`` (counted from ``first``) -> (m, its stream items, their frames)."""
 
     def __init__(self, source: FrameSource, sampler: StreamSampler, micro_per_epoch: int, first: int, total: int):
-        self.source, self.sampler, self.micro_per_epoch, self.first, self.total = source, sampler, micro_per_epoch, first, total
+        self.source, self.sampler, self.micro_per_epoch, self.first, self.total = (
+            source,
+            sampler,
+            micro_per_epoch,
+            first,
+            total,
+        )
         self._epoch: tuple[int, list[list[StreamItem]]] | None = None
 
     def __len__(self) -> int:
@@ -77,13 +83,22 @@ class StepFrames(torch.utils.data.Dataset):
         return micro, items, [decoded(self.source(it.sequence, it.position, epoch)) for it in items]
 
 
-def step_frames(frames: StepFrames, workers: int, prefetch: int = 2, timeout: float = 600.0) -> Iterator[tuple[int, list[StreamItem], list[Frame]]]:
+def step_frames(
+    frames: StepFrames, workers: int, prefetch: int = 2, timeout: float = 600.0
+) -> Iterator[tuple[int, list[StreamItem], list[Frame]]]:
     """Iterate ``frames`` in step order; with ``workers`` > 0 on that many processes, each up to
     ``prefetch`` steps ahead. Spawned, not forked: the trainer has already run OpenMP threads, and a
     forked OpenMP runtime can hang. ``timeout``: a step whose frames take longer is an error, not a
     silent wait (a result a worker cannot send is otherwise lost and the loop waits forever)."""
     if workers == 0:
         return (frames[i] for i in range(len(frames)))
-    loader = torch.utils.data.DataLoader(frames, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=prefetch,
-                                         multiprocessing_context=multiprocessing.get_context("spawn"), timeout=timeout)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        frames,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=prefetch,
+        multiprocessing_context=multiprocessing.get_context("spawn"),
+        timeout=timeout,
+    )
     return iter(loader)

@@ -52,7 +52,10 @@ class ConfusionMatrix:
     def table(self) -> str:
         """Per-class IoU as an aligned text table (percent)."""
         width = max(len(n) for n in self.class_names + ("mIoU",))
-        rows = [f"{n:<{width}}  {'   -  ' if np.isnan(v) else f'{100 * v:6.2f}'}" for n, v in zip(self.class_names, self.iou())]
+        rows = [
+            f"{n:<{width}}  {'   -  ' if np.isnan(v) else f'{100 * v:6.2f}'}"
+            for n, v in zip(self.class_names, self.iou())
+        ]
         return "\n".join(rows + [f"{'mIoU':<{width}}  {100 * self.miou():6.2f}"])
 
 
@@ -60,9 +63,14 @@ def save_report(cm: ConfusionMatrix, out: str | Path, title: str, extra: dict | 
     """Write ``metrics.json`` (mIoU, per-class IoU, confusion matrix) and ``iou.png`` (bar chart) in ``out``."""
     out = Path(out)
     iou = cm.iou()
-    report = {"title": title, "miou": cm.miou(), "accuracy": cm.accuracy(),
-              "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(cm.class_names, iou)},
-              "confusion_matrix": cm.matrix.tolist(), **(extra or {})}  # fmt: skip
+    report = {
+        "title": title,
+        "miou": cm.miou(),
+        "accuracy": cm.accuracy(),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(cm.class_names, iou)},
+        "confusion_matrix": cm.matrix.tolist(),
+        **(extra or {}),
+    }
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     try:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .run import step_generator
+
 __all__ = ["StreamItem", "StreamSampler"]
 
 
@@ -27,17 +29,34 @@ class StreamSampler:
     """sequence_lengths: frames per sequence; ``streams`` lanes per rank of ``world``; ``max_offset``
     bounds the random start offset (so lanes do not reach bank resets in lockstep)."""
 
-    def __init__(self, sequence_lengths: list[int], streams: int, rank: int = 0, world: int = 1, seed: int = 0, max_offset: int = 6):
+    def __init__(
+        self,
+        sequence_lengths: list[int],
+        streams: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        max_offset: int = 6,
+    ):
         if not sequence_lengths or min(sequence_lengths) < 1:
             raise ValueError("every sequence needs at least one frame")
         if streams < 1 or not 0 <= rank < world:
             raise ValueError(f"bad streams={streams}, rank={rank}, world={world}")
-        self.lengths, self.streams, self.rank, self.world, self.seed, self.max_offset = list(sequence_lengths), streams, rank, world, seed, max_offset
+        self.lengths, self.streams, self.rank, self.world, self.seed, self.max_offset = (
+            list(sequence_lengths),
+            streams,
+            rank,
+            world,
+            seed,
+            max_offset,
+        )
 
     def _lanes(self, epoch: int) -> list[list[StreamItem]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = step_generator(self.seed, epoch)
         order = torch.randperm(len(self.lengths), generator=gen).tolist()
-        offsets = [int(torch.randint(min(self.max_offset, n), (1,), generator=gen)) if n > 1 else 0 for n in self.lengths]
+        offsets = [
+            int(torch.randint(min(self.max_offset, n), (1,), generator=gen)) if n > 1 else 0 for n in self.lengths
+        ]
         lanes_total = self.world * self.streams
         shared = lanes_total > len(order)  # fewer sequences than lanes: lanes share sequences
         n = self.steps_per_epoch()

@@ -7,7 +7,7 @@ seeds starting at ``seed`` (default 1000), disjoint from the seeds datasets are 
 the teacher never sees the evaluation split's scenes or labels. After training, its last-block
 patch tokens (no head) are the teacher features, exactly like DINOv2's are used.
 
-    lima-zoo make-teacher teachers/synthetic-vit      # ~1-2 min on 2 cores; writes teacher.json + model.safetensors
+    lima-zoo make-teacher teachers/synthetic-vit      # writes teacher.json + model.safetensors
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def _patch_targets(labels: torch.Tensor, image_size: tuple[int, int], patch: int
 TEACHER_STEPS = 300  # optimizer steps of the teacher (lima-zoo make-teacher, and a run that makes its own)
 
 
-PACKAGED_TEACHER = Path(__file__).with_name("packaged_teacher")  # `lima-zoo make-teacher DIR` with its defaults, shipped
+PACKAGED_TEACHER = Path(__file__).with_name(
+    "packaged_teacher"
+)  # `lima-zoo make-teacher DIR` with its defaults, shipped
 
 
 def packaged_teacher(image_size: tuple[int, int]) -> Path | None:
@@ -71,18 +73,47 @@ def packaged_teacher(image_size: tuple[int, int]) -> Path | None:
     return PACKAGED_TEACHER if tuple(meta["vit"]["img_size"]) == tuple(image_size) else None
 
 
-def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, frames: int = 6, steps: int = TEACHER_STEPS, batch: int = 16,
-                           image_size: tuple[int, int] = (112, 224), dim: int = 128, depth: int = 4, patch: int = 8,
-                           progress: Callable[[int, float], None] | None = None) -> dict:  # fmt: skip
-    """Train and save the teacher under ``out``; returns its metadata (also written to teacher.json)."""
+def make_synthetic_teacher(
+    out: str | Path,
+    seed: int = 1000,
+    scenes: int = 3,
+    frames: int = 6,
+    steps: int = TEACHER_STEPS,
+    batch: int = 16,
+    image_size: tuple[int, int] = (112, 224),
+    dim: int = 128,
+    depth: int = 4,
+    patch: int = 8,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train and save the teacher under ``out``; returns its metadata (also written to teacher.json).
+
+    Args:
+        out: the teacher folder (teacher.json + model.safetensors).
+        seed: the first world seed of its training images; keep it apart from the datasets' seeds.
+        scenes, frames: the size of its training worlds.
+        steps, batch: the training schedule.
+        image_size: (H, W) the teacher reads; a run's ``teacher.image_size`` must match it.
+        dim, depth, patch: the ViT's width, blocks and patch size.
+        progress: called with (step, loss) after each step.
+    """
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
     rgb, lab = render_training_images(seed, scenes, frames)
     held_rgb, held_lab = render_training_images(seed + 500, 1, 2)  # a held-out world for the accuracy report
     classes = len(NUSCENES_EVAL_CLASSES) + 1
-    vit_kwargs = dict(img_size=list(image_size), patch_size=patch, embed_dim=dim, depth=depth, num_heads=max(1, dim // 64), mlp_ratio=3.0,
-                      num_classes=0, global_pool="", class_token=True)  # fmt: skip
+    vit_kwargs = dict(
+        img_size=list(image_size),
+        patch_size=patch,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=max(1, dim // 64),
+        mlp_ratio=3.0,
+        num_classes=0,
+        global_pool="",
+        class_token=True,
+    )
     vit = VisionTransformer(**vit_kwargs)
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     head = torch.nn.Linear(dim, classes)
@@ -93,7 +124,9 @@ def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, f
     loss_value = float("nan")
 
     def tokens(x: torch.Tensor) -> torch.Tensor:
-        return vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)[0].flatten(2).transpose(1, 2)
+        return (
+            vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)[0].flatten(2).transpose(1, 2)
+        )
 
     for step in range(steps):
         idx = torch.randint(len(rgb), (batch,), generator=gen)
@@ -119,11 +152,15 @@ def make_synthetic_teacher(out: str | Path, seed: int = 1000, scenes: int = 3, f
         valid = tgt.argmax(-1) > 0
         acc = float((pred == tgt.argmax(-1))[valid].float().mean())
     meta = {
-        "vit": vit_kwargs, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "description": f"synthetic ViT (dim {dim}, depth {depth}, patch {patch}) trained {steps} steps on worlds seeded from {seed}",
+        "vit": vit_kwargs,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "description": f"synthetic ViT (dim {dim}, depth {depth}, patch {patch}) trained {steps} steps "
+        f"on worlds seeded from {seed}",
         "trained_on": {"seed": seed, "scenes": scenes, "frames": frames, "images": int(len(rgb))},
-        "final_loss": loss_value, "heldout_patch_accuracy": acc,
-    }  # fmt: skip
+        "final_loss": loss_value,
+        "heldout_patch_accuracy": acc,
+    }
     out = Path(out)
     from safetensors.torch import save_file
 

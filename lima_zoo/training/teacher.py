@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import load_state_strict
-from ..export.convert import read_state_dict  # .safetensors, or .pth with weights_only
 from ..hub import OfflineError, hub_reachable
+from ..weights import load_state_strict, read_state_dict  # .safetensors, or .pth with weights_only
 from .config import TeacherConfig
 
 __all__ = ["FrozenTeacher", "build_teacher", "images_to_input", "TEACHER_DIMS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -38,7 +37,9 @@ PRETRAINED_TAG = "lvd142m"
 class FrozenTeacher(nn.Module):
     """forward: list of (H_i, W_i, 3) uint8 RGB images -> (B, D, h, w) float32 patch features."""
 
-    def __init__(self, vit: nn.Module, image_size: tuple[int, int], mean=IMAGENET_MEAN, std=IMAGENET_STD, description: str = ""):
+    def __init__(
+        self, vit: nn.Module, image_size: tuple[int, int], mean=IMAGENET_MEAN, std=IMAGENET_STD, description: str = ""
+    ):
         super().__init__()
         self.vit = vit
         self.image_size = tuple(image_size)
@@ -67,12 +68,16 @@ class FrozenTeacher(nn.Module):
         return self.vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)[0].float()
 
 
-def images_to_input(images: Sequence[np.ndarray], size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def images_to_input(
+    images: Sequence[np.ndarray], size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """uint8 (H, W, 3) images -> (B, 3, *size) float, resized (bilinear, antialiased) and normalised
     with mean / std (1, 3, 1, 1) on their device."""
     batch = []
     for img in images:
-        x = torch.tensor(img, device=mean.device).permute(2, 0, 1)[None].float() / 255.0  # copies (PIL arrays are read-only)
+        x = (
+            torch.tensor(img, device=mean.device).permute(2, 0, 1)[None].float() / 255.0
+        )  # copies (PIL arrays are read-only)
         batch.append(F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True))
     return (torch.cat(batch) - mean) / std
 
@@ -82,7 +87,9 @@ def _synthetic(folder: Path, image_size: tuple[int, int]) -> FrozenTeacher:
 
     meta = json.loads((folder / "teacher.json").read_text())
     if tuple(meta["vit"]["img_size"]) != tuple(image_size):
-        raise ValueError(f"{folder}: teacher was made for images {meta['vit']['img_size']}; set teacher.image_size to it")
+        raise ValueError(
+            f"{folder}: teacher was made for images {meta['vit']['img_size']}; set teacher.image_size to it"
+        )
     vit = VisionTransformer(**meta["vit"])
     load_state_strict(vit, read_state_dict(folder / "model.safetensors"), folder / "model.safetensors")
     return FrozenTeacher(vit, image_size, meta["mean"], meta["std"], description=meta.get("description", ""))
@@ -126,8 +133,10 @@ def _cached_pretrained(name: str) -> Path | None:
         return Path(hit)
     if constants.HF_HUB_OFFLINE or not hub_reachable():
         raise OfflineError(
-            f"teacher {name}: pretrained weights ({repo}) are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
-            "cannot be reached. Pass teacher.weights=<model.safetensors or .pth>, or for CPU experiments use the synthetic teacher "
+            f"teacher {name}: pretrained weights ({repo}) are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and the Hub "
+            "cannot be reached. Pass teacher.weights=<model.safetensors or .pth>, or for CPU experiments use the "
+            "synthetic teacher "
             "(`lima-zoo make-teacher DIR`, then teacher.name=synthetic teacher.weights=DIR)."
         )
     return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,28 +24,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_dir, atomic_path
+from ..atomic import atomic_dir
 from ..encoder import LiMAEncoder
+from ..sparse.allocator import reuse_freed_memory
 from ..sparse.backends import check_trainable
 from ..voxelize import Voxels
-from ..sparse.allocator import reuse_freed_memory
+from ..weights import load_state_strict
 from .augment import augment_points
 from .config import TrainConfig
-from .distributed import Placement, join, leave, placement
 from .datasets import open_dataset
 from .datasets.frame import Frame
+from .distributed import Placement, join, leave, placement
+from .lima.long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, StreamTargets, recall, remember
+from .lima.losses import averaged_loss, point_distances
+from .lima.memory_bank import MemoryBank
+from .lima.mixing import mix
+from .lima.targets import frame_targets, select_cameras
 from .loading import FrameSource, StepFrames, step_frames
-from .long_horizon import CURRENT, MEMORY_ONLY, NO_TARGET, StreamTargets, recall, remember
-from .losses import averaged_loss, point_distances
-from .memory_bank import MemoryBank
-from .mixing import mix
+from .run import RunLog, load_checkpoint, loss_curve, run_steps, save_checkpoint, start_run, step_seed, write_config
 from .schedule import one_cycle
-from .runlog import RunLog, last_checkpoint, load_checkpoint, loss_curve, save_checkpoint
 from .streams import StreamItem, StreamSampler
-from .targets import frame_targets, select_cameras
 from .teacher import build_teacher
 
 __all__ = ["train", "Distiller"]
+
+log = logging.getLogger(__name__)
 
 
 class Distiller(nn.Module):
@@ -70,10 +74,17 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
         if rank == 0 and not (root / "lima_splits.json").exists():
             from ..synth import generate
 
-            print(f"generating a synthetic nuScenes-format world in {root} ...", flush=True)
+            log.info("generating a synthetic nuScenes-format world in %s ...", root)
             with tqdm(total=data.synthetic_scenes * data.synthetic_frames, unit="frame", desc="synthetic world") as bar:
-                generate(root, "nuscenes", data.synthetic_scenes, data.synthetic_frames, data.synthetic_seed, data.synthetic_image_scale,
-                         progress=bar.update)  # fmt: skip
+                generate(
+                    root,
+                    "nuscenes",
+                    data.synthetic_scenes,
+                    data.synthetic_frames,
+                    data.synthetic_seed,
+                    data.synthetic_image_scale,
+                    progress=bar.update,
+                )
         data = dataclasses.replace(data, path=str(root))
     if teacher.name == "synthetic" and not teacher.weights:
         folder = out / "teacher"
@@ -87,14 +98,22 @@ def _resolve_inputs(cfg: TrainConfig, out: Path, rank: int, world: int) -> Train
                     for name in names:
                         (stage / name).write_bytes((packaged / name).read_bytes())
                 meta = json.loads((folder / "teacher.json").read_text())
-                print(f"synthetic teacher: the packaged one ({meta['description']}; held-out patch accuracy "
-                      f"{meta['heldout_patch_accuracy']:.3f}), copied to {folder}", flush=True)  # fmt: skip
+                log.info(
+                    "synthetic teacher: the packaged one (%s; held-out patch accuracy %.3f), copied to %s",
+                    meta["description"],
+                    meta["heldout_patch_accuracy"],
+                    folder,
+                )
             else:
-                print(f"making the synthetic teacher in {folder} (a ViT trained on other synthetic worlds) ...", flush=True)
+                log.info("making the synthetic teacher in %s (a ViT trained on other synthetic worlds) ...", folder)
                 with tqdm(total=TEACHER_STEPS, unit="step", desc="synthetic teacher") as bar:
-                    meta = make_synthetic_teacher(folder, steps=TEACHER_STEPS, image_size=tuple(teacher.image_size),
-                                                  progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))  # fmt: skip
-                print(f"  held-out patch accuracy {meta['heldout_patch_accuracy']:.3f}", flush=True)
+                    meta = make_synthetic_teacher(
+                        folder,
+                        steps=TEACHER_STEPS,
+                        image_size=tuple(teacher.image_size),
+                        progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+                    )
+                log.info("  held-out patch accuracy %.3f", meta["heldout_patch_accuracy"])
         teacher = dataclasses.replace(teacher, weights=str(folder))
     if world > 1:
         dist.barrier()
@@ -108,19 +127,35 @@ class _Run:
         self.cfg, self.out, self.rank, self.world = cfg, out, place.rank, place.world
         rank, world = self.rank, self.world
         self.device = place.device
-        self.dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.percent, None if cfg.data.format == "auto" else cfg.data.format, labels=False)
+        self.dataset = open_dataset(
+            cfg.data.path,
+            cfg.data.split,
+            cfg.data.percent,
+            None if cfg.data.format == "auto" else cfg.data.format,
+            labels=False,
+        )
         if not self.dataset.sequences:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.split!r} holds no sequences")
         select_cameras(self.dataset.frame(0, 0), cfg.data.cameras)  # an unknown camera name fails before any work
         self.teacher = build_teacher(cfg.teacher, self.device)
         if cfg.encoder.head_dim != self.teacher.dim:
-            raise ValueError(f"encoder.head_dim={cfg.encoder.head_dim} but the teacher outputs {self.teacher.dim}-d features; set encoder.head_dim={self.teacher.dim}")
+            raise ValueError(
+                f"encoder.head_dim={cfg.encoder.head_dim} but the teacher outputs {self.teacher.dim}-d features; set "
+                f"encoder.head_dim={self.teacher.dim}"
+            )
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.encoder = LiMAEncoder(cfg.encoder).to(self.device).train().set_backend(cfg.run.sparse_backend)
         model = Distiller(self.encoder)
         self.model = nn.parallel.DistributedDataParallel(model, **place.ddp_kwargs()) if world > 1 else model
         o = cfg.optim
-        self.sampler = StreamSampler([len(r) for _, r in self.dataset.sequences], o.streams, rank, world, cfg.run.seed, max_offset=cfg.lima.frames)
+        self.sampler = StreamSampler(
+            [len(r) for _, r in self.dataset.sequences],
+            o.streams,
+            rank,
+            world,
+            cfg.run.seed,
+            max_offset=cfg.lima.frames,
+        )
         self.steps_per_epoch = self.sampler.steps_per_epoch() // o.grad_accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"an epoch has fewer frames per stream than optim.grad_accum={o.grad_accum}")
@@ -165,7 +200,10 @@ class _Run:
             return []
         if lima.memory_bank:
             return self.bank.entries(b)
-        keys = [(item.sequence, p) for p in range(max(self.stream_start[b], item.position - (lima.frames - 1)), item.position)]
+        keys = [
+            (item.sequence, p)
+            for p in range(max(self.stream_start[b], item.position - (lima.frames - 1)), item.position)
+        ]
         return self._remembered([self.frame(*k, epoch) for k in keys], keys)
 
     def replay_bank(self, micro: int) -> None:
@@ -200,7 +238,9 @@ class _Run:
         points, targets = [], []
         depth = 0
         for b, (item, f, cur) in enumerate(zip(items, frames, current)):
-            depth += self.bank.depth(b) if lima.memory_bank else min(lima.frames - 1, item.position - self.stream_start[b])
+            depth += (
+                self.bank.depth(b) if lima.memory_bank else min(lima.frames - 1, item.position - self.stream_start[b])
+            )
             targets.append(recall(cur, self._past(b, item, epoch), lima))
             if lima.memory_bank and lima.frames > 1:
                 self.bank.push(b, remember(f, cur, (item.sequence, item.position), lima))
@@ -220,7 +260,12 @@ class _Run:
                 c = (b + 1) % B
                 keep_a, keep_b = mix(lima.mixing, points[b], points[c], gen)
                 rows = torch.cat([offsets[b] + keep_a.nonzero().squeeze(1), offsets[c] + keep_b.nonzero().squeeze(1)])
-                tg = StreamTargets(*(torch.cat([getattr(targets[b], k)[keep_a], getattr(targets[c], k)[keep_b]]) for k in ("target", "kind", "frames")))
+                tg = StreamTargets(
+                    *(
+                        torch.cat([getattr(targets[b], k)[keep_a], getattr(targets[c], k)[keep_b]])
+                        for k in ("target", "kind", "frames")
+                    )
+                )
                 second.append((torch.cat([points[b][keep_a], points[c][keep_b]]), tg, rows))
         groups = [plain, second] if lima.scans_per_stream == 2 else [second]
         scans = [augment_points(p, cfg.augment, gen) for group in groups for p, _, _ in group]
@@ -234,24 +279,34 @@ class _Run:
             n = sum(len(p) for p, _, _ in group)
             tgt = torch.cat([t.target for _, t, _ in group]).to(self.device)
             kind = torch.cat([t.kind for _, t, _ in group]).to(self.device)
-            dist = point_distances(per_point[at : at + n], tgt)
-            losses.append(averaged_loss(dist, kind == CURRENT, kind == MEMORY_ONLY, lima.loss_average, lima.memory_weight))
+            distance = point_distances(per_point[at : at + n], tgt)
+            losses.append(
+                averaged_loss(distance, kind == CURRENT, kind == MEMORY_ONLY, lima.loss_average, lima.memory_weight)
+            )
             at += n
         mixed = second is not plain
         weights = [1.0, lima.mix_weight if mixed else 1.0] if len(groups) == 2 else [1.0]
-        loss = sum(w * l for w, l in zip(weights, losses))
+        loss = sum(w * term for w, term in zip(weights, losses))
         loss_cons = torch.zeros(())
         if lima.consistency_weight > 0:
             n_plain = offsets[-1]
             rows = torch.cat([r for _, _, r in second]).to(self.device)
-            loss_cons = point_distances(per_point[n_plain:], F.normalize(per_point[:n_plain][rows].float(), dim=1).detach()).mean()
+            loss_cons = point_distances(
+                per_point[n_plain:], F.normalize(per_point[:n_plain][rows].float(), dim=1).detach()
+            ).mean()
             loss = loss + lima.consistency_weight * loss_cons
         (loss / cfg.optim.grad_accum).backward()
         n_points = offsets[-1]
         kinds = torch.cat([t.kind for t in targets])
-        return {"loss": float(loss.detach()), "loss_current": float(losses[0].detach()), "loss_mixed": float(losses[-1].detach()) if len(groups) == 2 else 0.0,
-                "loss_consistency": float(loss_cons.detach()), "target_fraction": float((kinds != NO_TARGET).sum()) / n_points,
-                "memory_only_fraction": float((kinds == MEMORY_ONLY).sum()) / n_points, "bank_depth": depth / B}  # fmt: skip
+        return {
+            "loss": float(loss.detach()),
+            "loss_current": float(losses[0].detach()),
+            "loss_mixed": float(losses[-1].detach()) if len(groups) == 2 else 0.0,
+            "loss_consistency": float(loss_cons.detach()),
+            "target_fraction": float((kinds != NO_TARGET).sum()) / n_points,
+            "memory_only_fraction": float((kinds == MEMORY_ONLY).sum()) / n_points,
+            "bank_depth": depth / B,
+        }
 
     def step(self) -> dict[str, float]:
         o = self.cfg.optim
@@ -260,7 +315,7 @@ class _Run:
         logs = []
         for j in range(o.grad_accum):
             micro = self.step_no * o.grad_accum + j
-            gen = torch.Generator().manual_seed((self.cfg.run.seed * 1_000_003 + micro) * 4099 + self.rank)
+            gen = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, micro) * 4099 + self.rank)
             logs.append(self.micro_step(micro, gen))
         if o.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), o.grad_clip)
@@ -270,23 +325,36 @@ class _Run:
         self.scheduler.step()
         self.step_no += 1
         rec = {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
-        rec.update(step=self.step_no, epoch=(self.step_no - 1) // self.steps_per_epoch, lr=lr, teacher_images=self.teacher_images,
-                   seconds=time.perf_counter() - t0, bank_mb=self.bank.nbytes() / 2**20)  # fmt: skip
+        rec.update(
+            step=self.step_no,
+            epoch=(self.step_no - 1) // self.steps_per_epoch,
+            lr=lr,
+            teacher_images=self.teacher_images,
+            seconds=time.perf_counter() - t0,
+            bank_mb=self.bank.nbytes() / 2**20,
+        )
         return rec
 
     # --------------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self) -> Path:
-        state = {"encoder": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "step": self.step_no, "world_size": self.world, "config": self.cfg.to_dict()}  # fmt: skip
+        state = {
+            "encoder": self.encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step_no,
+            "world_size": self.world,
+            "config": self.cfg.to_dict(),
+        }
         return save_checkpoint(self.out / "checkpoints" / "last.pt", state)
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path, self.cfg.to_dict(), self.device)
         if state["world_size"] != self.world:
-            raise ValueError(f"{path}: written by {state['world_size']} processes, resuming with {self.world}; the data order would change")
-        from ..encoder import load_state_strict
-
+            raise ValueError(
+                f"{path}: written by {state['world_size']} processes, resuming with {self.world}; the data order "
+                "would change"
+            )
         load_state_strict(self.encoder, state["encoder"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -294,10 +362,19 @@ class _Run:
         self.replay_bank(self.step_no * self.cfg.optim.grad_accum)
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Callable[[dict], None] | None = None) -> Path:
-    """Run (or resume) pretraining into ``out``; returns the encoder folder ``out/encoder``."""
+def train(
+    cfg: TrainConfig, out: str | Path, resume: bool = False, on_step: Callable[[dict], None] | None = None
+) -> Path:
+    """Run (or resume) pretraining into ``out``; returns the encoder folder ``out/encoder``.
+
+    Args:
+        cfg: the whole run configuration (a recipe with its ``--set`` overrides).
+        out: the run folder (config.json, log.jsonl, checkpoints/last.pt, encoder/).
+        resume: continue exactly from ``out/checkpoints/last.pt``.
+        on_step: called with each step's log record (tests, benchmarks).
+    """
     out = Path(out)
-    ckpt = last_checkpoint(out, resume)  # before minutes of world / teacher generation
+    ckpt = start_run(out, resume)  # before minutes of world / teacher generation
     place = placement(cfg.run.device)  # rank, world and this rank's own device (cuda:LOCAL_RANK)
     created = join(place)
     try:
@@ -316,37 +393,46 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, on_step, place: Placement,
     run = _Run(cfg, out, place)
     if resume:
         run.load_checkpoint(ckpt)
-    elif ckpt.exists():
-        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-        print(f"pretraining {cfg.encoder.backbone} from {run.teacher.description} on {cfg.data.path} ({len(run.dataset)} frames, "
-              f"{len(run.dataset.sequences)} sequences); {run.total_steps} steps of {cfg.optim.streams} streams x {world} process(es)", flush=True)  # fmt: skip
-    log = RunLog(out, run.total_steps, run.step_no, ("loss", "lr", "loss_current", "loss_mixed", "target_fraction", "memory_only_fraction", "bank_depth", "seconds"),
-                 enabled=rank == 0, desc="pretrain")  # fmt: skip
-    try:
-        while run.step_no < run.total_steps:
-            rec = run.step()
-            log.write(rec)
-            if on_step is not None:
-                on_step(rec)
-            if rank == 0 and (run.step_no % cfg.run.checkpoint_every == 0 or run.step_no == run.total_steps):
-                run.save_checkpoint()
-            if world > 1:
-                dist.barrier()
-    except KeyboardInterrupt:
-        if rank == 0:
-            print(f"\ninterrupted at step {run.step_no}; the last checkpoint ({ckpt}) is intact — continue with --resume", flush=True)
-        raise
-    finally:
-        log.close()
+        write_config(out, cfg.to_dict())
+        log.info(
+            "pretraining %s from %s on %s (%d frames, %d sequences); %d steps of %d streams x %d process(es)",
+            cfg.encoder.backbone,
+            run.teacher.description,
+            cfg.data.path,
+            len(run.dataset),
+            len(run.dataset.sequences),
+            run.total_steps,
+            cfg.optim.streams,
+            world,
+        )
+    scalars = (
+        "loss",
+        "lr",
+        "loss_current",
+        "loss_mixed",
+        "target_fraction",
+        "memory_only_fraction",
+        "bank_depth",
+        "seconds",
+    )
+    run_log = RunLog(out, run.total_steps, run.step_no, scalars, enabled=rank == 0, desc="pretrain")
+    run_steps(
+        run.step,
+        run.step_no,
+        run.total_steps,
+        run_log,
+        cfg.run.checkpoint_every,
+        run.save_checkpoint if rank == 0 else None,
+        on_step,
+        after_step=dist.barrier if world > 1 else None,
+        checkpoint=ckpt,
+    )
     encoder_dir = out / "encoder"
     if rank == 0:
         run.encoder.eval().save_pretrained(encoder_dir)
         loss_curve(out / "log.jsonl", out / "loss.png", ("loss", "loss_current", "loss_mixed"), "distillation loss")
-        print(f"encoder written to {encoder_dir} (LiMAEncoder.from_pretrained({str(encoder_dir)!r}))", flush=True)
+        log.info("encoder written to %s (LiMAEncoder.from_pretrained(%r))", encoder_dir, str(encoder_dir))
     if world > 1:
         dist.barrier()
     return encoder_dir

@@ -50,13 +50,15 @@ def best_view(uv: np.ndarray, sizes: np.ndarray) -> int:
     return int(np.argmin(np.square(uv / sizes - 0.5).sum(axis=1)))
 
 
-def teacher_similarity(tokens: np.ndarray, camera: int, query_uv: tuple[float, float], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def teacher_similarity(
+    tokens: np.ndarray, camera: int, query_uv: tuple[float, float], image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """tokens (C, D, h, w) teacher patch features of C cameras; the query's pixel (u, v) in camera
     ``camera``'s image of size (width, height) -> (the query's teacher feature (D,), (C, h, w)
     cosine similarity of every camera's patches to it).
 
     The query feature is sampled bilinearly at the pixel, with the convention the distillation
-    targets use (``training.cross_view.sample_pixel_features``: pixel centres, border padding)."""
+    targets use (``training.lima.cross_view.sample_pixel_features``: pixel centres, border padding)."""
     tokens = np.asarray(tokens, dtype=np.float64)
     _, _, h, w = tokens.shape
     width, height = image_size
@@ -66,8 +68,12 @@ def teacher_similarity(tokens: np.ndarray, camera: int, query_uv: tuple[float, f
     x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
     fx, fy = x - x0, y - y0
     grid = tokens[camera]
-    q = (grid[:, y0, x0] * (1 - fx) * (1 - fy) + grid[:, y0, x1] * fx * (1 - fy)
-         + grid[:, y1, x0] * (1 - fx) * fy + grid[:, y1, x1] * fx * fy)  # fmt: skip
+    q = (
+        grid[:, y0, x0] * (1 - fx) * (1 - fy)
+        + grid[:, y0, x1] * fx * (1 - fy)
+        + grid[:, y1, x0] * (1 - fx) * fy
+        + grid[:, y1, x1] * fx * fy
+    )
     norms = np.linalg.norm(tokens, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
     sim = np.einsum("cdhw,d->chw", tokens, q) / np.maximum(norms, 1e-12)
     return q, np.clip(sim, -1.0, 1.0)
@@ -85,8 +91,13 @@ def render_cameras(out: str | os.PathLike, panels: list[CameraPanel], title: str
     import matplotlib as mpl
 
     aspect = max(p.image.shape[1] / p.image.shape[0] for p in panels)
-    fig, axes = plt.subplots(len(panels), 2, figsize=(2 * 4.2 * min(aspect, 3) / 1.5 + 1.5, 2.9 * len(panels)), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(panels),
+        2,
+        figsize=(2 * 4.2 * min(aspect, 3) / 1.5 + 1.5, 2.9 * len(panels)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     cmap = mpl.colormaps[HEAT]
     t_lo = min((float(np.nanmin(p.teacher)) for p in panels if p.teacher is not None), default=-1.0)
     s_lo = min((float(np.nanmin(p.student)) for p in panels if len(p.student)), default=-1.0)
@@ -96,18 +107,44 @@ def render_cameras(out: str | os.PathLike, panels: list[CameraPanel], title: str
         ax_t, ax_s = axes[row]
         ax_t.imshow(grey, extent=(0, w, h, 0))
         if p.teacher is not None:
-            ax_t.imshow(p.teacher, extent=(0, w, h, 0), cmap=cmap, vmin=t_lo, vmax=1.0, alpha=0.65, interpolation="bilinear")
+            ax_t.imshow(
+                p.teacher, extent=(0, w, h, 0), cmap=cmap, vmin=t_lo, vmax=1.0, alpha=0.65, interpolation="bilinear"
+            )
         else:
-            ax_t.text(w / 2, h / 2, "no teacher map\n(the query is outside every camera)" if p.query_uv is None else "no teacher",
-                      ha="center", va="center", color="white", fontsize=9)  # fmt: skip
+            ax_t.text(
+                w / 2,
+                h / 2,
+                "no teacher map\n(the query is outside every camera)" if p.query_uv is None else "no teacher",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=9,
+            )
         ax_s.imshow(grey, extent=(0, w, h, 0))
         if len(p.uv):
             order = np.argsort(p.student, kind="stable")  # the most similar points drawn last, on top
-            ax_s.scatter(p.uv[order, 0], p.uv[order, 1], c=p.student[order], cmap=cmap, vmin=s_lo, vmax=1.0, s=max(1.0, 2400.0 / max(w, 1)),
-                         linewidths=0, marker="s")  # fmt: skip
+            ax_s.scatter(
+                p.uv[order, 0],
+                p.uv[order, 1],
+                c=p.student[order],
+                cmap=cmap,
+                vmin=s_lo,
+                vmax=1.0,
+                s=max(1.0, 2400.0 / max(w, 1)),
+                linewidths=0,
+                marker="s",
+            )
         for ax, what in ((ax_t, "teacher (image features)"), (ax_s, "student (LiDAR features)")):
             if p.query_uv is not None:
-                ax.plot([p.query_uv[0]], [p.query_uv[1]], marker="*", markersize=14, markerfacecolor="cyan", markeredgecolor="black", linestyle="none")
+                ax.plot(
+                    [p.query_uv[0]],
+                    [p.query_uv[1]],
+                    marker="*",
+                    markersize=14,
+                    markerfacecolor="cyan",
+                    markeredgecolor="black",
+                    linestyle="none",
+                )
             ax.set_xlim(0, w)
             ax.set_ylim(h, 0)
             ax.set_xticks([])
@@ -115,7 +152,12 @@ def render_cameras(out: str | os.PathLike, panels: list[CameraPanel], title: str
             ax.set_title(f"{p.label}: {what}", fontsize=9)
     for col, lo, name in ((0, t_lo, "teacher"), (1, s_lo, "student")):
         sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(lo, 1.0), cmap=cmap)
-        fig.colorbar(sm, ax=list(axes[:, col]), shrink=min(0.9, 0.3 + 0.15 * len(panels)), label=f"{name}: cosine similarity to the query")
+        fig.colorbar(
+            sm,
+            ax=list(axes[:, col]),
+            shrink=min(0.9, 0.3 + 0.15 * len(panels)),
+            label=f"{name}: cosine similarity to the query",
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_path(out) as tmp:

@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..io.writers import _write_ply
+from ..io.writers import write_ply
 
 __all__ = ["write_points", "FORMATS_3D"]
 
 FORMATS_3D = ("ply", "rrd")
 
 
-def write_points(path: str | os.PathLike, xyz: np.ndarray, colours: np.ndarray, features: np.ndarray, what: str) -> Path:
+def write_points(
+    path: str | os.PathLike, xyz: np.ndarray, colours: np.ndarray, features: np.ndarray, what: str
+) -> Path:
     """xyz (N, 3), colours (N, 3) float in [0, 1] -> ``path`` (.ply or .rrd by its suffix)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
@@ -29,12 +31,14 @@ def write_points(path: str | os.PathLike, xyz: np.ndarray, colours: np.ndarray, 
     xyz = np.ascontiguousarray(xyz[:, :3], dtype=np.float32)
     if fmt == "ply":
         with atomic_path(path) as tmp:
-            _write_ply(tmp, features, xyz, with_features=False, rgb=rgb, comment=f"RGB = {what}")
+            write_ply(tmp, features, xyz, with_features=False, rgb=rgb, comment=f"RGB = {what}")
         return path
     try:
         import rerun as rr
     except ImportError:
-        raise ImportError("--format rrd writes a rerun recording: pip install 'lima-zoo[rerun]' (or pip install rerun-sdk)") from None
+        raise ImportError(
+            "--format rrd writes a rerun recording: pip install 'lima-zoo[rerun]' (or pip install rerun-sdk)"
+        ) from None
     with atomic_path(path) as tmp:
         rec = rr.RecordingStream("lima-zoo viz")
         rec.save(str(tmp))

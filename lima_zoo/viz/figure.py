@@ -28,7 +28,9 @@ def require_matplotlib():
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("lima-zoo viz draws with matplotlib: pip install 'lima-zoo[viz]' (or pip install matplotlib)") from None
+        raise ImportError(
+            "lima-zoo viz draws with matplotlib: pip install 'lima-zoo[viz]' (or pip install matplotlib)"
+        ) from None
     return plt
 
 
@@ -97,7 +99,9 @@ def render(
     grid = fig.add_gridspec(2, 1, height_ratios=[4.2, 1.0])
     ax_bev, ax_rng = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
     for ax, view, name in ((ax_bev, bev, "bird's-eye view"), (ax_rng, rng, "range view")):
-        ax.imshow(view.paint(colours), extent=view.extent, interpolation="nearest", aspect="equal" if view is bev else "auto")
+        ax.imshow(
+            view.paint(colours), extent=view.extent, interpolation="nearest", aspect="equal" if view is bev else "auto"
+        )
         ax.set_xlabel(view.xlabel)
         ax.set_ylabel(view.ylabel)
         ax.set_title(name, fontsize=10)
@@ -105,7 +109,16 @@ def render(
             qr, qc = view.pixel[query]
             if qr >= 0:
                 x, y = _pixel_centre(view, qr, qc)
-                ax.plot([x], [y], marker="*", markersize=16, markerfacecolor="cyan", markeredgecolor="black", linestyle="none", label="query")
+                ax.plot(
+                    [x],
+                    [y],
+                    marker="*",
+                    markersize=16,
+                    markerfacecolor="cyan",
+                    markeredgecolor="black",
+                    linestyle="none",
+                    label="query",
+                )
     _scale_bar(ax_bev, _nice(abs(bev.extent[1] - bev.extent[0])))
     if sim is not None:
         import matplotlib as mpl
@@ -114,7 +127,11 @@ def render(
         sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(lo, 1.0), cmap=HEAT)
         fig.colorbar(sm, ax=[ax_bev, ax_rng], shrink=0.6, label="cosine similarity to the query")
         ax_bev.legend(loc="upper right")
-    what = "PCA of the features (RGB = components 1-3)" if sim is None else f"similarity to point {query} at ({', '.join(f'{v:.2f}' for v in xyz[query])}) m"
+    what = (
+        "PCA of the features (RGB = components 1-3)"
+        if sim is None
+        else f"similarity to point {query} at ({', '.join(f'{v:.2f}' for v in xyz[query])}) m"
+    )
     fig.suptitle(f"{title}\n{what}" if title else what, fontsize=11)
     out = Path(out)
     if out.suffix.lower() != ".png":

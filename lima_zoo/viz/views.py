@@ -73,7 +73,9 @@ def _grow(winner: np.ndarray) -> np.ndarray:
     return out
 
 
-def _splat(rows: np.ndarray, cols: np.ndarray, priority: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _splat(
+    rows: np.ndarray, cols: np.ndarray, priority: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel keeps the point of highest ``priority`` (ties: the later row). -> (pixel, winner)."""
     h, w = shape
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & np.isfinite(priority)
@@ -85,7 +87,9 @@ def _splat(rows: np.ndarray, cols: np.ndarray, priority: np.ndarray, shape: tupl
     return pixel, winner.reshape(h, w)
 
 
-def bev_view(xyz: np.ndarray, half_extent: float | None = None, metres_per_pixel: float | None = None, max_pixels: int = 900) -> View:
+def bev_view(
+    xyz: np.ndarray, half_extent: float | None = None, metres_per_pixel: float | None = None, max_pixels: int = 900
+) -> View:
     """Bird's-eye view centred on the sensor. half_extent: metres shown either side (default: the
     98th percentile of the horizontal range, at least 5 m), at most ``max_pixels`` across."""
     x, y, z = xyz[:, 0].astype(np.float64), xyz[:, 1].astype(np.float64), xyz[:, 2].astype(np.float64)

@@ -17,7 +17,18 @@ import torch
 
 from .pairing import CameraView, chain
 
-__all__ = ["CameraFrame", "Frame", "FrameDataset", "every_nth", "group_by_sequence", "check_percent", "read_scan", "image_loader", "read_number_table", "require"]
+__all__ = [
+    "CameraFrame",
+    "Frame",
+    "FrameDataset",
+    "every_nth",
+    "group_by_sequence",
+    "check_percent",
+    "read_scan",
+    "image_loader",
+    "read_number_table",
+    "require",
+]
 
 
 @dataclass
@@ -36,7 +47,10 @@ class CameraFrame:
     def image(self) -> np.ndarray:
         img = self.load()
         if img.shape[:2] != (self.height, self.width):
-            raise ValueError(f"camera {self.name}: image is {img.shape[1]}x{img.shape[0]}, calibration says {self.width}x{self.height}")
+            raise ValueError(
+                f"camera {self.name}: image is {img.shape[1]}x{img.shape[0]}, calibration says "
+                f"{self.width}x{self.height}"
+            )
         return img
 
 
@@ -64,8 +78,13 @@ class Frame:
         """The pose chain of every camera, ready for ``pairing.project_points``."""
         t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
         return [
-            CameraView(c.name, t(c.intrinsic), chain(t(self.lidar_to_ego), t(self.ego_to_global), t(c.ego_to_global), t(c.camera_to_ego)),
-                       c.width, c.height)  # fmt: skip
+            CameraView(
+                c.name,
+                t(c.intrinsic),
+                chain(t(self.lidar_to_ego), t(self.ego_to_global), t(c.ego_to_global), t(c.camera_to_ego)),
+                c.width,
+                c.height,
+            )
             for c in self.cameras
         ]
 

@@ -25,8 +25,11 @@ __all__ = ["NuScenesDataset", "CAMERAS"]
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 _TABLES = ("scene", "sample", "sample_data", "calibrated_sensor", "ego_pose", "sensor", "category")
-_OFFICIAL = {"v1.0-trainval": {"train": "train", "val": "val"}, "v1.0-mini": {"train": "mini_train", "val": "mini_val"},
-             "v1.0-test": {"test": "test"}}  # fmt: skip
+_OFFICIAL = {
+    "v1.0-trainval": {"train": "train", "val": "val"},
+    "v1.0-mini": {"train": "mini_train", "val": "mini_val"},
+    "v1.0-test": {"test": "test"},
+}
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +46,16 @@ class NuScenesDataset(FrameDataset):
 
     class_names = NUSCENES_EVAL_CLASSES
 
-    def __init__(self, root: str | Path, version: str = "v1.0-trainval", split: str = "train", percent: float = 100,
-                 sweeps: int = 0, labels: bool = True, cameras: tuple[str, ...] = CAMERAS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        version: str = "v1.0-trainval",
+        split: str = "train",
+        percent: float = 100,
+        sweeps: int = 0,
+        labels: bool = True,
+        cameras: tuple[str, ...] = CAMERAS,
+    ) -> None:
         super().__init__()
         self.root, self.version, self.sweeps, self.cameras = Path(root), version, sweeps, cameras
         table_dir = require(self.root / version, f"nuScenes tables of version {version}")
@@ -59,14 +70,21 @@ class NuScenesDataset(FrameDataset):
         self.keyframes: dict[str, dict[str, dict]] = {}  # sample token -> channel -> sample_data row
         for r in t["sample_data"]:
             if r["is_key_frame"]:
-                self.keyframes.setdefault(r["sample_token"], {})[sensors[self.calib[r["calibrated_sensor_token"]]["sensor_token"]]] = r
+                self.keyframes.setdefault(r["sample_token"], {})[
+                    sensors[self.calib[r["calibrated_sensor_token"]]["sensor_token"]]
+                ] = r
         self.labels_lut = None
         if labels:
-            lidarseg = require(table_dir / "lidarseg.json", "nuScenes-lidarseg table (pass labels=False for unlabelled data)")
+            lidarseg = require(
+                table_dir / "lidarseg.json", "nuScenes-lidarseg table (pass labels=False for unlabelled data)"
+            )
             self.lidarseg = {r["sample_data_token"]: r["filename"] for r in json.loads(lidarseg.read_text())}
             index = {c["name"]: c.get("index") for c in t["category"]}
             if any(v is None for v in index.values()):
-                raise ValueError(f"{table_dir / 'category.json'}: no 'index' fields; use the category.json shipped with nuScenes-lidarseg")
+                raise ValueError(
+                    f"{table_dir / 'category.json'}: no 'index' fields; use the category.json shipped with "
+                    "nuScenes-lidarseg"
+                )
             self.labels_lut = NUSCENES_LUT
 
         scenes = {r["name"]: r for r in t["scene"]}
@@ -93,13 +111,18 @@ class NuScenesDataset(FrameDataset):
         else:
             lists = {k: _official_splits()[v] for k, v in _OFFICIAL.get(self.version, {}).items()}
         if split not in lists:
-            raise ValueError(f"split {split!r} is not defined for {self.version} in {custom if custom.exists() else 'the official lists'}; "
-                             f"choose from {sorted(lists) + ['all']}")  # fmt: skip
+            raise ValueError(
+                f"split {split!r} is not defined for {self.version} in "
+                f"{custom if custom.exists() else 'the official lists'}; "
+                f"choose from {sorted(lists) + ['all']}"
+            )
         return list(lists[split])
 
     def _pose(self, sd: dict) -> tuple[np.ndarray, np.ndarray]:
         cs, ego = self.calib[sd["calibrated_sensor_token"]], self.ego[sd["ego_pose_token"]]
-        return pose_matrix(cs["rotation"], cs["translation"]).numpy(), pose_matrix(ego["rotation"], ego["translation"]).numpy()
+        return pose_matrix(cs["rotation"], cs["translation"]).numpy(), pose_matrix(
+            ego["rotation"], ego["translation"]
+        ).numpy()
 
     def _points(self, sd: dict) -> np.ndarray:
         return read_scan(self.root / sd["filename"], "LiDAR scan")  # .pcd.bin: 5 floats per point, intensity 0-255
@@ -113,7 +136,10 @@ class NuScenesDataset(FrameDataset):
         labels = None
         if self.labels_lut is not None:
             if lidar["token"] not in self.lidarseg:
-                raise ValueError(f"{self.root / self.version / 'lidarseg.json'}: no label record for LiDAR sample_data {lidar['token']}")
+                raise ValueError(
+                    f"{self.root / self.version / 'lidarseg.json'}: no label record for LiDAR sample_data "
+                    f"{lidar['token']}"
+                )
             path = require(self.root / self.lidarseg[lidar["token"]], "lidarseg labels")
             raw = np.fromfile(path, dtype=np.uint8)
             if len(raw) != len(points):
@@ -127,7 +153,11 @@ class NuScenesDataset(FrameDataset):
             sd = frame[ch]
             cs, ego = self._pose(sd)
             K = np.asarray(self.calib[sd["calibrated_sensor_token"]]["camera_intrinsic"], dtype=np.float64)
-            cams.append(CameraFrame(ch, K, cs, ego, sd["width"], sd["height"], image_loader(self.root / sd["filename"], "camera image")))
+            cams.append(
+                CameraFrame(
+                    ch, K, cs, ego, sd["width"], sd["height"], image_loader(self.root / sd["filename"], "camera image")
+                )
+            )
         sweeps = []
         sd = lidar
         while len(sweeps) < self.sweeps and sd["prev"]:

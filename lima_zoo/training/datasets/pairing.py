@@ -23,7 +23,9 @@ __all__ = ["quaternion_to_matrix", "pose_matrix", "chain", "CameraView", "PixelP
 
 def quaternion_to_matrix(q: Sequence[float]) -> torch.Tensor:
     """[w, x, y, z] (nuScenes order) -> (3, 3) float64 rotation; the quaternion is normalised."""
-    w, x, y, z = (torch.as_tensor(q, dtype=torch.float64) / torch.linalg.norm(torch.as_tensor(q, dtype=torch.float64))).tolist()
+    w, x, y, z = (
+        torch.as_tensor(q, dtype=torch.float64) / torch.linalg.norm(torch.as_tensor(q, dtype=torch.float64))
+    ).tolist()
     return torch.tensor(
         [
             [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],

@@ -13,7 +13,7 @@ from ...atomic import atomic_path
 from .frame import Frame
 from .pairing import project_points
 
-__all__ = ["class_palette", "save_preview"]
+__all__ = ["class_palette", "save_preview", "preview_world"]
 
 
 def class_palette(num_classes: int) -> np.ndarray:
@@ -24,7 +24,9 @@ def class_palette(num_classes: int) -> np.ndarray:
     f = h6 - np.floor(h6)
     v, s = 0.95, 0.75
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack([np.choose(i, [v, q, p, p, t, v]), np.choose(i, [t, v, v, q, p, p]), np.choose(i, [p, p, t, v, v, q])], 1)
+    table = np.stack(
+        [np.choose(i, [v, q, p, p, t, v]), np.choose(i, [t, v, v, q, p, p]), np.choose(i, [p, p, t, v, v, q])], 1
+    )
     out = (table * 255).astype(np.uint8)
     out[0] = (128, 128, 128)
     return out
@@ -37,7 +39,9 @@ def _legend(draw, names: tuple[str, ...], palette: np.ndarray, x: int, y: int) -
         draw.text((x + 14, yy - 1), name, fill=(255, 255, 255))
 
 
-def save_preview(frame: Frame, class_names: tuple[str, ...], path: str | Path, bev_range: float = 50.0, bev_px: int = 500) -> Path:
+def save_preview(
+    frame: Frame, class_names: tuple[str, ...], path: str | Path, bev_range: float = 50.0, bev_px: int = 500
+) -> Path:
     """Write a PNG: camera tiles (3 per row) with projected, class-coloured points + a BEV panel."""
     from PIL import Image, ImageDraw
 
@@ -84,3 +88,11 @@ def save_preview(frame: Frame, class_names: tuple[str, ...], path: str | Path, b
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
+
+
+def preview_world(root: Path, fmt: str, frames: int, png: Path) -> Path:
+    """``save_preview`` of a generated world's middle frame of its first sequence."""
+    from . import open_dataset
+
+    ds = open_dataset(root, split="all" if fmt in ("nuscenes", "semantickitti") else "train", kind=fmt)
+    return save_preview(ds.frame(0, min(frames - 1, frames // 2)), ds.class_names, png)

@@ -17,11 +17,25 @@ from pathlib import Path
 import numpy as np
 
 from ...labels import KITTI_EVAL_CLASSES, kitti_learning_map
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, group_by_sequence, image_loader, read_number_table, read_scan, require
+from .frame import (
+    CameraFrame,
+    Frame,
+    FrameDataset,
+    every_nth,
+    group_by_sequence,
+    image_loader,
+    read_number_table,
+    read_scan,
+    require,
+)
 
 __all__ = ["SemanticKittiDataset", "read_calib", "read_poses"]
 
-_OFFICIAL = {"train": [f"{i:02d}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 9, 10)], "val": ["08"], "test": [f"{i:02d}" for i in range(11, 22)]}
+_OFFICIAL = {
+    "train": [f"{i:02d}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 9, 10)],
+    "val": ["08"],
+    "test": [f"{i:02d}" for i in range(11, 22)],
+}
 
 
 def read_calib(path: Path) -> dict[str, np.ndarray]:
@@ -55,7 +69,9 @@ class SemanticKittiDataset(FrameDataset):
 
     class_names = KITTI_EVAL_CLASSES
 
-    def __init__(self, root: str | Path, split: str = "train", percent: float = 100, labels: bool = True, image: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", percent: float = 100, labels: bool = True, image: bool = True
+    ) -> None:
         super().__init__()
         self.root, self.labels, self.use_image = Path(root), labels, image
         seq_dir = require(self.root / "sequences", "SemanticKITTI sequences folder")
@@ -66,7 +82,10 @@ class SemanticKittiDataset(FrameDataset):
         elif split in lists:
             names = lists[split]
         else:
-            raise ValueError(f"split {split!r} is not defined in {custom if custom.exists() else 'the official lists'}; choose from {sorted(lists) + ['all']}")
+            raise ValueError(
+                f"split {split!r} is not defined in {custom if custom.exists() else 'the official lists'}; choose "
+                f"from {sorted(lists) + ['all']}"
+            )
         if percent != 100 and split != "train":
             raise ValueError(f"percent applies to the train split only (got split={split!r}, percent={percent})")
         self._calib: dict[str, dict] = {}
@@ -110,7 +129,11 @@ class SemanticKittiDataset(FrameDataset):
             if sequence not in self._image_size:  # one camera per sequence: read one header, not one per frame
                 self._image_size[sequence] = _image_size(img_path)
             w, h = self._image_size[sequence]
-            cams.append(CameraFrame("image_2", K, np.linalg.inv(tr) @ cam2_to_cam0, pose, w, h, image_loader(img_path, "image_2 image")))
+            cams.append(
+                CameraFrame(
+                    "image_2", K, np.linalg.inv(tr) @ cam2_to_cam0, pose, w, h, image_loader(img_path, "image_2 image")
+                )
+            )
         return Frame(points, labels, np.eye(4), pose, cams, sequence, index, int(round(int(ref) * 1e5)))
 
 

@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from ...io import POINT_SUFFIXES, point_suffix
-from .frame import CameraFrame, Frame, FrameDataset, every_nth, group_by_sequence, image_loader, read_number_table, read_scan, require
+from .frame import (
+    CameraFrame,
+    Frame,
+    FrameDataset,
+    every_nth,
+    group_by_sequence,
+    image_loader,
+    read_number_table,
+    read_scan,
+    require,
+)
 from .pairing import pose_matrix
 
 __all__ = ["SequenceFolderDataset", "interpolate_pose"]
@@ -75,7 +85,9 @@ class SequenceFolderDataset(FrameDataset):
     def __init__(self, root: str | Path, percent: float = 100, labels: bool = False) -> None:
         super().__init__()
         self.root = Path(root)
-        cal_path = require(self.root / "calibration.json", "sensor calibration (see lima_zoo.training.datasets.sequence_folder)")
+        cal_path = require(
+            self.root / "calibration.json", "sensor calibration (see lima_zoo.training.datasets.sequence_folder)"
+        )
         try:
             cal = json.loads(cal_path.read_text())
             lidar = cal["lidar"]
@@ -88,7 +100,12 @@ class SequenceFolderDataset(FrameDataset):
                 K = np.asarray(c["intrinsic"], dtype=np.float64)
                 if K.shape != (3, 3):
                     raise ValueError(f"camera {name}: intrinsic must be 3x3")
-                self.cams[name] = (K, pose_matrix(c["rotation"], c["translation"]).numpy(), int(c["width"]), int(c["height"]))
+                self.cams[name] = (
+                    K,
+                    pose_matrix(c["rotation"], c["translation"]).numpy(),
+                    int(c["width"]),
+                    int(c["height"]),
+                )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise ValueError(f"{cal_path}: invalid calibration ({type(e).__name__}: {e})") from None
         self.class_names = tuple(cal.get("class_names", ()))
@@ -102,8 +119,13 @@ class SequenceFolderDataset(FrameDataset):
         if not drives:
             raise ValueError(f"{self.root}: no drive folders (expected <drive>/lidar, <drive>/poses.txt)")
         for drive in drives:
-            scans = sorted(((_stamp(p, point_suffix(p)), p) for p in require(drive / "lidar", "LiDAR scans").iterdir()
-                            if point_suffix(p) in POINT_SUFFIXES))  # fmt: skip
+            scans = sorted(
+                (
+                    (_stamp(p, point_suffix(p)), p)
+                    for p in require(drive / "lidar", "LiDAR scans").iterdir()
+                    if point_suffix(p) in POINT_SUFFIXES
+                )
+            )
             if not scans:
                 raise ValueError(f"{drive / 'lidar'}: no scans with a readable extension ({', '.join(POINT_SUFFIXES)})")
             stamps, rows = _read_poses(drive / "poses.txt")
@@ -115,8 +137,10 @@ class SequenceFolderDataset(FrameDataset):
             images = {}
             for name in self.cams:
                 folder = require(drive / "cameras" / name, f"images of camera {name} (listed in calibration.json)")
-                images[name] = sorted((_stamp(p, p.suffix), p) for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-                for t, p in images[name]:
+                images[name] = sorted(
+                    (_stamp(p, p.suffix), p) for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES
+                )
+                for t, _ in images[name]:
                     interpolate_pose(stamps, rows, t, drive / "poses.txt")
             self._images[drive.name] = images
             frames += [(drive.name, (t, p)) for t, p in scans]
@@ -142,5 +166,17 @@ class SequenceFolderDataset(FrameDataset):
             ts, img = min(candidates, key=lambda c: abs(c[0] - t))
             if abs(ts - t) > self.max_offset:
                 continue  # this camera has no image close enough to the scan
-            cams.append(CameraFrame(name, K, to_ego, interpolate_pose(stamps, rows, ts, pose_file), w, h, image_loader(img, f"image of camera {name}")))
-        return Frame(points, labels, self.lidar_to_ego, interpolate_pose(stamps, rows, t, pose_file), cams, sequence, index, t)
+            cams.append(
+                CameraFrame(
+                    name,
+                    K,
+                    to_ego,
+                    interpolate_pose(stamps, rows, ts, pose_file),
+                    w,
+                    h,
+                    image_loader(img, f"image of camera {name}"),
+                )
+            )
+        return Frame(
+            points, labels, self.lidar_to_ego, interpolate_pose(stamps, rows, t, pose_file), cams, sequence, index, t
+        )

@@ -30,7 +30,9 @@ _CAL = "[LiDARCalibrationComponent]"
 _CC = "[CameraCalibrationComponent]"
 
 
-def range_image_to_points(range_image: np.ndarray, extrinsic: np.ndarray, inclinations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def range_image_to_points(
+    range_image: np.ndarray, extrinsic: np.ndarray, inclinations: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Range image (H, W, C) with range in channel 0, extrinsic lidar -> vehicle (4, 4), inclinations
     (H,) with row 0 the highest beam -> vehicle-frame xyz (N, 3) of pixels with range > 0, and the
     flat pixel indices (N,) they came from (row-major)."""
@@ -64,19 +66,27 @@ class WaymoDataset(FrameDataset):
 
     class_names = WAYMO_CLASSES[1:]
 
-    def __init__(self, root: str | Path, split: str = "train", percent: float = 100, labels: bool = True, cameras: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", percent: float = 100, labels: bool = True, cameras: bool = True
+    ) -> None:
         super().__init__()
         if split not in _SPLITS:
             raise ValueError(f"split {split!r}: choose from {sorted(_SPLITS)}")
         if percent != 100 and split != "train":
             raise ValueError(f"percent applies to the train split only (got split={split!r}, percent={percent})")
-        self.dir, self.labels, self.cameras = require(Path(root) / _SPLITS[split], f"Waymo {split} folder"), labels, cameras
+        self.dir, self.labels, self.cameras = (
+            require(Path(root) / _SPLITS[split], f"Waymo {split} folder"),
+            labels,
+            cameras,
+        )
         segments = sorted(p.stem for p in require(self.dir / "lidar", "Waymo lidar component").glob("*.parquet"))
         frames = []
         for seg in segments:
             keyed = self._path("lidar_segmentation" if labels else "lidar", seg)
             stamps = _read(keyed, ["key.frame_timestamp_micros", "key.laser_name"])
-            ts = sorted({t for t, laser in zip(stamps["key.frame_timestamp_micros"], stamps["key.laser_name"]) if laser == 1})
+            ts = sorted(
+                {t for t, laser in zip(stamps["key.frame_timestamp_micros"], stamps["key.laser_name"]) if laser == 1}
+            )
             frames += [(seg, t) for t in ts]
         if split == "train":
             frames = every_nth(frames, percent)
@@ -88,8 +98,16 @@ class WaymoDataset(FrameDataset):
 
     def _calibration(self, seg: str) -> tuple:
         if seg not in self._calib:
-            cal = _read(self._path("lidar_calibration", seg), ["key.laser_name", f"{_CAL}.extrinsic.transform", f"{_CAL}.beam_inclination.values",
-                                                                f"{_CAL}.beam_inclination.min", f"{_CAL}.beam_inclination.max"])  # fmt: skip
+            cal = _read(
+                self._path("lidar_calibration", seg),
+                [
+                    "key.laser_name",
+                    f"{_CAL}.extrinsic.transform",
+                    f"{_CAL}.beam_inclination.values",
+                    f"{_CAL}.beam_inclination.min",
+                    f"{_CAL}.beam_inclination.max",
+                ],
+            )
             if 1 not in cal["key.laser_name"]:
                 raise ValueError(f"{self._path('lidar_calibration', seg)}: no TOP (laser_name 1) calibration")
             i = cal["key.laser_name"].index(1)
@@ -97,14 +115,29 @@ class WaymoDataset(FrameDataset):
             values = cal[f"{_CAL}.beam_inclination.values"][i]
             cams = {}
             if self.cameras:
-                cc = _read(self._path("camera_calibration", seg), ["key.camera_name", f"{_CC}.extrinsic.transform", f"{_CC}.width", f"{_CC}.height"]
-                           + [f"{_CC}.intrinsic.{k}" for k in ("f_u", "f_v", "c_u", "c_v")])  # fmt: skip
+                cc = _read(
+                    self._path("camera_calibration", seg),
+                    ["key.camera_name", f"{_CC}.extrinsic.transform", f"{_CC}.width", f"{_CC}.height"]
+                    + [f"{_CC}.intrinsic.{k}" for k in ("f_u", "f_v", "c_u", "c_v")],
+                )
                 for j, cid in enumerate(cc["key.camera_name"]):
-                    K = np.array([[cc[f"{_CC}.intrinsic.f_u"][j], 0, cc[f"{_CC}.intrinsic.c_u"][j]], [0, cc[f"{_CC}.intrinsic.f_v"][j], cc[f"{_CC}.intrinsic.c_v"][j]], [0, 0, 1.0]])
+                    K = np.array(
+                        [
+                            [cc[f"{_CC}.intrinsic.f_u"][j], 0, cc[f"{_CC}.intrinsic.c_u"][j]],
+                            [0, cc[f"{_CC}.intrinsic.f_v"][j], cc[f"{_CC}.intrinsic.c_v"][j]],
+                            [0, 0, 1.0],
+                        ]
+                    )
                     to_ego = np.asarray(cc[f"{_CC}.extrinsic.transform"][j], dtype=np.float64).reshape(4, 4).copy()
                     to_ego[:3, :3] = to_ego[:3, :3] @ _OPENCV_TO_WAYMO
                     cams[cid] = (K, to_ego, cc[f"{_CC}.width"][j], cc[f"{_CC}.height"][j])
-            self._calib[seg] = (ext, values, cal[f"{_CAL}.beam_inclination.min"][i], cal[f"{_CAL}.beam_inclination.max"][i], cams)
+            self._calib[seg] = (
+                ext,
+                values,
+                cal[f"{_CAL}.beam_inclination.min"][i],
+                cal[f"{_CAL}.beam_inclination.max"][i],
+                cams,
+            )
         return self._calib[seg]
 
     def load(self, ref: int, sequence: str, index: int) -> Frame:
@@ -116,9 +149,13 @@ class WaymoDataset(FrameDataset):
             raise ValueError(f"{self._path('lidar', seg)}: no TOP range image at {ts}")
         ri = np.asarray(lid[f"{_LIDAR}.values"][0], dtype=np.float32).reshape(lid[f"{_LIDAR}.shape"][0])
         h = ri.shape[0]
-        inc = np.asarray(values, dtype=np.float64)[::-1] if values else (lo + (np.arange(h) + 0.5) / h * (hi - lo))[::-1]
+        inc = (
+            np.asarray(values, dtype=np.float64)[::-1] if values else (lo + (np.arange(h) + 0.5) / h * (hi - lo))[::-1]
+        )
         if len(inc) != h:
-            raise ValueError(f"{self._path('lidar_calibration', seg)}: {len(inc)} beam inclinations for a {h}-row range image")
+            raise ValueError(
+                f"{self._path('lidar_calibration', seg)}: {len(inc)} beam inclinations for a {h}-row range image"
+            )
         xyz, pix = range_image_to_points(ri, ext, inc)
         intensity = 255.0 * np.tanh(np.clip(ri[..., 1].ravel()[pix], 0, None))
         points = np.column_stack([xyz, intensity]).astype(np.float32)
@@ -127,30 +164,55 @@ class WaymoDataset(FrameDataset):
             seg_t = _read(self._path("lidar_segmentation", seg), [f"{_SEG}.values", f"{_SEG}.shape"], where)
             lab = np.asarray(seg_t[f"{_SEG}.values"][0], dtype=np.int64).reshape(seg_t[f"{_SEG}.shape"][0])
             if lab.shape[:2] != ri.shape[:2]:
-                raise ValueError(f"{self._path('lidar_segmentation', seg)}: label image {lab.shape[:2]} != range image {ri.shape[:2]} at {ts}")
+                raise ValueError(
+                    f"{self._path('lidar_segmentation', seg)}: label image {lab.shape[:2]} != range image "
+                    f"{ri.shape[:2]} at {ts}"
+                )
             labels = lab[..., 1].ravel()[pix]
             if labels.size and (labels.min() < 0 or labels.max() >= len(WAYMO_CLASSES)):
-                raise ValueError(f"{self._path('lidar_segmentation', seg)}: class ids outside 0..{len(WAYMO_CLASSES) - 1} at {ts}")
-        pose = _read(self._path("vehicle_pose", seg), ["[VehiclePoseComponent].world_from_vehicle.transform"], [("key.frame_timestamp_micros", "=", ts)])
+                raise ValueError(
+                    f"{self._path('lidar_segmentation', seg)}: class ids outside 0..{len(WAYMO_CLASSES) - 1} at {ts}"
+                )
+        pose = _read(
+            self._path("vehicle_pose", seg),
+            ["[VehiclePoseComponent].world_from_vehicle.transform"],
+            [("key.frame_timestamp_micros", "=", ts)],
+        )
         rows = pose["[VehiclePoseComponent].world_from_vehicle.transform"]
         if not rows:
             raise ValueError(f"{self._path('vehicle_pose', seg)}: no pose at {ts}")
         ego = np.asarray(rows[0], dtype=np.float64).reshape(4, 4)
         cam_frames = []
         if self.cameras:
-            img = _read(self._path("camera_image", seg), ["key.camera_name", "[CameraImageComponent].pose.transform"], [("key.frame_timestamp_micros", "=", ts)])
+            img = _read(
+                self._path("camera_image", seg),
+                ["key.camera_name", "[CameraImageComponent].pose.transform"],
+                [("key.frame_timestamp_micros", "=", ts)],
+            )
             for cid, cam_pose in sorted(zip(img["key.camera_name"], img["[CameraImageComponent].pose.transform"])):
                 K, to_ego, w, h_img = cams[cid]
-                cam_frames.append(CameraFrame(_CAMERAS.get(cid, str(cid)), K, to_ego, np.asarray(cam_pose, dtype=np.float64).reshape(4, 4), w, h_img,
-                                              self._image_loader(seg, ts, cid)))  # fmt: skip
+                cam_frames.append(
+                    CameraFrame(
+                        _CAMERAS.get(cid, str(cid)),
+                        K,
+                        to_ego,
+                        np.asarray(cam_pose, dtype=np.float64).reshape(4, 4),
+                        w,
+                        h_img,
+                        self._image_loader(seg, ts, cid),
+                    )
+                )
         return Frame(points, labels, np.eye(4), ego, cam_frames, seg, index, ts)
 
     def _image_loader(self, seg: str, ts: int, cid: int):
         def load() -> np.ndarray:
             from PIL import Image
 
-            rows = _read(self._path("camera_image", seg), ["[CameraImageComponent].image"],
-                         [("key.frame_timestamp_micros", "=", ts), ("key.camera_name", "=", cid)])  # fmt: skip
+            rows = _read(
+                self._path("camera_image", seg),
+                ["[CameraImageComponent].image"],
+                [("key.frame_timestamp_micros", "=", ts), ("key.camera_name", "=", cid)],
+            )
             with Image.open(io.BytesIO(rows["[CameraImageComponent].image"][0])) as im:
                 return np.asarray(im.convert("RGB"))
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .datasets.pairing import PixelPairs
+from ..datasets.pairing import PixelPairs
 
 __all__ = ["sample_pixel_features", "aggregate_views"]
 
 
-def sample_pixel_features(feature_maps: torch.Tensor, pairs: PixelPairs, image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+def sample_pixel_features(
+    feature_maps: torch.Tensor, pairs: PixelPairs, image_sizes: list[tuple[int, int]]
+) -> torch.Tensor:
     """feature_maps (C, D, h, w) per camera; pairs with pixel uv in each camera's original (W, H)
     image -> (P, D) features, bilinear, in pair order."""
     out = feature_maps.new_zeros(len(pairs.point), feature_maps.shape[1])
@@ -28,11 +30,17 @@ def sample_pixel_features(feature_maps: torch.Tensor, pairs: PixelPairs, image_s
         # Pixel centres: u in [-0.5, W-0.5] spans the image; align_corners=False maps that to [-1, 1].
         # Border padding: within half a patch of the edge, use the edge token rather than fade to 0.
         grid = torch.stack([(uv[:, 0] + 0.5) / w * 2 - 1, (uv[:, 1] + 0.5) / h * 2 - 1], 1).view(1, -1, 1, 2)
-        out[sel] = F.grid_sample(feature_maps[c : c + 1], grid, mode="bilinear", padding_mode="border", align_corners=False).view(feature_maps.shape[1], -1).T
+        out[sel] = (
+            F.grid_sample(feature_maps[c : c + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            .view(feature_maps.shape[1], -1)
+            .T
+        )
     return out
 
 
-def aggregate_views(num_points: int, pairs: PixelPairs, features: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def aggregate_views(
+    num_points: int, pairs: PixelPairs, features: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair features (P, D) -> unified (N, D) L2-normalised targets and valid (N,) bool.
 
     weights (P,): per-pair weights (None = plain mean of the normalised features).

@@ -28,7 +28,9 @@ def cell_keys(xyz: torch.Tensor, cell: float) -> torch.Tensor:
     """(N, 3) metres -> (N,) int64 keys of their cells."""
     c = torch.floor(xyz.double() / cell).long() + (1 << (_BITS - 1))
     if bool(((c < 0) | (c >= (1 << _BITS))).any()):
-        raise ValueError(f"coordinates beyond +-{(1 << (_BITS - 1)) * cell / 1000:.0f} km cannot be hashed with cell {cell}")
+        raise ValueError(
+            f"coordinates beyond +-{(1 << (_BITS - 1)) * cell / 1000:.0f} km cannot be hashed with cell {cell}"
+        )
     return (c[:, 0] << (2 * _BITS)) | (c[:, 1] << _BITS) | c[:, 2]
 
 
@@ -42,7 +44,9 @@ def _frame_cells(entry: MemoryEntry, cell: float) -> tuple[torch.Tensor, torch.T
     return uniq, summed / count[:, None]
 
 
-def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: str = "mean") -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def propagate(
+    xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: str = "mean"
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Current global xyz (N, 3) -> pooled remembered features (N, D) (None without memory),
     has (N,) bool: some past frame had a point in the same cell, and frames (N,) int64: how many."""
     n = len(xyz)
@@ -58,7 +62,9 @@ def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: s
         pos = torch.searchsorted(uniq, keys).clamp_max(len(uniq) - 1)
         found = uniq[pos] == keys
         # A cell this frame did not see adds nothing: 0 to a sum, -inf to a max.
-        vals = torch.where(found[:, None], mean[pos], torch.tensor(0.0 if pool == "mean" else -torch.inf, device=mean.device))
+        vals = torch.where(
+            found[:, None], mean[pos], torch.tensor(0.0 if pool == "mean" else -torch.inf, device=mean.device)
+        )
         if acc is None:
             acc = vals
         else:
@@ -67,11 +73,15 @@ def propagate(xyz: torch.Tensor, memory: list[MemoryEntry], cell: float, pool: s
     if acc is None:
         return None, has, hits.long()
     has = hits > 0
-    pooled = acc / hits.clamp_min(1)[:, None] if pool == "mean" else torch.where(has[:, None], acc, torch.zeros_like(acc))
+    pooled = (
+        acc / hits.clamp_min(1)[:, None] if pool == "mean" else torch.where(has[:, None], acc, torch.zeros_like(acc))
+    )
     return pooled, has, hits.long()
 
 
-def fuse(unified: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor | None, has: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fuse(
+    unified: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor | None, has: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Temporal fusion -> detached targets (N, D) L2-normalised and mask (N,) of points with one."""
     if pooled is None:
         return unified.detach(), valid.clone()

@@ -1,8 +1,25 @@
-"""The ONNX runtime's pre-processing step: one voxel batch -> the graph's index inputs (numpy).
+"""The voxel graph's inputs (MinkUNet, and the voxel half of SPVCNN): one voxel batch -> numpy arrays.
 
-The kernel maps come from the PyTorch engine's own builder (``CoordinateCache.build_unet_maps``),
-so both runtimes consume the very same pairs. This module only re-expresses them in the layout
-the scatter-free graph needs (see ``onnx_graph.py`` for why there is no scatter):
+Kernel maps are graph *inputs*, not built inside the graph: onnxruntime has no fast way to hash
+coordinates, while building them here is cheap. The maps are the sparse engine's own pairs
+(``CoordinateCache.build_unet_maps``), so both runtimes consume the very same pairs; this module
+only re-expresses them in the layout the scatter-free graph needs.
+
+Inputs (N_l = voxels at level l = stride 2**l, l = 0..4; P = pairs), in the order of
+:func:`input_names`:
+
+* ``feats`` (N_0, C_in) float32 — voxel features from voxelization.
+* ``teacher_space`` () bool — False: backbone features; True: the distillation head's output.
+* ``voxel_order`` / ``voxel_rank`` (N_0,) int64 — level-0 rows into the graph's internal row order
+  and back (every level's rows are grouped by neighbour-count bucket inside the graph).
+* ``subm{l}_in`` (P,), ``subm{l}_bounds`` (28,) int64 — input rows of the 3x3x3 submanifold map of
+  level l, grouped by offset (centre excluded; offset k owns pairs [bounds[k], bounds[k+1])).
+* ``subm{l}_sum{w}`` (m_w, w) int64, w in SUBM_WIDTHS — which products each output row sums.
+* ``down{l}_in`` / ``down{l}_out`` (N_l,), ``down{l}_bounds`` (9,), ``down{l}_sum{w}`` (w in
+  DOWN_WIDTHS), ``down{l}_parents`` (N_{l+1},), ``down{l}_slot`` (N_l,), l = 0..3 — the stride-2
+  map from level l to l+1 (every voxel has one parent; grouped by child offset).
+
+Layout rules:
 
 * **Level row order.** The rows of every level are reordered so that voxels with the same
   *bucket* of submanifold neighbour count are contiguous (stable within a bucket, so spatial
@@ -23,9 +40,51 @@ import torch
 
 from ..sparse import SparseTensor
 from ..sparse.tensor import CoordinateCache
-from .onnx_graph import DOWN_WIDTHS, NUM_LEVELS, SUBM_WIDTHS, input_names
 
-__all__ = ["graph_inputs", "map_inputs", "sum_tables", "inverse_permutation"]
+__all__ = [
+    "graph_inputs",
+    "map_inputs",
+    "sum_tables",
+    "inverse_permutation",
+    "input_names",
+    "input_shape",
+    "NUM_LEVELS",
+    "SUBM_VOLUME",
+    "SUBM_WIDTHS",
+    "DOWN_WIDTHS",
+]
+
+NUM_LEVELS = 5  # MinkUNet strides 1, 2, 4, 8, 16
+SUBM_VOLUME = 27
+# Sum-bucket widths: an output row with n pairs is summed in the bucket of the smallest width >= n
+# (missing pairs read a zero row). Exact up to 8, where nearly all rows are; the few rows above are
+# padded by at most 30%. The last width is the most pairs a row can have (26 neighbours, 8 children).
+SUBM_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 19, 26)
+DOWN_WIDTHS = (1, 2, 3, 4, 6, 8)
+
+
+def input_names() -> list[str]:
+    """Graph input names, in order."""
+    names = ["feats", "teacher_space", "voxel_order", "voxel_rank"]
+    for level in range(NUM_LEVELS):
+        names += [f"subm{level}_in", f"subm{level}_bounds"] + [f"subm{level}_sum{w}" for w in SUBM_WIDTHS]
+    for level in range(NUM_LEVELS - 1):
+        names += [f"down{level}_in", f"down{level}_out", f"down{level}_bounds"]
+        names += [f"down{level}_sum{w}" for w in DOWN_WIDTHS] + [f"down{level}_parents", f"down{level}_slot"]
+    return names
+
+
+def input_shape(name: str) -> list:
+    """Symbolic shape of an index input (dims named after what they count)."""
+    head, tail = name.split("_", 1)
+    if tail == "bounds":
+        return [SUBM_VOLUME + 1 if head.startswith("subm") else 9]
+    if tail.startswith("sum"):
+        return [f"{head}_rows{tail[3:]}", int(tail[3:])]
+    if head.startswith("subm"):
+        return [f"pairs_{head}"]
+    level = int(head[-1]) if head[-1].isdigit() else 0  # voxel_order / voxel_rank: level 0
+    return [f"voxels_{level + 1 if tail == 'parents' else level}"]
 
 
 def inverse_permutation(perm: np.ndarray) -> np.ndarray:

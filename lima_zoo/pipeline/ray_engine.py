@@ -1,15 +1,15 @@
-"""``lima-zoo embed --engine ray``: read and embed scans on a Ray cluster, write them here.
+"""The Ray engine of the embed pipeline: read and embed scans on a Ray cluster, write them here.
 
 The scans become a Ray Dataset of (source, output) rows; ``map_batches`` runs them through a pool
 of actors, each holding one model (on one GPU when the cluster has GPUs, else a share of the CPUs),
-that read their scans and embed them with the same code as a local run (embed.read_batch,
-embed.embed_loaded). The features stream back, in input order, to this process, which writes them
+that read their scans and embed them with the same code as a local run (``read_batch``,
+``embed_loaded``). The features stream back, in input order, to this process, which writes them
 as a local run does: the same files, the same parquet-dataset with its manifest, so a rerun
 resumes either way and a Ray run equals a local one.
 
 Actors must see the input paths (a shared file system, or one machine); only this process writes.
-That caps a run at what one writer can store, about a hundred nuScenes scans a second (13 MB of
-float32 features each); past that, run several drivers with ``--shard i/n``.
+That caps a run at what one writer can store (docs/performance.md); past that, run several drivers
+with ``--shard i/n``.
 
 ``ray.init()`` joins the cluster in ``RAY_ADDRESS`` (or ``--ray-address``) and otherwise starts one
 on this machine.
@@ -33,16 +33,34 @@ class RayEngine:
     two CPUs (at least one). address: a cluster to join (None: RAY_ADDRESS, or a local instance).
     """
 
-    def __init__(self, model: str, device: str = "auto", backend: str = "torch", local_files_only: bool = False, runtime: str = "torch",
-                 load_dim: int | None = None, use_dim: int | None = None, workers: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        backend: str = "torch",
+        local_files_only: bool = False,
+        runtime: str = "torch",
+        load_dim: int | None = None,
+        use_dim: int | None = None,
+        workers: int | None = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+    ):
         try:
             import ray  # noqa: F401
             import ray.data  # noqa: F401
         except ImportError:
             raise ValueError("--engine ray needs Ray Data: pip install 'lima-zoo[ray]'") from None
-        self.model_args = dict(model=model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime)
-        self.load_dim, self.use_dim, self.workers, self.address, self.num_cpus = load_dim, use_dim, workers, address, num_cpus
+        self.model_args = dict(
+            model=model, device=device, backend=backend, local_files_only=local_files_only, runtime=runtime
+        )
+        self.load_dim, self.use_dim, self.workers, self.address, self.num_cpus = (
+            load_dim,
+            use_dim,
+            workers,
+            address,
+            num_cpus,
+        )
         _check_reachable(address or os.environ.get("RAY_ADDRESS"))  # before any output: a wrong address fails at once
 
     def __call__(self, batches: list[list[tuple[Path, object]]], report):
@@ -59,14 +77,22 @@ class RayEngine:
         started_here = not ray.is_initialized()
         if started_here:
             try:
-                ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                ray.init(
+                    address=self.address,
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or os.environ.get("RAY_ADDRESS") or "a local instance"
                 raise ValueError(f"--engine ray: cannot start or join Ray ({where}): {exc}") from None
         try:
             yield from self._run(batches, report)
         except ray.exceptions.RayError as exc:  # an actor that could not load the model, a lost node
-            raise ValueError(f"--engine ray: the run failed ({_first_line(exc)}); outputs written so far are kept, rerun to resume") from None
+            raise ValueError(
+                f"--engine ray: the run failed ({_first_line(exc)}); outputs written so far are kept, rerun to resume"
+            ) from None
         finally:
             if started_here:
                 ray.shutdown()
@@ -98,7 +124,12 @@ class RayEngine:
             batch_size=len(batches[0]),
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={**self.model_args, "load_dim": self.load_dim, "use_dim": self.use_dim, "threads": int(resources["num_cpus"])},
+            fn_constructor_kwargs={
+                **self.model_args,
+                "load_dim": self.load_dim,
+                "use_dim": self.use_dim,
+                "threads": int(resources["num_cpus"]),
+            },
             **resources,
         )
         as_dst = type(batches[0][0][1])  # Path for per-file outputs, str for a dataset's scan names
@@ -112,7 +143,13 @@ class RayEngine:
                     continue
                 kept = out["kept"][i] if out["has_kept"][i] else None
                 origin = out["origin"][i] if np.isfinite(out["origin"][i]).all() else None
-                loaded.append((_Returned(np.asarray(out["xyz"][i]), None if kept is None else np.asarray(kept, bool), origin), Path(src), as_dst(dst)))
+                loaded.append(
+                    (
+                        _Returned(np.asarray(out["xyz"][i]), None if kept is None else np.asarray(kept, bool), origin),
+                        Path(src),
+                        as_dst(dst),
+                    )
+                )
                 feats.append(np.asarray(out["features"][i]))
             yield loaded, failed, feats
 
@@ -130,10 +167,12 @@ class _EmbedActor:
     def __init__(self, model, device, backend, local_files_only, runtime, load_dim, use_dim, threads):
         import torch
 
-        from .embed import load_encoder
+        from ..loading import load_encoder
 
         torch.set_num_threads(max(1, threads))
-        self.encoder = load_encoder(model, device, backend, local_files_only, runtime)
+        self.encoder = load_encoder(
+            model, runtime=runtime, device=device, backend=backend, local_files_only=local_files_only
+        )
         self.load_dim, self.use_dim = load_dim, use_dim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -144,17 +183,25 @@ class _EmbedActor:
         loaded, rejected, feats, embed_s = embed_loaded(self.encoder, loaded)
         done = {src: (cloud, f) for (cloud, src, _), f in zip(loaded, feats)}
         errors = {src: why for src, _, why in failed + rejected}
-        cols: dict[str, list] = {k: [] for k in ("src", "dst", "error", "xyz", "features", "has_kept", "kept", "origin")}
+        cols: dict[str, list] = {
+            k: [] for k in ("src", "dst", "error", "xyz", "features", "has_kept", "kept", "origin")
+        }
         for s, d in pairs:
             cloud, f = done.get(Path(s), (None, None))
             cols["src"].append(s)
             cols["dst"].append(d)
             cols["error"].append(errors.get(Path(s), ""))
-            cols["xyz"].append(np.zeros((0, 3), np.float32) if cloud is None else np.ascontiguousarray(cloud.points[:, :3]))
+            cols["xyz"].append(
+                np.zeros((0, 3), np.float32) if cloud is None else np.ascontiguousarray(cloud.points[:, :3])
+            )
             cols["features"].append(np.zeros((0, 1), np.float32) if f is None else f)
             cols["has_kept"].append(cloud is not None and cloud.kept is not None)
-            cols["kept"].append(np.zeros(0, np.uint8) if cloud is None or cloud.kept is None else cloud.kept.astype(np.uint8))
-            cols["origin"].append(np.full(3, np.nan) if cloud is None or cloud.origin is None else np.asarray(cloud.origin, np.float64))
+            cols["kept"].append(
+                np.zeros(0, np.uint8) if cloud is None or cloud.kept is None else cloud.kept.astype(np.uint8)
+            )
+            cols["origin"].append(
+                np.full(3, np.nan) if cloud is None or cloud.origin is None else np.asarray(cloud.origin, np.float64)
+            )
         out = {k: _column(v) for k, v in cols.items()}
         n = len(pairs)  # the batch's seconds, spread over its rows so any re-batching still sums right
         out["read_s"], out["embed_s"] = np.full(n, read_s / n), np.full(n, embed_s / n)
@@ -173,7 +220,9 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ValueError(f"--engine ray: nothing answers at {address} ({exc.strerror or exc}); is the cluster up (ray start --head)?") from None
+        raise ValueError(
+            f"--engine ray: nothing answers at {address} ({exc.strerror or exc}); is the cluster up (ray start --head)?"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,8 +14,13 @@ import torch
 __all__ = ["lasermix", "polarmix", "mix"]
 
 
-def lasermix(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, bands: tuple[int, ...] = (2, 3, 4, 5, 6),
-             pitch_range: tuple[float, float] = (-25.0, 3.0)) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def lasermix(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gen: torch.Generator,
+    bands: tuple[int, ...] = (2, 3, 4, 5, 6),
+    pitch_range: tuple[float, float] = (-25.0, 3.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Points a (Na, >=3), b (Nb, >=3) -> keep_a (Na,) bool, keep_b (Nb,) bool: even bands from a, odd from b."""
     n = bands[int(torch.randint(len(bands), (1,), generator=gen))]
     lo, hi = (math.radians(v) for v in pitch_range)
@@ -27,7 +32,9 @@ def lasermix(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, bands: tupl
     return band(a) % 2 == 0, band(b) % 2 == 1
 
 
-def polarmix(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, sector: float = math.pi / 2) -> tuple[torch.Tensor, torch.Tensor]:
+def polarmix(
+    a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, sector: float = math.pi / 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Swap a random azimuth sector of width ``sector`` (radians) from b into a."""
     start = float(torch.rand((), generator=gen)) * 2 * math.pi - math.pi
 

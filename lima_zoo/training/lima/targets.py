@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..datasets.frame import Frame
+from ..datasets.pairing import PixelPairs, project_points
+from ..teacher import FrozenTeacher
 from .cross_view import aggregate_views, centre_weights, sample_pixel_features
-from .datasets.frame import Frame
-from .datasets.pairing import PixelPairs, project_points
-from .teacher import FrozenTeacher
 
 __all__ = ["FrameTargets", "frame_targets", "global_xyz", "select_cameras", "sample_cameras"]
 
@@ -49,7 +49,10 @@ def select_cameras(frame: Frame, names: list[str] | tuple[str, ...], where: str 
     have = [c.name for c in frame.cameras]
     missing = [n for n in names if n not in have]
     if missing:
-        raise ValueError(f"{where}: no camera {', '.join(map(repr, missing))} in {frame.sequence} (it has {', '.join(have) or 'none'})")
+        raise ValueError(
+            f"{where}: no camera {', '.join(map(repr, missing))} in {frame.sequence} (it has "
+            f"{', '.join(have) or 'none'})"
+        )
     return dataclasses.replace(frame, cameras=[c for c in frame.cameras if c.name in names])
 
 
@@ -59,7 +62,9 @@ def sample_cameras(frame: Frame, k: int, seed: int) -> Frame:
     resumed run and the bank replay draw the same cameras."""
     if k <= 0 or k >= len(frame.cameras):
         return frame
-    chosen = torch.randperm(len(frame.cameras), generator=torch.Generator().manual_seed(seed))[:k].sort().values.tolist()
+    chosen = (
+        torch.randperm(len(frame.cameras), generator=torch.Generator().manual_seed(seed))[:k].sort().values.tolist()
+    )
     return dataclasses.replace(frame, cameras=[frame.cameras[i] for i in chosen])
 
 

@@ -1,13 +1,16 @@
-"""Tables and descriptions for ``lima-zoo models`` and ``lima-zoo info``."""
+"""The model catalogue as text: the table of registered variants (``lima-zoo models``) and one
+model's description (``lima-zoo info``): configuration, Hub repo, licence, local cache state."""
 
 from __future__ import annotations
 
 import json
 
+__all__ = ["model_rows", "describe"]
+
 
 def _param_count(config) -> int:
     """Backbone parameters of a variant."""
-    from ..models import parameter_count
+    from .models import parameter_count
 
     return parameter_count(config.backbone, config.in_channels, config.width)
 
@@ -23,15 +26,23 @@ def model_rows(models: dict) -> list[tuple]:
     rows = [("name", "params", "feature dim", "teacher dim", "hub repo", "cached")]
     for name, info in sorted(models.items()):
         c = info.config
-        rows.append((name, f"{_param_count(c) / 1e6:.1f}M", c.out_dim, c.head_dim, info.hub_repo,
-                     "yes" if _cached_path(info) else "no"))
+        rows.append(
+            (
+                name,
+                f"{_param_count(c) / 1e6:.1f}M",
+                c.out_dim,
+                c.head_dim,
+                info.hub_repo,
+                "yes" if _cached_path(info) else "no",
+            )
+        )
     return rows
 
 
 def describe(model: str) -> str:
     from pathlib import Path
 
-    from ..registry import MODELS
+    from .registry import MODELS
 
     if model in MODELS:
         info = MODELS[model]
@@ -47,11 +58,14 @@ def describe(model: str) -> str:
         ]
         return "\n".join(lines)
     if Path(model).is_dir():
-        from ..encoder import read_config
+        from .weights import read_config
 
         config = read_config(Path(model) / "config.json")
-        return f"{model} (local folder)\n  params: {_param_count(config) / 1e6:.2f}M (backbone)\n  config: " + json.dumps(config.to_dict(), indent=2)
-    from ..registry import get_model_info
+        return (
+            f"{model} (local folder)\n  params: {_param_count(config) / 1e6:.2f}M (backbone)\n  config: "
+            + json.dumps(config.to_dict(), indent=2)
+        )
+    from .registry import get_model_info
 
     get_model_info(model)  # raises with suggestions
     return ""

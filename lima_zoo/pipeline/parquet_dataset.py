@@ -34,17 +34,31 @@ class FeatureDatasetWriter:
     """Buffer scans and write them ``scans_per_part`` at a time.  identity: model, revision and
     config_sha256 of the encoder; a folder written by another model (or dtype) is refused."""
 
-    def __init__(self, out_dir: str | os.PathLike, identity: dict[str, str], shard: tuple[int, int] = (0, 1),
-                 scans_per_part: int = 64, float16: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        identity: dict[str, str],
+        shard: tuple[int, int] = (0, 1),
+        scans_per_part: int = 64,
+        float16: bool = False,
+    ):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ValueError("--format parquet-dataset needs pyarrow (pip install 'lima-zoo[train]' or pyarrow)") from None
+            raise ValueError(
+                "--format parquet-dataset needs pyarrow (pip install 'lima-zoo[train]' or pyarrow)"
+            ) from None
         self.out, (self.index, self.count) = Path(out_dir), shard
         self.scans_per_part, self.dtype = scans_per_part, "float16" if float16 else "float32"
         self.identity = {**identity, "dtype": self.dtype}
         self.manifest_path = self.out / f"manifest-{self.index:05d}-of-{self.count:05d}.json"
-        self.manifest = {"format": MANIFEST_FORMAT, **self.identity, "shard": [self.index, self.count], "parts": [], "failed": {}}
+        self.manifest = {
+            "format": MANIFEST_FORMAT,
+            **self.identity,
+            "shard": [self.index, self.count],
+            "parts": [],
+            "failed": {},
+        }
         if self.manifest_path.exists():
             self._resume()
         self.done = {s for part in self.manifest["parts"] for s in part["scans"]}
@@ -55,12 +69,16 @@ class FeatureDatasetWriter:
         try:
             old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.manifest_path}: unreadable manifest ({exc}); remove it to start this shard again") from None
+            raise ValueError(
+                f"{self.manifest_path}: unreadable manifest ({exc}); remove it to start this shard again"
+            ) from None
         if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT or not isinstance(old.get("parts"), list):
             raise ValueError(f"{self.manifest_path}: not a {MANIFEST_FORMAT!r} manifest")
         differ = [f"{k} {old.get(k)!r} != {v!r}" for k, v in self.identity.items() if old.get(k) != v]
         if differ:
-            raise ValueError(f"{self.manifest_path}: written by another model or dtype ({'; '.join(differ)}); use another --out")
+            raise ValueError(
+                f"{self.manifest_path}: written by another model or dtype ({'; '.join(differ)}); use another --out"
+            )
         self.manifest.update(parts=old["parts"], failed=old.get("failed", {}))
         listed = {p["file"] for p in self.manifest["parts"]}
         for orphan in self.out.glob(f"part-{self.index:05d}-*.parquet"):  # a kill between a part and its manifest
@@ -99,12 +117,18 @@ class FeatureDatasetWriter:
         counts = [len(f) for f in feats]
         f = np.concatenate(feats).astype(self.dtype)
         xyz = np.concatenate(xyz).astype(np.float32)
-        table = pa.table({
-            "scan": pa.DictionaryArray.from_arrays(np.repeat(np.arange(len(scans), dtype=np.int32), counts), pa.array(scans)),
-            "point": np.concatenate(point).astype(np.int64),
-            "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-            "features": pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1]),
-        }).replace_schema_metadata({f"lima_zoo.{k}": str(v) for k, v in self.identity.items()})  # fmt: skip
+        table = pa.table(
+            {
+                "scan": pa.DictionaryArray.from_arrays(
+                    np.repeat(np.arange(len(scans), dtype=np.int32), counts), pa.array(scans)
+                ),
+                "point": np.concatenate(point).astype(np.int64),
+                "x": xyz[:, 0],
+                "y": xyz[:, 1],
+                "z": xyz[:, 2],
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1]),
+            }
+        ).replace_schema_metadata({f"lima_zoo.{k}": str(v) for k, v in self.identity.items()})
         name = f"part-{self.index:05d}-{len(self.manifest['parts']):05d}.parquet"
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.out / name) as tmp:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import LimaConfig
-from .datasets.frame import Frame
+from ..config import LimaConfig
+from ..datasets.frame import Frame
 from .memory_bank import point_entry
 from .propagation import fuse, propagate
 from .reprojection import reproject, view_entry
@@ -47,8 +47,15 @@ def remember(frame: Frame, cur: FrameTargets, key: tuple[int, int], lima: LimaCo
 def recall(cur: FrameTargets, memory: list, lima: LimaConfig) -> StreamTargets:
     """Fuse the current targets with what ``memory`` (oldest first) holds for the same points."""
     if lima.align == "reproject":
-        pooled, has, frames = reproject(cur.xyz, memory, lima.check, *lima.depth_tolerance, pool=lima.pool, recency=lima.recency,
-                                        view_range=lima.view_range)  # fmt: skip
+        pooled, has, frames = reproject(
+            cur.xyz,
+            memory,
+            lima.check,
+            *lima.depth_tolerance,
+            pool=lima.pool,
+            recency=lima.recency,
+            view_range=lima.view_range,
+        )
     else:
         pooled, has, frames = propagate(cur.xyz, memory, lima.cell, lima.pool)
     target, mask = fuse(cur.unified, cur.valid, pooled, has, lima.alpha)

@@ -32,7 +32,13 @@ class MemoryEntry:
         return self.xyz.numel() * self.xyz.element_size() + self.feats.numel() * self.feats.element_size()
 
 
-def point_entry(xyz: torch.Tensor, feats: torch.Tensor, valid: torch.Tensor, frame: tuple[int, int], dtype: torch.dtype = torch.float16) -> MemoryEntry:
+def point_entry(
+    xyz: torch.Tensor,
+    feats: torch.Tensor,
+    valid: torch.Tensor,
+    frame: tuple[int, int],
+    dtype: torch.dtype = torch.float16,
+) -> MemoryEntry:
     """The valid rows of a frame (xyz (N, 3) global, feats (N, D) unified, valid (N,)) as an entry."""
     keep = valid.nonzero().squeeze(1)
     return MemoryEntry(xyz[keep].float().contiguous(), feats[keep].to(dtype).contiguous(), frame)

@@ -1,25 +1,114 @@
-"""What every training command shares: atomic checkpoints with a config check, and the run log
-(JSONL, TensorBoard, a tqdm bar, a loss-curve PNG at the end)."""
+"""The run skeleton that pretraining and downstream evaluation share: the run folder (refused before
+any work when it holds a run and ``--resume`` was not asked, or when there is nothing to resume),
+the per-step random seed, atomic checkpoints with a config check, config.json, the step loop with
+its log (JSONL, TensorBoard, a tqdm bar, a loss-curve PNG at the end) and its interruption message.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import math
+import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..atomic import atomic_path
-from ..encoder import load_weights_only
+from ..weights import load_weights_only
 
-__all__ = ["save_checkpoint", "load_checkpoint", "RunLog", "loss_curve"]
+__all__ = [
+    "step_seed",
+    "step_generator",
+    "start_run",
+    "write_config",
+    "save_checkpoint",
+    "load_checkpoint",
+    "run_steps",
+    "RunLog",
+    "loss_curve",
+    "read_records",
+]
+
+log = logging.getLogger(__name__)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The random seed of one step (or epoch) of a run seeded ``seed``: a function of both alone,
+    so a resumed run draws what the uninterrupted one drew."""
+    return seed * 1_000_003 + step
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator seeded with :func:`step_seed`."""
+    return torch.Generator().manual_seed(step_seed(seed, step))
+
+
+def start_run(out: str | Path, resume: bool) -> Path:
+    """The run's checkpoint path ``out``/checkpoints/last.pt, checked before any work: with
+    ``resume`` it must exist; without, it must not (a finished or interrupted run is never overwritten)."""
+    path = Path(out) / "checkpoints" / "last.pt"
+    if resume and not path.is_file():
+        raise FileNotFoundError(
+            f"--resume: {path} does not exist, so there is nothing to continue (run without --resume to start)"
+        )
+    if not resume and path.exists():
+        raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+    return path
+
+
+def write_config(out: Path, config: dict) -> None:
+    """``out``/config.json (atomically): the whole configuration of the run."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+
+
+def run_steps(
+    take_step: Callable[[], dict],
+    step: int,
+    total: int,
+    run_log: "RunLog",
+    checkpoint_every: int,
+    save: Callable[[], object] | None,
+    on_step: Callable[[dict], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    checkpoint: Path | None = None,
+) -> None:
+    """The step loop: ``take_step()`` returns the step's record (with its new ``step``); each record is
+    logged and passed to ``on_step``; ``save()`` runs every ``checkpoint_every`` steps and after the
+    last (None: this process does not save, e.g. a non-zero DDP rank); ``after_step`` runs after
+    each step (a DDP barrier). Ctrl-C says where the run stands and re-raises."""
+    try:
+        while step < total:
+            rec = take_step()
+            step = rec["step"]
+            run_log.write(rec)
+            if on_step is not None:
+                on_step(rec)
+            if save is not None and (step % checkpoint_every == 0 or step == total):
+                save()
+            if after_step is not None:
+                after_step()
+    except KeyboardInterrupt:
+        if save is not None:
+            log.warning(
+                "interrupted at step %d; the last checkpoint (%s) is intact — continue with --resume", step, checkpoint
+            )
+        raise
+    finally:
+        run_log.close()
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": list(v) if isinstance(v, tuple) else v})
+        out.update(
+            _flat(v, f"{prefix}{k}.")
+            if isinstance(v, dict)
+            else {f"{prefix}{k}": list(v) if isinstance(v, tuple) else v}
+        )
     return out
 
 
@@ -28,14 +117,6 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     folder (``path``'s grandparent) is recorded, so a run folder that was moved still resumes."""
     with atomic_path(path) as tmp:
         torch.save({**state, "run_dir": str(_run_dir(path))}, tmp)
-    return path
-
-
-def last_checkpoint(out: Path, resume: bool) -> Path:
-    """``out``/checkpoints/last.pt; with ``resume``, a missing one is refused here, before any work."""
-    path = Path(out) / "checkpoints" / "last.pt"
-    if resume and not path.is_file():
-        raise FileNotFoundError(f"--resume: {path} does not exist, so there is nothing to continue (run without --resume to start)")
     return path
 
 
@@ -67,12 +148,17 @@ def load_checkpoint(path: Path, config: dict, device: torch.device, free: tuple[
     mine, theirs = _flat(config), _flat(state["config"])
     old, new = state.get("run_dir"), str(_run_dir(path))
     if isinstance(old, str) and old != new:  # the run folder moved: paths inside it moved with it
-        theirs = {k: new + v[len(old):] if isinstance(v, str) and (v == old or v.startswith(old + os.sep)) else v for k, v in theirs.items()}
+        theirs = {
+            k: new + v[len(old) :] if isinstance(v, str) and (v == old or v.startswith(old + os.sep)) else v
+            for k, v in theirs.items()
+        }
     differ = sorted(k for k in set(mine) | set(theirs) if not k.startswith(free) and mine.get(k) != theirs.get(k))
     if differ:
         shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {mine.get(k)!r}" for k in differ[:4])
-        raise ValueError(f"{path}: the checkpoint was made with a different config ({shown}{' ...' if len(differ) > 4 else ''}); "
-                         "resume with the same settings")  # fmt: skip
+        raise ValueError(
+            f"{path}: the checkpoint was made with a different config ({shown}{' ...' if len(differ) > 4 else ''}); "
+            "resume with the same settings"
+        )
     return state
 
 
@@ -81,7 +167,9 @@ class RunLog:
     resume), mirrors ``scalars`` to TensorBoard and shows a tqdm bar. Inactive (no files, no bar)
     when ``enabled`` is False — the non-zero ranks of a DDP run."""
 
-    def __init__(self, out: Path, total: int, step: int, scalars: tuple[str, ...], enabled: bool = True, desc: str = "train"):
+    def __init__(
+        self, out: Path, total: int, step: int, scalars: tuple[str, ...], enabled: bool = True, desc: str = "train"
+    ):
         from tqdm import tqdm
 
         self.path, self.scalars, self.enabled = out / "log.jsonl", scalars, enabled

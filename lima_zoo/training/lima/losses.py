@@ -27,7 +27,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask.float()).sum() / mask.sum().clamp_min(1)
 
 
-def averaged_loss(dist: torch.Tensor, current: torch.Tensor, memory_only: torch.Tensor, average: str, memory_weight: float) -> torch.Tensor:
+def averaged_loss(
+    dist: torch.Tensor, current: torch.Tensor, memory_only: torch.Tensor, average: str, memory_weight: float
+) -> torch.Tensor:
     """Per-point distances (N,) -> one loss over current-camera points (N,) bool and memory-only points.
 
     ``joint``: one mean over every targeted point, memory-only points weighted ``memory_weight``;

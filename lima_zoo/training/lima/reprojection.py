@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets.frame import Frame
+from ..datasets.pairing import CameraView, PixelPairs, project_points
 from .cross_view import aggregate_views, sample_pixel_features
-from .datasets.frame import Frame
-from .datasets.pairing import CameraView, PixelPairs, project_points
 
 __all__ = ["ViewEntry", "view_entry", "zbuffer", "depth_check", "reproject", "CHECKS"]
 
@@ -76,11 +76,20 @@ def _cell_of(pairs: PixelPairs, cell_px: list[float], gh: int, gw: int) -> tuple
     return (pairs.uv[:, 1] / side).long().clamp(0, gh - 1), (pairs.uv[:, 0] / side).long().clamp(0, gw - 1)
 
 
-def view_entry(frame: Frame, maps: torch.Tensor, pairs: PixelPairs, cells: int, key: tuple[int, int], dtype: torch.dtype = torch.float16) -> ViewEntry:
+def view_entry(
+    frame: Frame,
+    maps: torch.Tensor,
+    pairs: PixelPairs,
+    cells: int,
+    key: tuple[int, int],
+    dtype: torch.dtype = torch.float16,
+) -> ViewEntry:
     """The bank entry of ``frame``: its cameras' token maps (C, D, h, w), poses and z-buffers (from
     the frame's own point-pixel pairs)."""
     sizes = [(c.width, c.height) for c in frame.cameras]
-    w2c = torch.stack([torch.from_numpy(np.linalg.inv(c.ego_to_global @ c.camera_to_ego)) for c in frame.cameras]).double()
+    w2c = torch.stack(
+        [torch.from_numpy(np.linalg.inv(c.ego_to_global @ c.camera_to_ego)) for c in frame.cameras]
+    ).double()
     intr = torch.stack([torch.as_tensor(c.intrinsic, dtype=torch.float64) for c in frame.cameras])
     depth, cell_px = zbuffer(pairs, sizes, cells)
     return ViewEntry(maps.detach().to("cpu", dtype).contiguous(), w2c, intr, sizes, depth, cell_px, key)
@@ -103,8 +112,16 @@ def _select(pairs: PixelPairs, keep: torch.Tensor) -> PixelPairs:
     return PixelPairs(pairs.point[keep], pairs.camera[keep], pairs.uv[keep], pairs.depth[keep])
 
 
-def reproject(xyz: torch.Tensor, memory: list[ViewEntry], check: str = "agreement", abs_tol: float = 0.5, rel_tol: float = 0.1,
-              pool: str = "mean", recency: float = 1.0, view_range: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:  # fmt: skip
+def reproject(
+    xyz: torch.Tensor,
+    memory: list[ViewEntry],
+    check: str = "agreement",
+    abs_tol: float = 0.5,
+    rel_tol: float = 0.1,
+    pool: str = "mean",
+    recency: float = 1.0,
+    view_range: float = 0.0,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Current global xyz (N, 3) -> pooled past features (N, D) (None without memory), has (N,) bool
     (some past frame's camera saw the point and passed the check) and frames (N,) int64 (how many).
 
@@ -117,7 +134,10 @@ def reproject(xyz: torch.Tensor, memory: list[ViewEntry], check: str = "agreemen
     frames = torch.zeros(n, dtype=torch.int64)
     acc = None
     for age, entry in enumerate(reversed(memory), start=1):
-        views = [CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h) for c, (w, h) in enumerate(entry.sizes)]
+        views = [
+            CameraView(str(c), entry.intrinsic[c], entry.world_to_camera[c], w, h)
+            for c, (w, h) in enumerate(entry.sizes)
+        ]
         pairs = project_points(xyz, views)
         pairs = _select(pairs, depth_check(pairs, entry, check, abs_tol, rel_tol))
         if not len(pairs.point):

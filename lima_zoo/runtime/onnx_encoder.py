@@ -1,13 +1,9 @@
 """Run an exported model.onnx with onnxruntime: ``OnnxEncoder.embed`` == ``LiMAEncoder.embed``.
 
-The documented pre-processing step of this runtime is, for FRNet, the range projection
-(:func:`~lima_zoo.export.onnx_frnet.range_feeds` lays one scan's points and pixels out), for SPVCNN
-:func:`~lima_zoo.export.onnx_spvcnn.point_voxel_inputs` (the voxel maps below plus each point's voxel
-look-ups), and for MinkUNet :func:`~lima_zoo.export.onnx_inputs.graph_inputs`: voxelize (as the PyTorch path does), build the
-kernel maps of the five levels with the engine's own map builder (``lima_zoo.sparse``) and lay them
-out as the graph's index inputs. Those index arrays, not raw coordinates, are what the graph takes
-(see ``onnx_graph.py`` for why). Everything after that — every convolution, the skip connections
-and the head — runs inside onnxruntime.
+The graph's inputs are built before each run by this package's input builders: FRNet's range
+feeds (``range_inputs.py``), SPVCNN's point-voxel look-ups (``point_voxel_inputs.py``) or the voxel
+graph's kernel maps (``voxel_inputs.py``). Everything after that — every convolution, the skip
+connections and the head — runs inside onnxruntime.
 
 Providers: CUDA when onnxruntime-gpu is installed and ``device`` asks for cuda, else CPU.
 """
@@ -22,12 +18,12 @@ import numpy as np
 import torch
 
 from ..config import POINT_VOXEL_BACKBONES
-from ..features import FeatureExtractor, read_config
+from ..features import FeatureExtractor
 from ..voxelize import Voxels
-from .onnx_frnet import RANGE_INPUT_NAMES, range_feeds
-from .onnx_graph import input_names
-from .onnx_inputs import graph_inputs
-from .onnx_spvcnn import POINT_VOXEL_INPUT_NAMES, point_voxel_inputs
+from ..weights import read_config
+from .point_voxel_inputs import POINT_VOXEL_INPUT_NAMES, point_voxel_inputs
+from .range_inputs import RANGE_INPUT_NAMES, range_feeds
+from .voxel_inputs import graph_inputs, input_names
 
 __all__ = ["OnnxEncoder"]
 
@@ -35,7 +31,9 @@ __all__ = ["OnnxEncoder"]
 class OnnxEncoder(FeatureExtractor):
     """A model.onnx + its config.json, run with onnxruntime; ``embed`` as in LiMAEncoder."""
 
-    def __init__(self, onnx_path: str | os.PathLike, config, device: str | torch.device | None = None, threads: int | None = None):
+    def __init__(
+        self, onnx_path: str | os.PathLike, config, device: str | torch.device | None = None, threads: int | None = None
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -45,8 +43,12 @@ class OnnxEncoder(FeatureExtractor):
         want_cuda = str(device) == "auto" or str(device).startswith("cuda")
         available = ort.get_available_providers()
         if str(device).startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise ValueError(f"device {device!r} requested but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-        self.providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+            raise ValueError(
+                f"device {device!r} requested but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
+            )
+        self.providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else []) + [
+            "CPUExecutionProvider"
+        ]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -70,25 +72,42 @@ class OnnxEncoder(FeatureExtractor):
         self.point_output = expected != input_names()  # only the voxel graph's rows are voxels
         got = [i.name for i in self.session.get_inputs()]
         if got != expected:
-            raise ValueError(f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's {config.backbone} graph layout "
-                             f"({expected[:4]}...); re-export it with `lima-zoo export`")
+            raise ValueError(
+                f"{self.path}: its inputs {got[:4]}... are not this lima-zoo's {config.backbone} graph layout "
+                f"({expected[:4]}...); re-export it with `lima-zoo export`"
+            )
 
     @classmethod
     def from_files(cls, files: dict[str, Path], device: str | torch.device | None = None) -> "OnnxEncoder":
         return cls(files["model.onnx"], read_config(files["config.json"]), device=device)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None,
-                        local_files_only: bool = False, device: str | torch.device | None = None, token: str | bool | None = None,
-                        force_download: bool = False) -> "OnnxEncoder":  # fmt: skip
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        token: str | bool | None = None,
+        force_download: bool = False,
+    ) -> "OnnxEncoder":
         """The sources of :meth:`LiMAEncoder.from_pretrained` (registered name, org/repo[@rev], folder),
-        with the folder's (or repo's) model.onnx instead of its safetensors weights."""
-        from ..hub import fetch_model_files, loaded_revision, resolve_source
+        with the folder's (or repo's) model.onnx instead of its safetensors weights.
 
-        source = resolve_source(name_or_path, revision)
-        files = fetch_model_files(source, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download)
+        Args:
+            name_or_path, revision, cache_dir, local_files_only, token, force_download: as in
+                :meth:`LiMAEncoder.from_pretrained`.
+            device: "cuda[:N]" runs on onnxruntime's CUDA provider (onnxruntime-gpu), "auto" uses
+                it when installed; anything else the CPU.
+        """
+        from ..hub import model_files
+
+        files, revision = model_files(
+            name_or_path, revision, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download
+        )
         runner = cls.from_files(files, device=device)
-        runner.name_or_path, runner.revision = str(name_or_path), loaded_revision(files, source)
+        runner.name_or_path, runner.revision = str(name_or_path), revision
         return runner
 
     @property
@@ -104,4 +123,6 @@ class OnnxEncoder(FeatureExtractor):
         return torch.from_numpy(rows[0] if len(rows) == 1 else np.concatenate(rows))
 
     def __repr__(self) -> str:
-        return f"OnnxEncoder({self.path}, providers={self.providers}, config={json.dumps(self.config.to_dict())[:80]}...)"
+        return (
+            f"OnnxEncoder({self.path}, providers={self.providers}, config={json.dumps(self.config.to_dict())[:80]}...)"
+        )

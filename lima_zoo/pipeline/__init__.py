@@ -1,0 +1,25 @@
+"""Embedding many scans as a library (what ``lima-zoo embed`` runs): inputs and shards
+(``inputs.py``), the read-ahead / embed / write loop with its options and report (``embed.py``), the
+Parquet dataset writer with its manifests (``parquet_dataset.py``) and the Ray engine
+(``ray_engine.py``). Imports no click; torch only through the encoder it is given.
+
+    from lima_zoo import load_encoder
+    from lima_zoo.pipeline import EmbedOptions, collect_inputs, run_embed
+
+    report = run_embed(collect_inputs(["scans/"]), load_encoder("runs/tiny/encoder"), Path("feats"),
+                       EmbedOptions(fmt="parquet-dataset"))
+"""
+
+from .embed import OUTPUT_FORMATS, EmbedOptions, EmbedReport, run_embed
+from .inputs import collect_inputs, inputs_from_list, shard_of, take_shard
+
+__all__ = [
+    "EmbedOptions",
+    "EmbedReport",
+    "run_embed",
+    "collect_inputs",
+    "inputs_from_list",
+    "shard_of",
+    "take_shard",
+    "OUTPUT_FORMATS",
+]

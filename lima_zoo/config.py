@@ -7,10 +7,12 @@ input. Reading is strict: an unknown key, a wrong type or a newer format version
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 __all__ = [
     "RangeImageConfig",
@@ -22,6 +24,10 @@ __all__ = [
     "RANGE_VIEW_BACKBONES",
     "POINT_VOXEL_BACKBONES",
     "KITTI_RANGE_IMAGE",
+    "Range",
+    "Checked",
+    "check_ranges",
+    "numeric_fields",
 ]
 
 FORMAT_VERSION = 1
@@ -37,13 +43,86 @@ BACKBONES = (
 )  # models/__init__.py builds each
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: ``low <= v <= high`` (an open end excludes it;
+    None: unbounded). A tuple field's every element is checked; a float must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return not (self.high is not None and (v >= self.high if self.high_open else v > self.high))
+
+    def __str__(self) -> str:
+        def text(v: float | None, unbounded: str) -> str:
+            return unbounded if v is None else str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        return f"{left}{text(self.low, '-inf')}, {text(self.high, 'inf')}{right}"
+
+
+SEED = Range(0, 2**31 - 1)  # seeds are mixed with step numbers into 64-bit generator seeds
+
+
+@functools.cache
+def _field_ranges(cls: type) -> dict[str, Range]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {
+        f.name: next(m for m in hints[f.name].__metadata__ if isinstance(m, Range))
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is Annotated
+        and any(isinstance(m, Range) for m in hints[f.name].__metadata__)
+    }
+
+
+def check_ranges(config: Any) -> None:
+    """Raise ValueError naming the first field of ``config`` (a dataclass) outside its Range."""
+    for name, allowed in _field_ranges(type(config)).items():
+        value = getattr(config, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is not None and not allowed.allows(v):
+                raise ValueError(f"{name} must be in {allowed}, got {value!r}")
+
+
+def numeric_fields(cls: type) -> dict[str, bool]:
+    """{field: has a Range} for every int / float field (alone, optional or in a tuple) of ``cls``."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    ranged = _field_ranges(cls)
+
+    def numeric(hint: Any) -> bool:
+        if typing.get_origin(hint) is Annotated:
+            return numeric(typing.get_args(hint)[0])
+        if hint in (int, float):
+            return True
+        return any(numeric(a) for a in typing.get_args(hint) if a is not Ellipsis)
+
+    return {f.name: f.name in ranged for f in dataclasses.fields(cls) if numeric(hints[f.name])}
+
+
+class Checked:
+    """Base of the configs: every ranged field is checked when an instance is made (from a file, a
+    ``--set`` or Python), before any work. Subclasses with checks of their own call
+    ``super().__post_init__()`` after them."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
 def backbone_out_dim(width: float = 1.0) -> int:
     """Channels a backbone of ``width`` outputs: the last plane of every one of them, 96, scaled."""
     return max(1, round(96 * width))
 
 
 @dataclass(frozen=True)
-class RangeImageConfig:
+class RangeImageConfig(Checked):
     """The range image a range-view backbone (FRNet) reads, from the sensor's beam geometry.
 
     A point at yaw = -atan2(y, x) and pitch = asin(z / range) (sensor frame, degrees) falls in column
@@ -58,11 +137,11 @@ class RangeImageConfig:
     points, its TOP LiDAR sits at about (1.43, 0, 2.18)).
     """
 
-    height: int = 32
-    width: int = 480
-    fov_up: float = 10.0
-    fov_down: float = -30.0
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    height: Annotated[int, Range(8, 4096)] = 32
+    width: Annotated[int, Range(8, 65536)] = 480
+    fov_up: Annotated[float, Range(-90, 90)] = 10.0
+    fov_down: Annotated[float, Range(-90, 90)] = -30.0
+    origin: Annotated[tuple[float, float, float], Range(-1e4, 1e4)] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         if len(self.origin) != 3:
@@ -76,13 +155,14 @@ class RangeImageConfig:
             raise ValueError(
                 f"need -90 <= fov_down < fov_up <= 90 degrees, got fov_up={self.fov_up}, fov_down={self.fov_down}"
             )
+        super().__post_init__()
 
 
 KITTI_RANGE_IMAGE = RangeImageConfig(height=64, width=512, fov_up=3.0, fov_down=-25.0)  # FRNet's SemanticKITTI setting
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Checked):
     """How a point cloud becomes voxels.
 
     voxel_type: "cylindrical" (voxel_size = rho m, phi degrees, z m) or "cartesian" (x, y, z m).
@@ -94,9 +174,9 @@ class PreprocessConfig:
     """
 
     voxel_type: str = "cylindrical"
-    voxel_size: tuple[float, float, float] = (0.1, 1.0, 0.1)
-    use_dim: int = 4
-    intensity_scale: float = 255.0
+    voxel_size: Annotated[tuple[float, float, float], Range(0, 100, low_open=True)] = (0.1, 1.0, 0.1)
+    use_dim: Annotated[int, Range(3, 4)] = 4
+    intensity_scale: Annotated[float, Range(0, 1e6, low_open=True)] = 255.0
     range_image: RangeImageConfig | None = None
 
     def __post_init__(self) -> None:
@@ -107,12 +187,11 @@ class PreprocessConfig:
         object.__setattr__(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
         if self.use_dim not in (3, 4):
             raise ValueError(f"use_dim must be 3 (xyz) or 4 (xyz + intensity), got {self.use_dim}")
-        if self.intensity_scale <= 0:
-            raise ValueError(f"intensity_scale must be positive, got {self.intensity_scale}")
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(Checked):
     """The architecture: backbone, its input/output widths, distillation head and teacher.
 
     head_dim 0 means the encoder has no distillation head (a backbone converted from a checkpoint
@@ -120,14 +199,16 @@ class EncoderConfig:
     """
 
     backbone: str = "minkunet34"
-    in_channels: int = 4
-    width: float = 1.0  # channel multiplier of every layer (torchsparse's cr); 0.5: a quarter of the compute
-    out_dim: int | None = None  # the backbone's output channels; None: what ``width`` gives (96 at 1)
-    head_dim: int = 768
+    in_channels: Annotated[int, Range(3, 4)] = 4
+    # channel multiplier of every layer (torchsparse's cr); 0.5: a quarter of the compute
+    width: Annotated[float, Range(0, 4, low_open=True)] = 1.0
+    # the backbone's output channels; None: what ``width`` gives (96 at 1)
+    out_dim: Annotated[int | None, Range(1, 4096)] = None
+    head_dim: Annotated[int, Range(0, 65536)] = 768
     teacher: str = "vit_base_patch14_dinov2"
-    bn_momentum: float = 0.05
+    bn_momentum: Annotated[float, Range(0, 1)] = 0.05
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    format_version: int = FORMAT_VERSION
+    format_version: Annotated[int, Range(1, 1000)] = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -153,8 +234,7 @@ class EncoderConfig:
                 f"a {self.backbone} of width {self.width} outputs {backbone_out_dim(self.width)} channels; "
                 f"out_dim={self.out_dim}"
             )
-        if self.head_dim < 0:
-            raise ValueError(f"head_dim must be positive (or 0: no distillation head), got {self.head_dim}")
+        super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

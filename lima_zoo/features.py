@@ -17,9 +17,9 @@ import torch
 
 from .config import EncoderConfig
 from .range_view import range_project
-from .voxelize import Voxels, voxelize
+from .voxelize import Voxels, count_voxels, voxelize
 
-__all__ = ["FeatureExtractor", "ensure_fits", "available_memory", "INFERENCE_BYTES_PER_VOXEL"]
+__all__ = ["FeatureExtractor", "ensure_fits", "ensure_points_fit", "available_memory", "INFERENCE_BYTES_PER_VOXEL"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -57,8 +57,17 @@ class FeatureExtractor:
             raise ValueError(f"points must be a non-empty (N, >=3) array, got shape {tuple(pts.shape)}")
         use = min(self.config.in_channels, pts.shape[1])
         pts = pts[:, :use]
-        if not bool(torch.isfinite(pts).all()):
-            raise ValueError("points contain NaN or Inf")
+        bad_xyz = int((~torch.isfinite(pts[:, :3]).all(1)).sum())
+        if bad_xyz:
+            raise ValueError(f"{bad_xyz:,} of {len(pts):,} points have NaN or Inf coordinates")
+        if use >= 4 and not bool(torch.isfinite(pts[:, 3]).all()):
+            raise ValueError(f"{int((~torch.isfinite(pts[:, 3])).sum()):,} points have a NaN or Inf intensity")
+        far = int((pts[:, :3].abs() > MAX_COORDINATE_M).any(1).sum())
+        if far:
+            raise ValueError(
+                f"{far:,} of {len(pts):,} points lie beyond {MAX_COORDINATE_M:g} m of the origin: give points in "
+                "the sensor's (or a local) frame, re-centred as the LAS reader does for georeferenced files"
+            )
         if use >= 4 and intensity_range is not None and intensity_range != self.config.preprocess.intensity_scale:
             pts = pts.clone()
             pts[:, 3] *= self.config.preprocess.intensity_scale / intensity_range
@@ -114,7 +123,10 @@ class FeatureExtractor:
         if return_voxels and self.point_output:
             raise ValueError(f"return_voxels: a {self.config.backbone} outputs one feature per point, not per voxel")
         as_numpy = isinstance(scans[0], np.ndarray)
-        vox = self.backbone_input(scans, intensity_range)
+        prepared = [self.prepare(s, intensity_range) for s in scans]
+        if check_memory:  # before voxelizing: a merged map's voxelization alone can take gigabytes
+            ensure_points_fit(prepared, self.config, self.device)
+        vox = self.voxelize(prepared)
         if check_memory:
             ensure_fits(len(vox.feats), vox.feats.device, sum(len(s) for s in scans))
         feats = self.feature_rows(vox, space)
@@ -127,9 +139,16 @@ class FeatureExtractor:
         return result
 
 
-# Peak inference memory per voxel, measured with MinkUNet-34 (the largest backbone) on CPU in fp32:
-# 5M points of a merged street map -> 1.59M voxels, +5.0 GiB peak RSS (benchmarks: README "large scans").
+# Coordinates further out than this are not a LiDAR scan in a local frame (sensor ranges are < 1 km;
+# georeferenced files are re-centred by the readers); float32 voxel keys would also lose the grid.
+MAX_COORDINATE_M = 100_000.0
+
+# Peak inference memory per voxel, measured with MinkUNet-34 (the largest backbone) on CPU in fp32
+# (benchmarks/bench_large_scan.py; docs/performance.md).
 INFERENCE_BYTES_PER_VOXEL = 3400
+# Peak memory of voxelization per input point (float64 grid positions, cells, keys and their sort),
+# measured at 190-222 bytes on 2M points (with and without the point columns kept).
+VOXELIZE_BYTES_PER_POINT = 240
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -143,6 +162,28 @@ def available_memory(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def ensure_points_fit(
+    scans: Sequence[torch.Tensor], config: EncoderConfig, device: torch.device, free: int | None = None
+) -> None:
+    """Raise ValueError, before anything of the size of the scans is allocated, when voxelizing them
+    or the forward over their voxels would not fit in 90% of the free memory. Small batches pass at
+    once (even one voxel per point would fit); a large one has its voxels counted in bounded memory."""
+    free = available_memory(device) if free is None else free
+    points = sum(len(s) for s in scans)
+    if free is None or config.preprocess.range_image is not None:  # a range image's pixels are bounded
+        return
+    prep = points * VOXELIZE_BYTES_PER_POINT
+    if prep > 0.9 * free:
+        raise ValueError(
+            f"{points:,} points would need ~{prep / 2**30:.1f} GiB on {device} to voxelize, but only "
+            f"{free / 2**30:.1f} GiB is free: crop the map into tiles (or embed fewer scans per batch), "
+            "or pass check_memory=False to try anyway"
+        )
+    if points * INFERENCE_BYTES_PER_VOXEL <= 0.9 * free:
+        return
+    ensure_fits(count_voxels(list(scans), config.preprocess), device, points, free)
 
 
 def ensure_fits(voxels: int, device: torch.device, points: int = 0, free: int | None = None) -> None:

@@ -15,7 +15,7 @@ import torch
 from .config import PreprocessConfig
 from .sparse.kmap import CoordinateKeys, unique_first
 
-__all__ = ["Voxels", "voxelize", "grid_indices", "grid_positions", "input_columns"]
+__all__ = ["Voxels", "voxelize", "count_voxels", "grid_indices", "grid_positions", "input_columns"]
 
 
 @dataclass
@@ -49,19 +49,51 @@ def grid_indices(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
 def grid_positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3) float xyz -> (positions (N, 3) float64 in voxel units, cells (N, 3) int64), both
     shifted by the scan's lowest cell, so ``floor(positions) == cells`` and the minimum cell is 0."""
-    p = xyz.to(torch.float64)
-    size = torch.tensor(cfg.voxel_size, dtype=torch.float64, device=xyz.device)
-    if cfg.voxel_type == "cylindrical":
-        rho = torch.hypot(p[:, 0], p[:, 1])
-        phi = torch.atan2(p[:, 1], p[:, 0]) * (180.0 / math.pi)  # degrees in [-180, 180]
-        p = torch.stack([rho, phi, p[:, 2]], dim=1)
-    pos = p / size
+    pos = _positions(xyz, cfg)
     cells = torch.floor(pos).to(torch.int64)
     if len(cells):
         low = cells.min(dim=0).values
         cells -= low
         pos = pos - low.to(torch.float64)
     return pos, cells
+
+
+def _cells(pts: torch.Tensor, start: int, chunk: int, cfg: PreprocessConfig) -> torch.Tensor:
+    return torch.floor(_positions(pts[start : start + chunk, :3], cfg)).to(torch.int64)
+
+
+def _positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """(N, 3) float xyz -> (N, 3) float64 positions in voxel units, unshifted."""
+    p = xyz.to(torch.float64)
+    size = torch.tensor(cfg.voxel_size, dtype=torch.float64, device=xyz.device)
+    if cfg.voxel_type == "cylindrical":
+        rho = torch.hypot(p[:, 0], p[:, 1])
+        phi = torch.atan2(p[:, 1], p[:, 0]) * (180.0 / math.pi)  # degrees in [-180, 180]
+        p = torch.stack([rho, phi, p[:, 2]], dim=1)
+    return p / size
+
+
+def count_voxels(scans: list[torch.Tensor], cfg: PreprocessConfig, chunk: int = 1 << 20) -> int:
+    """The number of voxels :func:`voxelize` would make of ``scans``, counted ``chunk`` points at a
+    time: memory grows with the voxels, not the points (the check before voxelizing a huge map)."""
+    total = 0
+    for pts in scans:
+        starts = range(0, len(pts), chunk)
+        if not len(pts):
+            continue
+        # two passes over the chunks (the scan's lowest cell, then the keys), recomputing the cells
+        # so that only one chunk's live at a time
+        bounds = [(x.min(dim=0).values, x.max(dim=0).values) for x in (_cells(pts, s, chunk, cfg) for s in starts)]
+        low = torch.stack([b[0] for b in bounds]).min(dim=0).values
+        extent = torch.stack([b[1] for b in bounds]).max(dim=0).values - low + 1
+        if float(extent.prod(dtype=torch.float64)) >= 2**62:
+            raise ValueError(f"coordinate range too large to pack into int64 keys (extent {extent.tolist()} voxels)")
+        seen = torch.empty(0, dtype=torch.int64, device=pts.device)
+        for start in starts:
+            c = _cells(pts, start, chunk, cfg) - low
+            seen = torch.unique(torch.cat([seen, torch.unique((c[:, 0] * extent[1] + c[:, 1]) * extent[2] + c[:, 2])]))
+        total += len(seen)
+    return total
 
 
 def input_columns(pts: torch.Tensor, cfg: PreprocessConfig, b: int) -> torch.Tensor:

@@ -307,7 +307,7 @@ def test_embed_parquet_dataset_matches_per_file_output_and_reports_failures(
         ],
     )
     assert res.exit_code == 1 and "broken.bin" in res.output, res.output  # the bad scan fails, the others finish
-    manifest = json.loads((out / "manifest-00000-of-00001.json").read_text())
+    manifest = json.loads((out / "_manifest-00000-of-00001.json").read_text())
     assert manifest["scans_done"] == 3 and list(manifest["failed"]) == ["a/broken.bin"] and len(manifest["parts"]) == 2
     assert (
         manifest["model"] == str(model_dir.resolve())
@@ -345,12 +345,12 @@ def test_embed_parquet_dataset_shards_and_resume_without_duplicates(model_dir, t
     full, sharded = _dataset_rows(tmp_path / "one"), _dataset_rows(tmp_path / "two")
     assert full.keys() == sharded.keys() and len({s for s, _ in full}) == 5
     assert all(np.array_equal(full[k], sharded[k]) for k in full)
-    assert sorted(p.name for p in (tmp_path / "two").glob("manifest-*")) == [
-        "manifest-00000-of-00002.json",
-        "manifest-00001-of-00002.json",
+    assert sorted(p.name for p in (tmp_path / "two").glob("_manifest-*")) == [
+        "_manifest-00000-of-00002.json",
+        "_manifest-00001-of-00002.json",
     ]
     # A kill after the last part's rename but before its manifest: the part is on disk, unlisted.
-    mpath = tmp_path / "one" / "manifest-00000-of-00001.json"
+    mpath = tmp_path / "one" / "_manifest-00000-of-00001.json"
     manifest = json.loads(mpath.read_text())
     lost = manifest["parts"].pop()
     mpath.write_text(json.dumps(manifest))
@@ -437,7 +437,7 @@ def test_embed_on_ray_data_matches_a_local_run_and_resumes(scans, model_dir, tmp
             and "embedded 3 scan(s)" in run.stdout
             and "Traceback" not in run.stderr
         ), run.stdout + run.stderr[-3000:]
-    manifests = [json.loads((tmp_path / d / "manifest-00000-of-00001.json").read_text()) for d in ("local", "ray")]
+    manifests = [json.loads((tmp_path / d / "_manifest-00000-of-00001.json").read_text()) for d in ("local", "ray")]
     assert manifests[0]["parts"] == manifests[1]["parts"] and list(manifests[1]["failed"]) == ["a/broken.bin"]
     want, got = _dataset_rows(tmp_path / "local"), _dataset_rows(tmp_path / "ray")
     assert want.keys() == got.keys()

@@ -40,13 +40,22 @@ def library_errors(command: F) -> F:
 
 
 def check_writable(folder: Path, option: str) -> None:
-    """Create ``folder`` and write a probe file into it, or fail naming the option and the path."""
+    """Fail now, naming the option and the path, when nothing can be written into ``folder``: the
+    folder (and any missing parents) is made, a probe file written, and what the probe made is
+    removed again, so a run that fails later (a model that does not load) leaves no empty folder."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".lima-write-check-"):
             pass
     except OSError as e:
         raise click.UsageError(f"{option} {folder}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 class _ConsoleHandler(logging.Handler):

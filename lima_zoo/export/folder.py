@@ -5,6 +5,7 @@ earlier export survives beside a new config.json.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,6 +24,10 @@ EXPORT_FILES = ("config.json", "model.safetensors", "model.onnx")  # what an exp
 def export_folder(source: str | os.PathLike, out_dir: str | os.PathLike, formats: list[str]) -> list[str]:
     """Export ``source`` (an encoder folder or a training checkpoint) as ``formats`` ("safetensors",
     "onnx") into ``out_dir``, each verified; returns the file names written."""
+    if "onnx" in formats:  # before minutes of loading and verifying: the extra is there or not
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install 'lima-zoo[onnx]'")
     encoder = load_encoder(source)
     written: list[str] = []
     with atomic_dir(Path(out_dir), EXPORT_FILES) as stage:

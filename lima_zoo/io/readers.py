@@ -79,6 +79,9 @@ def load_points(
             f"{path}: unknown point-cloud extension {suffix!r}; readable: {', '.join(POINT_SUFFIXES)}"
         )
     if not path.is_file():
+        if path.exists():  # never opened: a FIFO would block, a device never ends
+            kind = "a folder" if path.is_dir() else "a FIFO, device or socket"
+            raise PointCloudError(f"{path}: not a regular file ({kind})")
         raise PointCloudError(f"{path}: no such file")
     try:
         if suffix in (".bin", ".pcd.bin"):
@@ -93,8 +96,8 @@ def load_points(
             cloud = _read_las(path)
     except PointCloudError:
         raise
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise PointCloudError(f"{path}: unreadable ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure inside a reader is this file's, never the run's
+        raise PointCloudError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     cloud.path = str(path)
     return _select_and_check(cloud, use_dim, path)
 
@@ -114,11 +117,16 @@ def _select_and_check(cloud: PointCloud, use_dim, path: Path) -> PointCloud:
     pts = np.ascontiguousarray(pts[:, use], dtype=np.float32)
     if len(pts) == 0:
         raise PointCloudError(f"{path}: empty point cloud")
-    finite = np.isfinite(pts).all(axis=1)
+    finite = np.isfinite(pts[:, :3]).all(axis=1)
     if not finite.any():
         raise PointCloudError(f"{path}: every one of its {len(pts)} points has NaN or Inf coordinates")
     if not finite.all():  # organised clouds mark no-return pixels with NaN
         pts, cloud.kept = np.ascontiguousarray(pts[finite]), finite
+    bad_other = int((~np.isfinite(pts[:, 3:])).any(axis=1).sum())
+    if bad_other:
+        raise PointCloudError(
+            f"{path}: {bad_other} point(s) with finite coordinates have a NaN or Inf intensity (or other column)"
+        )
     cloud.points = pts
     if pts.shape[1] < 4:
         cloud.intensity_range = None
@@ -176,13 +184,28 @@ def _read_pcd(path: Path) -> PointCloud:
         key, *vals = line.split()
         header[key.upper()] = vals
         if key.upper() == "DATA":
+            if len(vals) != 1:
+                raise PointCloudError(
+                    f"{path}: PCD DATA line {line!r} names no single mode (ascii, binary, binary_compressed)"
+                )
             break
     try:
         fields, sizes, types = header["FIELDS"], [int(s) for s in header["SIZE"]], header["TYPE"]
         counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
         n = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
     except (KeyError, ValueError, IndexError) as exc:
-        raise PointCloudError(f"{path}: malformed PCD header ({exc})") from None
+        raise PointCloudError(f"{path}: malformed PCD header ({type(exc).__name__}: {exc})") from None
+    if (
+        n < 0
+        or len(sizes) != len(fields)
+        or len(types) != len(fields)
+        or len(counts) != len(fields)
+        or min(counts, default=1) < 1
+    ):
+        raise PointCloudError(
+            f"{path}: malformed PCD header (POINTS {n}, {len(fields)} FIELDS, "
+            f"SIZE {sizes}, TYPE {types}, COUNT {counts})"
+        )
     mode = header["DATA"][0].lower()
     names = [f if c == 1 else f"{f}_{i}" for f, c in zip(fields, counts) for i in range(c)]
     dtypes = [_PCD_TYPES.get((t.upper(), s)) for t, s, c in zip(types, sizes, counts) for _ in range(c)]
@@ -290,6 +313,8 @@ def _read_ply(path: Path) -> PointCloud:
             in_vertex = parts[1] == "vertex"
             if in_vertex:
                 n, seen_vertex = int(parts[2]), True
+                if n < 0:
+                    raise PointCloudError(f"{path}: PLY header declares {n} vertices")
             elif not seen_vertex:
                 raise PointCloudError(f"{path}: PLY element {parts[1]!r} precedes 'vertex'; not supported")
             else:

@@ -10,13 +10,14 @@ Parquet dataset writer with its manifests (``parquet_dataset.py``) and the Ray e
                        EmbedOptions(fmt="parquet-dataset"))
 """
 
-from .embed import OUTPUT_FORMATS, EmbedOptions, EmbedReport, run_embed
+from .embed import OUTPUT_FORMATS, EmbedOptions, EmbedReport, plan_outputs, run_embed
 from .inputs import collect_inputs, inputs_from_list, shard_of, take_shard
 
 __all__ = [
     "EmbedOptions",
     "EmbedReport",
     "run_embed",
+    "plan_outputs",
     "collect_inputs",
     "inputs_from_list",
     "shard_of",

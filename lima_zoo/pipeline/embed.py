@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..io import PointCloudError, load_points, save_features
 
-__all__ = ["EmbedOptions", "EmbedReport", "run_embed", "read_batch", "embed_loaded", "OUTPUT_FORMATS"]
+__all__ = ["EmbedOptions", "EmbedReport", "run_embed", "plan_outputs", "read_batch", "embed_loaded", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet", "ply", "parquet-dataset")
 
@@ -94,24 +95,64 @@ def run_embed(
         engine: where batches are read and embedded, a callable ``engine(batches, report)`` yielding
             ``(loaded, failed, features)`` per batch, in order (``RayEngine``); None: here.
     """
-    from tqdm import tqdm
-
     o = options or EmbedOptions()
 
     report = EmbedReport()
+    planned = plan_outputs(inputs, out_dir, o)  # a clash of output names is refused before any work
     dataset = None
     if o.fmt == "parquet-dataset":
         from .parquet_dataset import FeatureDatasetWriter
 
         dataset = FeatureDatasetWriter(out_dir, _identity(encoder), o.shard, o.scans_per_part, o.float16)
-    todo = []
+    try:
+        todo = []
+        for src, dst in planned:
+            if dataset is not None and dst in dataset.done or dataset is None and o.skip_existing and dst.exists():
+                report.skipped += 1
+            else:
+                todo.append((src, dst))
+        start = time.perf_counter()
+        _run_batches(todo, encoder, o, engine, dataset, report)
+        if dataset is not None:
+            dataset.flush()
+    finally:
+        if dataset is not None:
+            dataset.close()
+    report.wall = time.perf_counter() - start
+    return report
+
+
+def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, options: EmbedOptions) -> list[tuple[Path, object]]:
+    """(input, output) per distinct input: the output file (a Path), or for a dataset the scan's name
+    (a str). The same input given twice is embedded once; two inputs with one output (``a/x.bin`` and
+    ``b/x.bin`` given as files) are refused, naming both, since one would overwrite the other."""
+    planned: list[tuple[Path, object]] = []
+    seen_src: set[str] = set()
+    owner: dict[str, Path] = {}
     for src, rel in inputs:
+        key = os.path.realpath(src)
+        if key in seen_src:
+            continue
+        seen_src.add(key)
         # a dataset names each scan by its input path relative to where it was found (a/001.bin)
-        dst = out_dir / rel.parent / f"{rel.name}.{o.fmt}" if dataset is None else (rel.parent / src.name).as_posix()
-        if dataset is not None and dst in dataset.done or dataset is None and o.skip_existing and dst.exists():
-            report.skipped += 1
+        if options.fmt == "parquet-dataset":
+            dst: object = (rel.parent / src.name).as_posix()
         else:
-            todo.append((src, dst))
+            dst = out_dir / rel.parent / f"{rel.name}.{options.fmt}"
+        if str(dst) in owner:
+            raise ValueError(
+                f"{owner[str(dst)]} and {src} would both be written as {dst}: give their common folder "
+                "(outputs keep the paths below it) or list them with --inputs-from"
+            )
+        owner[str(dst)] = src
+        planned.append((src, dst))
+    return planned
+
+
+def _run_batches(todo, encoder, o: EmbedOptions, engine, dataset, report: EmbedReport) -> None:
+    """Read, embed and write ``todo`` batch by batch, the write of one overlapping the next forward."""
+    from tqdm import tqdm
+
     batches = [todo[i : i + o.batch_size] for i in range(0, len(todo), o.batch_size)]
     bar = tqdm(total=len(todo), unit="scan", disable=not o.progress, dynamic_ncols=True)
     start = time.perf_counter()
@@ -122,24 +163,24 @@ def run_embed(
         bar.update(scans)
         bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
 
-    with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
-        pending = None  # the previous batch's write (one in flight bounds memory)
-        for loaded, failed, feats in produced:
-            _record_failures(report, dataset, failed)
-            bar.update(len(failed))
-            if not loaded:
-                continue
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+            pending = None  # the previous batch's write (one in flight bounds memory)
+            for loaded, failed, feats in produced:
+                _record_failures(report, dataset, failed)
+                bar.update(len(failed))
+                if not loaded:
+                    continue
+                if pending is not None:
+                    advance(pending.result())
+                pending = writer.submit(_write_batch, loaded, feats, report, model, o, dataset)
+                if o.prefetch == 0:  # strictly one stage at a time
+                    advance(pending.result())
+                    pending = None
             if pending is not None:
                 advance(pending.result())
-            pending = writer.submit(_write_batch, loaded, feats, report, model, o, dataset)
-            if o.prefetch == 0:  # strictly one stage at a time
-                advance(pending.result())
-                pending = None
-        if pending is not None:
-            advance(pending.result())
-    if dataset is not None:
-        dataset.flush()
-    bar.close()
+    finally:
+        bar.close()
     report.wall = time.perf_counter() - start
     return report
 
@@ -168,8 +209,9 @@ def embed_loaded(encoder, loaded: list) -> tuple[list, list, list, float]:
         return [], [], [], 0.0
     try:
         feats = _embed_batch(encoder, [c for c, _, _ in loaded])
-    except (ValueError, RuntimeError) as exc:
-        return [], [(src, dst, f"{src}: {exc}") for _, src, dst in loaded], [], time.perf_counter() - t
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        return [], [(src, dst, f"{src}: {why}") for _, src, dst in loaded], [], time.perf_counter() - t
     return loaded, [], feats, time.perf_counter() - t
 
 
@@ -195,6 +237,8 @@ def read_batch(batch, load_dim, use_dim):
             loaded.append((load_points(src, load_dim=load_dim, use_dim=use_dim), src, dst))
         except PointCloudError as exc:
             failed.append((src, dst, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a file the readers did not foresee is still only this file's failure
+            failed.append((src, dst, f"{src}: {type(exc).__name__}: {exc}"))
     return loaded, failed, time.perf_counter() - t
 
 

@@ -81,7 +81,10 @@ def shard_of(spec: str | None, env: dict | None = None) -> tuple[int, int]:
             raise ValueError(f"--shard {spec!r}: give i/n with 0 <= i < n, e.g. --shard 0/4")
         return i, n
     if env_int(env, "WORLD_SIZE", 1) > 1:
-        return env_int(env, "RANK", 0), env_int(env, "WORLD_SIZE", 1)
+        rank, world = env_int(env, "RANK", 0), env_int(env, "WORLD_SIZE", 1)
+        if rank >= world:
+            raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: a rank is 0..{world - 1} (check the launcher)")
+        return rank, world
     if env.get("SLURM_ARRAY_TASK_COUNT"):
         step = max(1, env_int(env, "SLURM_ARRAY_TASK_STEP", 1))
         i = (env_int(env, "SLURM_ARRAY_TASK_ID", 0) - env_int(env, "SLURM_ARRAY_TASK_MIN", 0)) // step

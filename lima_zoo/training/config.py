@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from ..config import EncoderConfig, config_from_dict
+from ..config import SEED, Checked, EncoderConfig, Range, config_from_dict
 from ..sparse.backends import check_backend
 
 __all__ = [
@@ -34,88 +34,96 @@ RECIPE_DIR = Path(__file__).with_name("recipes")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Where frames come from. An empty ``path`` with ``synthetic`` set generates a world under the
     run's output folder (``<out>/data``) on first use."""
 
     path: str = ""
     format: str = "auto"  # auto | nuscenes | semantickitti | waymo | folder
     split: str = "train"
-    percent: float = 100.0
+    percent: Annotated[float, Range(0, 100, low_open=True)] = 100.0
     synthetic: bool = False
-    synthetic_scenes: int = 6
-    synthetic_frames: int = 10
-    synthetic_seed: int = 0
-    synthetic_image_scale: float = 0.15
+    synthetic_scenes: Annotated[int, Range(1, 10_000)] = 6
+    synthetic_frames: Annotated[int, Range(1, 100_000)] = 10
+    synthetic_seed: Annotated[int, SEED] = 0
+    synthetic_image_scale: Annotated[float, Range(0.05, 1.0)] = 0.15
     cameras: tuple[str, ...] = ()  # use only these cameras (e.g. [CAM_FRONT]); empty = every camera
-    workers: int = 0  # processes reading frames ahead of the step (training/loading.py); 0 = inline
-    prefetch: int = 2  # steps each worker reads ahead
+    # processes reading frames ahead of the step (training/loading.py); 0 = inline
+    workers: Annotated[int, Range(0, 256)] = 0
+    prefetch: Annotated[int, Range(1, 64)] = 2  # steps each worker reads ahead
 
     def __post_init__(self) -> None:
         if self.workers < 0 or self.prefetch < 1:
             raise ValueError(f"data: invalid workers={self.workers} (>= 0) or prefetch={self.prefetch} (>= 1)")
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(Checked):
     """The frozen image model. ``name`` is a timm model (DINOv2 by default) or "synthetic", a small ViT
     made by ``lima-zoo make-teacher`` on a different synthetic world. ``weights``: a local file or
     folder; empty = timm's pretrained weights from the Hugging Face cache (or Hub when online)."""
 
     name: str = "vit_base_patch14_dinov2"
     weights: str = ""
-    image_size: tuple[int, int] = (224, 448)  # H, W the images are resized to
+    image_size: Annotated[tuple[int, int], Range(8, 8192)] = (224, 448)  # H, W the images are resized to
 
 
 @dataclass(frozen=True)
-class LimaConfig:
+class LimaConfig(Checked):
     """LiMA's choices (the README's method section); the benchmark rows are settings of these."""
 
-    frames: int = 6  # 1 = single-frame distillation
+    frames: Annotated[int, Range(1, 100)] = 6  # 1 = single-frame distillation
     memory_bank: bool = True  # False: re-run the teacher on every past frame (what the bank saves)
     # cell: 3-D cells of past LiDAR points | reproject: current points into past cameras' 2-D maps
     align: str = "reproject"
-    cell: float = 0.3  # m, voxel-hash cell matching current points to remembered ones (align=cell)
+    cell: Annotated[float, Range(0, 100, low_open=True)] = (
+        0.3  # m, voxel-hash cell matching current points to remembered ones (align=cell)
+    )
     check: str = (
         "agreement"  # align=reproject: none | occlusion | agreement (occlusion + free-space moving-object guard)
     )
-    depth_cells: int = 32  # z-buffer cells across an image's width (align=reproject; benchmarks/memory_probe.py)
-    depth_tolerance: tuple[float, float] = (0.5, 0.1)  # m + fraction of depth a sample may differ from the past LiDAR
+    depth_cells: Annotated[int, Range(1, 4096)] = (
+        32  # z-buffer cells across an image's width (align=reproject; benchmarks/memory_probe.py)
+    )
+    depth_tolerance: Annotated[tuple[float, float], Range(0, 1000)] = (
+        0.5,
+        0.1,
+    )  # m + fraction of depth a sample may differ from the past LiDAR
     pool: str = "mean"  # mean | max over the frames that matched
-    recency: float = 1.0  # align=reproject, mean pooling: a frame k steps back weighs recency**(k-1)
-    view_range: float = 0.0  # m; align=reproject, > 0: a remembered view seen at depth d weighs exp(-d / view_range)
-    alpha: float = 0.5  # temporal fusion weight of the current unified feature
+    recency: Annotated[float, Range(0, 1, low_open=True)] = (
+        1.0  # align=reproject, mean pooling: a frame k steps back weighs recency**(k-1)
+    )
+    view_range: Annotated[float, Range(0, 1e4)] = (
+        0.0  # m; align=reproject, > 0: a remembered view seen at depth d weighs exp(-d / view_range)
+    )
+    alpha: Annotated[float, Range(0, 1)] = 0.5  # temporal fusion weight of the current unified feature
     cva: str = "mean"  # mean | center (weights by closeness to the image centre)
-    cameras_per_frame: int = 0  # > 0: distil only this many randomly drawn cameras per scan (ScaLR: 1); 0 = all
+    cameras_per_frame: Annotated[int, Range(0, 64)] = (
+        0  # > 0: distil only this many randomly drawn cameras per scan (ScaLR: 1); 0 = all
+    )
     loss_average: str = "joint"  # joint: one mean over every target | separate: L_cur + memory_weight * L_mem
-    memory_weight: float = 1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem)
+    memory_weight: Annotated[float, Range(0, 1000)] = (
+        1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem)
+    )
     mixing: str = "lasermix"  # lasermix | polarmix | none
-    scans_per_stream: int = (
+    scans_per_stream: Annotated[int, Range(1, 2)] = (
         2  # student scans per stream and step: 2 = current + mixed (no mixing: a second augmentation)
     )
-    mix_weight: float = 1.0
-    consistency_weight: float = 0.0  # > 0 (needs mixing, 2 scans): pull a mixed point's feature to its unmixed one
+    mix_weight: Annotated[float, Range(0, 1000)] = 1.0
+    consistency_weight: Annotated[float, Range(0, 1000)] = (
+        0.0  # > 0 (needs mixing, 2 scans): pull a mixed point's feature to its unmixed one
+    )
     bank_dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        checks = {
-            "frames": self.frames >= 1,
-            "cell": self.cell > 0,
-            "alpha": 0.0 <= self.alpha <= 1.0,
+        checks = {  # the numeric fields are checked by their Range
             "align": self.align in ("cell", "reproject"),
             "check": self.check in ("none", "occlusion", "agreement"),
-            "depth_cells": self.depth_cells >= 1,
-            "depth_tolerance": len(self.depth_tolerance) == 2 and min(self.depth_tolerance) >= 0,
             "pool": self.pool in ("mean", "max"),
-            "recency": 0 < self.recency <= 1,
-            "view_range": self.view_range >= 0,
             "cva": self.cva in ("mean", "center"),
-            "cameras_per_frame": self.cameras_per_frame >= 0,
             "loss_average": self.loss_average in ("joint", "separate"),
-            "memory_weight": self.memory_weight >= 0,
             "mixing": self.mixing in ("lasermix", "polarmix", "none"),
-            "scans_per_stream": self.scans_per_stream in (1, 2),
-            "consistency_weight": self.consistency_weight >= 0,
             "bank_dtype": self.bank_dtype in ("float16", "float32"),
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -125,43 +133,45 @@ class LimaConfig:
             raise ValueError(
                 "lima.consistency_weight > 0 compares mixed and unmixed scenes: it needs mixing and scans_per_stream=2"
             )
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Applied to the student's input only, after pairing."""
 
     flip: bool = True
     rotate: bool = True
-    scale: tuple[float, float] = (0.95, 1.05)
+    scale: Annotated[tuple[float, float], Range(0, 10, low_open=True)] = (0.95, 1.05)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 0.01
-    weight_decay: float = 0.01
-    warmup: float = 0.2  # OneCycle warm-up fraction
-    epochs: int = 100
-    max_steps: int = 0  # > 0 caps the run at this many optimizer steps
-    streams: int = 4  # sequences walked in parallel per data-parallel rank
-    grad_accum: int = 1
-    grad_clip: float = 0.0  # 0 = off
+class OptimConfig(Checked):
+    lr: Annotated[float, Range(0, 10, low_open=True)] = 0.01
+    weight_decay: Annotated[float, Range(0, 10)] = 0.01
+    warmup: Annotated[float, Range(0, 1)] = 0.2  # OneCycle warm-up fraction
+    epochs: Annotated[int, Range(1, 1_000_000)] = 100
+    max_steps: Annotated[int, Range(0, 10**9)] = 0  # > 0 caps the run at this many optimizer steps
+    streams: Annotated[int, Range(1, 1024)] = 4  # sequences walked in parallel per data-parallel rank
+    grad_accum: Annotated[int, Range(1, 1024)] = 1
+    grad_clip: Annotated[float, Range(0, 1e6)] = 0.0  # 0 = off
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    seed: int = 0
+class RunConfig(Checked):
+    seed: Annotated[int, SEED] = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, on CUDA only
-    checkpoint_every: int = 500
-    log_every: int = 10
-    threads: int = 0  # torch threads per process; 0 = leave torch's default
+    checkpoint_every: Annotated[int, Range(1, 10**9)] = 500
+    log_every: Annotated[int, Range(1, 10**9)] = 10
+    threads: Annotated[int, Range(0, 1024)] = 0  # torch threads per process; 0 = leave torch's default
     # which library runs the sparse convs: torch (our engine: the fused kernel on CPU, gather-mm-scatter
     # on CUDA; deterministic) | spconv (its CUDA wheels' implicit GEMM on GPU; one thread on CPU) | torchsparse
     sparse_backend: str = "torch"
 
     def __post_init__(self) -> None:
         check_backend(self.sparse_backend)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -179,28 +189,30 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DownstreamConfig:
+class DownstreamConfig(Checked):
     """Linear probing (frozen backbone in eval mode, BatchNorm + zero-initialised Linear(96 -> C)) or
     fine-tuning (whole network, head lr x ``head_lr_mult``) with CE + ``lovasz_weight`` x Lovasz-softmax."""
 
     protocol: str = "linear"  # linear | finetune
-    percent: float = 100.0  # of the training split, by the dataset's subset rule
-    epochs: int = 10
-    max_steps: int = 0
-    batch: int = 2  # scans per step
-    lr: float = 0.001
-    head_lr_mult: float = 10.0
-    weight_decay: float = 0.01
-    warmup: float = 0.2
-    lovasz_weight: float = 2.0
-    bn_momentum: float = 0.02
+    percent: Annotated[float, Range(0, 100, low_open=True)] = (
+        100.0  # of the training split, by the dataset's subset rule
+    )
+    epochs: Annotated[int, Range(1, 1_000_000)] = 10
+    max_steps: Annotated[int, Range(0, 10**9)] = 0
+    batch: Annotated[int, Range(1, 1024)] = 2  # scans per step
+    lr: Annotated[float, Range(0, 10, low_open=True)] = 0.001
+    head_lr_mult: Annotated[float, Range(0, 10_000, low_open=True)] = 10.0
+    weight_decay: Annotated[float, Range(0, 10)] = 0.01
+    warmup: Annotated[float, Range(0, 1)] = 0.2
+    lovasz_weight: Annotated[float, Range(0, 100)] = 2.0
+    bn_momentum: Annotated[float, Range(0, 1)] = 0.02
     augment: bool = True  # flips / rotation / scale of training scans (a linear probe without it caches features)
     eval_split: str = "val"
     random_backbone: str = "minkunet34"  # the architecture of --model random
-    seed: int = 0
+    seed: Annotated[int, SEED] = 0
     device: str = "auto"
-    checkpoint_every: int = 200
-    cache_mb: int = 2048  # largest feature cache a linear probe may keep in memory
+    checkpoint_every: Annotated[int, Range(1, 10**9)] = 200
+    cache_mb: Annotated[int, Range(0, 10**7)] = 2048  # largest feature cache a linear probe may keep in memory
     camera_split: bool = False  # also report mIoU on points inside / outside the current cameras
     cameras: tuple[str, ...] = ()  # the cameras of that split (empty = every camera)
     sparse_backend: str = "torch"  # as RunConfig.sparse_backend
@@ -209,8 +221,7 @@ class DownstreamConfig:
         check_backend(self.sparse_backend)
         if self.protocol not in ("linear", "finetune"):
             raise ValueError(f"protocol must be 'linear' or 'finetune', got {self.protocol!r}")
-        if self.batch < 1 or self.lr <= 0:
-            raise ValueError("batch must be >= 1 and lr > 0")
+        super().__post_init__()
 
 
 def list_recipes() -> list[str]:
@@ -232,7 +243,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(sub, dict):
                 raise ValueError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = sub
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:  # a tag (!!python/...) or broken syntax: never executed, reported
+            why = str(exc).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value is not plain YAML ({why})") from None
     return out
 
 

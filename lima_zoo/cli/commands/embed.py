@@ -128,7 +128,15 @@ def embed_cmd(
 ):
     """Write per-point features of each scan in PATHS (files, globs, directories) into --out."""
     from ...loading import load_encoder
-    from ...pipeline import EmbedOptions, collect_inputs, inputs_from_list, run_embed, shard_of, take_shard
+    from ...pipeline import (
+        EmbedOptions,
+        collect_inputs,
+        inputs_from_list,
+        plan_outputs,
+        run_embed,
+        shard_of,
+        take_shard,
+    )
 
     if not paths and inputs_from is None:
         raise click.UsageError("give scans to embed: PATHS (files, globs, directories) and/or --inputs-from LIST")
@@ -155,6 +163,20 @@ def embed_cmd(
     inputs = take_shard(inputs, index, count)
     if count > 1:
         click.echo(f"shard {index}/{count}: {len(inputs)} of {total} scans")
+    options = EmbedOptions(
+        fmt=fmt,
+        batch_size=batch_size,
+        load_dim=load_dim,
+        use_dim=use_dim,
+        skip_existing=skip_existing,
+        ply_features=ply_features,
+        keep_rows=keep_rows,
+        prefetch=prefetch,
+        shard=(index, count),
+        float16=float16,
+        scans_per_part=scans_per_part,
+    )
+    plan_outputs(inputs, out_dir, options)  # two inputs with one output name: refused before any work
     check_writable(out_dir, "--out")  # before the model loads and any scan is embedded
     # With Ray the actors run the model; this copy (on the CPU) checks --model and names the outputs.
     encoder = load_encoder(
@@ -171,19 +193,6 @@ def embed_cmd(
         runner = RayEngine(
             model, device, backend, local_files_only, runtime, load_dim, use_dim, workers=workers, address=ray_address
         )
-    options = EmbedOptions(
-        fmt=fmt,
-        batch_size=batch_size,
-        load_dim=load_dim,
-        use_dim=use_dim,
-        skip_existing=skip_existing,
-        ply_features=ply_features,
-        keep_rows=keep_rows,
-        prefetch=prefetch,
-        shard=(index, count),
-        float16=float16,
-        scans_per_part=scans_per_part,
-    )
     report = run_embed(inputs, encoder, out_dir, options, engine=runner)
     _summary(report, out_dir, keep_rows, ignored)
     if report.failed:

@@ -2,12 +2,15 @@
 
 A MinkUNet-34 encoder (random weights with non-trivial BN statistics: no LiMA weights are published)
 is exported with `export_onnx`; then for --scans ray-cast 32-beam street scans (~34k points,
-~19k cylindrical voxels each), interleaved, median of --repeats:
+~19k cylindrical voxels each) and one real-size 128-beam scan (~136k points), interleaved, median
+of --repeats:
 
-* forward: the PyTorch engine's backbone vs onnxruntime's session run, both on prebuilt kernel maps
-  (the same maps: the graph takes them as inputs) — the ratio the issue's target is about;
-* end to end ``embed(points)`` for both runtimes (voxelize + maps + forward + per-point gather);
-* the pre-processing the ONNX runtime needs (``graph_inputs``: voxel maps as numpy arrays);
+* the inputs: the torch-free runtime's numpy voxelization + kernel maps + graph layout
+  (``lima_zoo.runtime``) vs the PyTorch engine's own voxelization + map building;
+* forward: the PyTorch engine's backbone (fused kernel) vs onnxruntime's session run, both on
+  prebuilt kernel maps (the same maps: the graph takes them as inputs);
+* the runtime's total (numpy inputs + onnxruntime forward) vs the PyTorch path's whole ``embed``,
+  and end to end ``embed(points)`` for both runtimes (+ the per-point gather);
 * achieved GFLOP/s of each next to this machine's dense GEMM rate on the network's pair work, for
   torch.mm and for onnxruntime's MatMul: the two GEMM libraries differ by CPU (MKL vs MLAS), and
   that alone moves the ratio;
@@ -147,8 +150,9 @@ def main() -> None:
         )
         runner = OnnxEncoder(model, enc.config, threads=args.threads)
         rows, flops_total, fwd = [], 0.0, {"torch": [], "onnx": []}
-        for i in range(args.scans):
-            scan = street_scan(seed=200 + i)[:, :4]
+        scans = [street_scan(seed=200 + i)[:, :4] for i in range(args.scans)]
+        scans.append(street_scan(seed=0, beams=128)[:, :4])
+        for scan in scans:
             vox = enc.backbone_input([scan])
             shapes = layer_shapes(enc.backbone, vox)
             flops = 2 * sum(sum(p) * ci * co for p, ci, co in shapes)
@@ -162,12 +166,21 @@ def main() -> None:
                     enc.backbone(x)
                 return time.perf_counter() - start
 
-            feeds = graph_inputs(vox.feats, vox.coords)
+            def numpy_inputs():
+                cells = runner.voxelize([runner.prepare(scan)])
+                return graph_inputs(cells.feats, cells.coords)
+
+            def torch_maps():
+                v = enc.backbone_input([scan])
+                SparseTensor(v.feats, v.coords).cache.build_unet_maps(levels=5)
+
+            feeds = numpy_inputs()
             t = collections.defaultdict(list)
             for _ in range(args.repeats):  # interleaved so both see the same machine state
                 t["torch forward"].append(torch_forward())
                 t["onnx forward"].append(timed(lambda: runner.run(feeds))[0])
-                t["onnx inputs"].append(timed(lambda: graph_inputs(vox.feats, vox.coords))[0])
+                t["onnx inputs"].append(timed(numpy_inputs)[0])
+                t["torch maps"].append(timed(torch_maps)[0])
                 t["torch embed"].append(timed(lambda: enc.embed(scan))[0])
                 t["onnx embed"].append(timed(lambda: runner.embed(scan))[0])
             med = {k: statistics.median(v) for k, v in t.items()}
@@ -181,18 +194,21 @@ def main() -> None:
         print(f"\n{machine_summary()}; onnxruntime {ort.__version__}")
         print(f"threads {args.threads}, repeats {args.repeats} (median); forward = backbone on prebuilt maps\n")
         print(
-            "| points | voxels | forward torch / onnx | ratio onnx/torch | embed torch / onnx | ratio | onnx inputs "
-            "| max abs diff |"
+            "| points | voxels | inputs numpy / torch engine | forward onnx / torch | onnx total (inputs + forward) "
+            "| torch embed | total vs torch embed | embed onnx / torch | max abs diff |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n, m, med, diff, _ in rows:
+            total = med["onnx inputs"] + med["onnx forward"]
             print(
-                f"| {n:,} | {m:,} | {med['torch forward'] * 1e3:.0f} / {med['onnx forward'] * 1e3:.0f} ms "
-                f"| {med['onnx forward'] / med['torch forward']:.2f}x | {med['torch embed'] * 1e3:.0f} / "
-                f"{med['onnx embed'] * 1e3:.0f} ms "
-                f"| {med['onnx embed'] / med['torch embed']:.2f}x | {med['onnx inputs'] * 1e3:.0f} ms | {diff:.1e} |"
+                f"| {n:,} | {m:,} | {med['onnx inputs'] * 1e3:.0f} / {med['torch maps'] * 1e3:.0f} ms "
+                f"({med['onnx inputs'] / med['torch maps']:.2f}x) | {med['onnx forward'] * 1e3:.0f} / "
+                f"{med['torch forward'] * 1e3:.0f} ms ({med['onnx forward'] / med['torch forward']:.2f}x) "
+                f"| {total * 1e3:.0f} ms | {med['torch embed'] * 1e3:.0f} ms | {total / med['torch embed']:.2f}x "
+                f"| {med['onnx embed'] * 1e3:.0f} / {med['torch embed'] * 1e3:.0f} ms "
+                f"({med['onnx embed'] / med['torch embed']:.2f}x) | {diff:.1e} |"
             )
-        per_scan = flops_total / args.scans
+        per_scan = flops_total / len(scans)
         rate = {k: per_scan / statistics.mean(v) / 1e9 for k, v in fwd.items()}
         dense_rate, dense_ort_rate = rows[-1][4] / dense / 1e9, rows[-1][4] / dense_ort / 1e9
         print(

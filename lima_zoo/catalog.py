@@ -58,7 +58,7 @@ def describe(model: str) -> str:
         ]
         return "\n".join(lines)
     if Path(model).is_dir():
-        from .weights import read_config
+        from .config import read_config
 
         config = read_config(Path(model) / "config.json")
         return (

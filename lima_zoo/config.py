@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Checked",
     "check_ranges",
     "numeric_fields",
+    "read_config",
 ]
 
 FORMAT_VERSION = 1
@@ -304,3 +308,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def _name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def read_config(path: str | os.PathLike) -> EncoderConfig:
+    """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable config ({exc})") from None
+    return config_from_dict(EncoderConfig, data, where=str(path))

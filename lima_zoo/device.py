@@ -1,15 +1,17 @@
 """Which device a process runs on: ``auto``, CPU, or the GPU of its torchrun local rank.
 
 Environment integers (LOCAL_RANK, WORLD_SIZE, Slurm's array variables) are read through
-:func:`env_int`, which names the variable when its value is not a non-negative integer.
+:func:`env_int`, which names the variable when its value is not a non-negative integer. torch is
+imported only to resolve a device, so the torch-free runtime can shard its inputs with env_int.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["env_int", "resolve_device"]
 
@@ -43,6 +45,8 @@ def resolve_device(
         cuda_devices: the visible GPU count (default: torch's).
         option: the setting's name in error messages.
     """
+    import torch
+
     env = os.environ if env is None else env
     cuda_devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
     text = str(device)

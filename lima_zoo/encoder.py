@@ -18,13 +18,15 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .config import EncoderConfig
+from .config import EncoderConfig, read_config
 from .device import resolve_device
-from .features import FeatureExtractor
+from .features import FeatureExtractor, check_points
 from .models import DistillationHead, build_backbone
+from .range_view import range_project
+from .runtime.cells import count_voxels
 from .sparse import SparseTensor, set_backend
-from .voxelize import Voxels
-from .weights import load_safetensors, load_state_strict, read_config
+from .voxelize import Voxels, voxelize
+from .weights import load_safetensors, load_state_strict
 
 __all__ = ["LiMAEncoder"]
 
@@ -134,11 +136,51 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ----------------------------------------------------------- FeatureExtractor's hooks (torch)
+
+    def prepare(self, points, intensity_range: float | None = None) -> torch.Tensor:
+        """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
+        reads, checked, intensity rescaled from ``intensity_range`` (e.g. 1.0 for KITTI) to the model's."""
+        pts = torch.as_tensor(points).to(self.device, torch.float32)
+        if pts.dim() == 2 and pts.shape[1] >= 3:
+            pts = pts[:, : min(self.config.in_channels, pts.shape[1])]
+        check_points(pts, torch)
+        if (
+            pts.shape[1] >= 4
+            and intensity_range is not None
+            and intensity_range != self.config.preprocess.intensity_scale
+        ):
+            pts = pts.clone()
+            pts[:, 3] *= self.config.preprocess.intensity_scale / intensity_range
+        return pts
+
+    def voxelize(self, scans) -> Voxels:
+        """Prepared scans -> one batch of the backbone's cells: range-image pixels where the config
+        has a range image (FRNet), else voxels (with every point kept where the backbone reads points)."""
+        if self.config.preprocess.range_image is not None:
+            return range_project(list(scans), self.config.preprocess)
+        return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
+
+    def backbone_input(self, scans, intensity_range: float | None = None) -> Voxels:
+        """Raw (N_i, >=3) scans -> the backbone's input batch on the encoder's device (``prepare``
+        each, then voxelize)."""
+        return self.voxelize([self.prepare(s, intensity_range) for s in scans])
+
+    def count_voxels(self, scans) -> int:
+        return count_voxels([s.detach().cpu().numpy() for s in scans], self.config.preprocess)
+
     def feature_rows(self, batch: Voxels, space: str) -> torch.Tensor:
         was_training = self.training
         self.eval()
         try:
-            feats = self.backbone_rows(batch)
-            return self.head(feats) if space == "teacher" else feats
+            with torch.inference_mode():
+                feats = self.backbone_rows(batch)
+                return self.head(feats) if space == "teacher" else feats
         finally:
             self.train(was_training)
+
+    def split(self, rows: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        return [t.float() for t in torch.split(rows, sizes)]
+
+    def output(self, array: torch.Tensor, as_numpy: bool):
+        return array.cpu().numpy() if as_numpy else array

@@ -16,6 +16,7 @@ are not model folders.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,11 @@ def load_encoder(
         from .runtime import OnnxEncoder
 
         return OnnxEncoder.from_pretrained(text, device=device, **hub)
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError(
+            "the torch runtime needs PyTorch: pip install 'lima-zoo[torch]'; an exported model runs without it "
+            "(runtime='onnx', lima-zoo embed --runtime onnx)"
+        )
     from .encoder import LiMAEncoder
 
     if text.startswith(RANDOM_PREFIX):

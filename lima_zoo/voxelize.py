@@ -15,7 +15,7 @@ import torch
 from .config import PreprocessConfig
 from .sparse.kmap import CoordinateKeys, unique_first
 
-__all__ = ["Voxels", "voxelize", "count_voxels", "grid_indices", "grid_positions", "input_columns"]
+__all__ = ["Voxels", "voxelize", "grid_indices", "grid_positions", "input_columns"]
 
 
 @dataclass
@@ -58,10 +58,6 @@ def grid_positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> tuple[torch.Tens
     return pos, cells
 
 
-def _cells(pts: torch.Tensor, start: int, chunk: int, cfg: PreprocessConfig) -> torch.Tensor:
-    return torch.floor(_positions(pts[start : start + chunk, :3], cfg)).to(torch.int64)
-
-
 def _positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """(N, 3) float xyz -> (N, 3) float64 positions in voxel units, unshifted."""
     p = xyz.to(torch.float64)
@@ -71,29 +67,6 @@ def _positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
         phi = torch.atan2(p[:, 1], p[:, 0]) * (180.0 / math.pi)  # degrees in [-180, 180]
         p = torch.stack([rho, phi, p[:, 2]], dim=1)
     return p / size
-
-
-def count_voxels(scans: list[torch.Tensor], cfg: PreprocessConfig, chunk: int = 1 << 20) -> int:
-    """The number of voxels :func:`voxelize` would make of ``scans``, counted ``chunk`` points at a
-    time: memory grows with the voxels, not the points (the check before voxelizing a huge map)."""
-    total = 0
-    for pts in scans:
-        starts = range(0, len(pts), chunk)
-        if not len(pts):
-            continue
-        # two passes over the chunks (the scan's lowest cell, then the keys), recomputing the cells
-        # so that only one chunk's live at a time
-        bounds = [(x.min(dim=0).values, x.max(dim=0).values) for x in (_cells(pts, s, chunk, cfg) for s in starts)]
-        low = torch.stack([b[0] for b in bounds]).min(dim=0).values
-        extent = torch.stack([b[1] for b in bounds]).max(dim=0).values - low + 1
-        if float(extent.prod(dtype=torch.float64)) >= 2**62:
-            raise ValueError(f"coordinate range too large to pack into int64 keys (extent {extent.tolist()} voxels)")
-        seen = torch.empty(0, dtype=torch.int64, device=pts.device)
-        for start in starts:
-            c = _cells(pts, start, chunk, cfg) - low
-            seen = torch.unique(torch.cat([seen, torch.unique((c[:, 0] * extent[1] + c[:, 1]) * extent[2] + c[:, 2])]))
-        total += len(seen)
-    return total
 
 
 def input_columns(pts: torch.Tensor, cfg: PreprocessConfig, b: int) -> torch.Tensor:

@@ -3,11 +3,11 @@ arbitrary unpickling), strict state-dict loading that lists every mismatch, and 
 
 Every loader in the package (encoders, checkpoints, converted lineage weights, the image teacher)
 reads through these functions, so each failure names the file and says what is wrong with it.
+(config.json is read by :func:`lima_zoo.config.read_config`, which needs no torch.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import EncoderConfig, config_from_dict
-
-__all__ = ["load_safetensors", "load_weights_only", "load_state_strict", "read_state_dict", "read_config"]
+__all__ = ["load_safetensors", "load_weights_only", "load_state_strict", "read_state_dict"]
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -96,12 +94,3 @@ def load_state_strict(
                 )
         raise ValueError("\n".join(parts))
     module.load_state_dict(state, strict=True)
-
-
-def read_config(path: str | os.PathLike) -> EncoderConfig:
-    """config.json -> EncoderConfig; unknown keys or a newer format version raise naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable config ({exc})") from None
-    return config_from_dict(EncoderConfig, data, where=str(path))

@@ -145,13 +145,14 @@ def test_onnx_export_of_spvcnn_matches_pytorch(tmp_path, small_street_points):
 def test_onnx_inputs_refuse_a_voxel_beyond_the_widest_sum():
     """More points in one voxel than the graph's widest cell bucket: a clear error, not a wrong sum."""
     pytest.importorskip("onnx")
+    from lima_zoo.runtime import cells
     from lima_zoo.runtime.point_voxel_inputs import CELL_WIDTHS, point_voxel_inputs
 
     pile = torch.full((CELL_WIDTHS[-1] + 1, 4), 1.0)
     with pytest.raises(
         ValueError, match=f"a voxel holds {CELL_WIDTHS[-1] + 1} points; the ONNX graph sums at most {CELL_WIDTHS[-1]}"
     ):
-        point_voxel_inputs(voxelize([pile], SMALL.preprocess, keep_points=True))
+        point_voxel_inputs(cells.voxelize([pile.numpy()], SMALL.preprocess, keep_points=True))
 
 
 def test_converted_spvnas_checkpoint_reports_the_classifier(tmp_path):

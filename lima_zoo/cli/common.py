@@ -33,6 +33,13 @@ def library_errors(command: F) -> F:
             raise
         except KeyboardInterrupt:
             sys.exit(130)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == "torch":
+                raise click.ClickException(
+                    "this command needs PyTorch: pip install 'lima-zoo[torch]' (exported models run without it: "
+                    "lima-zoo embed --runtime onnx)"
+                ) from None
+            raise click.ClickException(str(exc)) from None
         except LIBRARY_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import POINT_VOXEL_BACKBONES
+from ..config import POINT_VOXEL_BACKBONES, read_config
 from ..models import parameter_count
-from ..weights import read_config
 
 __all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
 

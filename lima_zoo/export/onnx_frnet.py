@@ -44,12 +44,12 @@ def build_frnet_onnx(encoder) -> "onnx.ModelProto":
     import onnx
     from onnx import TensorProto, helper
 
-    from ..range_view import range_project
+    from ..runtime.cells import range_project
     from ..synth.scan import street_scan
 
     # Any scan will do for tracing: every size is symbolic (points, pixels) and the graph has no branch on the data.
-    vox = range_project([encoder.prepare(street_scan(seed=0)[:2000])], encoder.config.preprocess)
-    example = tuple(range_feeds(vox)[0][k] for k in RANGE_INPUT_NAMES[:3])
+    scan = street_scan(seed=0)[:2000, : encoder.config.in_channels]
+    example = tuple(range_feeds(range_project([scan], encoder.config.preprocess))[0][k] for k in RANGE_INPUT_NAMES[:3])
     buf = io.BytesIO()
     with (
         warnings.catch_warnings()

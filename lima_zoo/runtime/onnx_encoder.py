@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..config import POINT_VOXEL_BACKBONES
-from ..features import FeatureExtractor
-from ..voxelize import Voxels
-from ..weights import read_config
+from ..config import POINT_VOXEL_BACKBONES, read_config
+from ..cpu import usable_cpus
+from ..features import FeatureExtractor, check_points
+from .cells import Cells, count_voxels, range_project, voxelize
 from .point_voxel_inputs import POINT_VOXEL_INPUT_NAMES, point_voxel_inputs
 from .range_inputs import RANGE_INPUT_NAMES, range_feeds
 from .voxel_inputs import graph_inputs, input_names
@@ -31,9 +30,7 @@ __all__ = ["OnnxEncoder"]
 class OnnxEncoder(FeatureExtractor):
     """A model.onnx + its config.json, run with onnxruntime; ``embed`` as in LiMAEncoder."""
 
-    def __init__(
-        self, onnx_path: str | os.PathLike, config, device: str | torch.device | None = None, threads: int | None = None
-    ):
+    def __init__(self, onnx_path: str | os.PathLike, config, device: str | None = None, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -50,7 +47,7 @@ class OnnxEncoder(FeatureExtractor):
             "CPUExecutionProvider"
         ]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or _default_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT warns about unused initializers etc. at level 2
         # Worker threads keep onnxruntime's default spinning between its ~5k small ops (turning it
@@ -66,9 +63,9 @@ class OnnxEncoder(FeatureExtractor):
         if config.preprocess.range_image is not None:
             expected, self._feeds = RANGE_INPUT_NAMES, range_feeds
         elif config.backbone in POINT_VOXEL_BACKBONES:
-            expected, self._feeds = POINT_VOXEL_INPUT_NAMES, lambda vox: [point_voxel_inputs(vox)]
+            expected, self._feeds = POINT_VOXEL_INPUT_NAMES, lambda cells: [point_voxel_inputs(cells)]
         else:
-            expected, self._feeds = input_names(), lambda vox: [graph_inputs(vox.feats, vox.coords)]
+            expected, self._feeds = input_names(), lambda cells: [graph_inputs(cells.feats, cells.coords)]
         self.point_output = expected != input_names()  # only the voxel graph's rows are voxels
         got = [i.name for i in self.session.get_inputs()]
         if got != expected:
@@ -78,7 +75,7 @@ class OnnxEncoder(FeatureExtractor):
             )
 
     @classmethod
-    def from_files(cls, files: dict[str, Path], device: str | torch.device | None = None) -> "OnnxEncoder":
+    def from_files(cls, files: dict[str, Path], device: str | None = None) -> "OnnxEncoder":
         return cls(files["model.onnx"], read_config(files["config.json"]), device=device)
 
     @classmethod
@@ -88,7 +85,7 @@ class OnnxEncoder(FeatureExtractor):
         revision: str | None = None,
         cache_dir: str | None = None,
         local_files_only: bool = False,
-        device: str | torch.device | None = None,
+        device: str | None = None,
         token: str | bool | None = None,
         force_download: bool = False,
     ) -> "OnnxEncoder":
@@ -111,18 +108,55 @@ class OnnxEncoder(FeatureExtractor):
         return runner
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # pre-processing runs on the CPU; onnxruntime moves data itself
+    def device(self) -> str:
+        return "cpu"  # pre-processing runs on the CPU; onnxruntime moves data itself
 
     def run(self, feeds: dict[str, np.ndarray], space: str = "backbone") -> np.ndarray:
         """One session run: graph inputs -> (M, D) features of ``space``."""
         return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
 
-    def feature_rows(self, vox: Voxels, space: str) -> torch.Tensor:
-        rows = [self.run(feeds, space) for feeds in self._feeds(vox)]
-        return torch.from_numpy(rows[0] if len(rows) == 1 else np.concatenate(rows))
+    # ----------------------------------------------------------- FeatureExtractor's hooks (numpy)
+
+    def prepare(self, points, intensity_range: float | None = None) -> np.ndarray:
+        """(N, >=3) points -> float32 numpy with the columns the model reads, checked, intensity
+        rescaled from ``intensity_range`` to the model's."""
+        pts = np.asarray(points.numpy() if hasattr(points, "numpy") else points, dtype=np.float32)
+        if pts.ndim == 2 and pts.shape[1] >= 3:
+            pts = pts[:, : min(self.config.in_channels, pts.shape[1])]
+        check_points(pts, np)
+        if (
+            pts.shape[1] >= 4
+            and intensity_range is not None
+            and intensity_range != self.config.preprocess.intensity_scale
+        ):
+            pts = pts.copy()
+            pts[:, 3] *= np.float32(self.config.preprocess.intensity_scale / intensity_range)
+        return pts
+
+    def voxelize(self, scans) -> Cells:
+        if self.config.preprocess.range_image is not None:
+            return range_project(list(scans), self.config.preprocess)
+        return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
+
+    def count_voxels(self, scans) -> int:
+        return count_voxels(list(scans), self.config.preprocess)
+
+    def feature_rows(self, cells: Cells, space: str) -> np.ndarray:
+        rows = [self.run(feeds, space) for feeds in self._feeds(cells)]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def split(self, rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+        return [a.astype(np.float32, copy=False) for a in np.split(rows, np.cumsum(sizes)[:-1])]
 
     def __repr__(self) -> str:
         return (
             f"OnnxEncoder({self.path}, providers={self.providers}, config={json.dumps(self.config.to_dict())[:80]}...)"
         )
+
+
+def _default_threads() -> int:
+    """onnxruntime's intra-op threads: OMP_NUM_THREADS when set (as torch reads it), else the CPUs
+    this process may use (its affinity mask, capped by a cgroup quota)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return usable_cpus()

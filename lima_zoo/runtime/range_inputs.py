@@ -14,33 +14,30 @@ Output ``features``: (N, 96) backbone features (or the L2-normalised head output
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..voxelize import Voxels
+from .cells import Cells
 
 __all__ = ["RANGE_INPUT_NAMES", "range_feeds"]
 
 RANGE_INPUT_NAMES = ["point_feats", "inverse", "pixels", "teacher_space"]
 
 
-def range_feeds(vox: Voxels) -> list[dict[str, np.ndarray]]:
+def range_feeds(cells: Cells) -> list[dict[str, np.ndarray]]:
     """A range_project batch -> one feed dict per scan (``pixels`` with batch index 0), in batch order.
 
     The points of scan b are contiguous (range_project concatenates the scans), as are its pixels
     (sorted by batch first).
     """
-    coords = vox.coords.to(torch.int64).cpu()
-    inverse = vox.inverse.to(torch.int64).cpu()
-    feats = vox.point_feats.float().cpu()
+    coords = cells.coords.astype(np.int64)
+    inverse = cells.inverse.astype(np.int64)
+    feats = np.ascontiguousarray(cells.point_feats, dtype=np.float32)
     scans = int(coords[-1, 0]) + 1
-    pixel_ends = torch.bincount(coords[:, 0], minlength=scans).cumsum(0).tolist()
-    point_ends = torch.bincount(coords[inverse, 0], minlength=scans).cumsum(0).tolist()
+    pixel_ends = np.cumsum(np.bincount(coords[:, 0], minlength=scans)).tolist()
+    point_ends = np.cumsum(np.bincount(coords[inverse, 0], minlength=scans)).tolist()
     feeds, p0, q0 = [], 0, 0
     for p1, q1 in zip(pixel_ends, point_ends):
-        pixels = coords[p0:p1].clone()
+        pixels = coords[p0:p1].copy()
         pixels[:, 0] = 0
-        feeds.append(
-            {"point_feats": feats[q0:q1].numpy(), "inverse": (inverse[q0:q1] - p0).numpy(), "pixels": pixels.numpy()}
-        )
+        feeds.append({"point_feats": feats[q0:q1], "inverse": inverse[q0:q1] - p0, "pixels": pixels})
         p0, q0 = p1, q1
     return feeds

@@ -1,9 +1,10 @@
 """The voxel graph's inputs (MinkUNet, and the voxel half of SPVCNN): one voxel batch -> numpy arrays.
 
 Kernel maps are graph *inputs*, not built inside the graph: onnxruntime has no fast way to hash
-coordinates, while building them here is cheap. The maps are the sparse engine's own pairs
-(``CoordinateCache.build_unet_maps``), so both runtimes consume the very same pairs; this module
-only re-expresses them in the layout the scatter-free graph needs.
+coordinates, while building them here is cheap. The maps are the sparse engine's pairs, rebuilt in
+numpy (``kernel_maps.py``, equal to ``CoordinateCache.build_unet_maps`` pair for pair), so both
+runtimes consume the very same pairs; this module re-expresses them in the layout the scatter-free
+graph needs. Nothing here imports torch.
 
 Inputs (N_l = voxels at level l = stride 2**l, l = 0..4; P = pairs), in the order of
 :func:`input_names`:
@@ -36,10 +37,8 @@ Layout rules:
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..sparse import SparseTensor
-from ..sparse.tensor import CoordinateCache
+from .kernel_maps import level_coordinates, unet_maps
 
 __all__ = [
     "graph_inputs",
@@ -121,35 +120,36 @@ def sum_tables(out_idx: np.ndarray, n_out: int, widths: tuple[int, ...]) -> tupl
     return tables, order
 
 
-def map_inputs(cache: CoordinateCache) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+def map_inputs(coords: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The kernel-map inputs of the five levels (every name of ``input_names()`` but feats and
-    teacher_space), built on ``cache``; and per level the rank of every original row in the graph's
-    row order ((N_l,) int64: original row r is graph row ranks[l][r])."""
-    maps = cache.build_unet_maps(NUM_LEVELS)
+    teacher_space) for voxels ``coords`` (M, 4) [batch, i, j, k]; per level the rank of every original
+    row in the graph's row order ((N_l,) int64: original row r is graph row ranks[l][r]); and each
+    level's coordinates in level units."""
+    maps = unet_maps(coords, NUM_LEVELS)
     arrays: dict[str, np.ndarray] = {}
     ranks = []
     for level, (subm, _) in enumerate(maps):
-        tables, order = sum_tables(subm.out_idx.numpy(), subm.n_out, SUBM_WIDTHS)
+        tables, order = sum_tables(subm.out_idx, subm.n_out, SUBM_WIDTHS)
         ranks.append(inverse_permutation(order))
         arrays.update({f"subm{level}_sum{w}": t for w, t in tables.items()})
-        arrays[f"subm{level}_in"] = ranks[level][subm.in_idx.numpy()]
+        arrays[f"subm{level}_in"] = ranks[level][subm.in_idx]
         arrays[f"subm{level}_bounds"] = np.asarray(subm.bounds, dtype=np.int64)
         if level == 0:
             arrays["voxel_order"], arrays["voxel_rank"] = order, ranks[0]
     for level, (_, down) in enumerate(maps[:-1]):
-        children, parents = ranks[level][down.in_idx.numpy()], ranks[level + 1][down.out_idx.numpy()]
+        children, parents = ranks[level][down.in_idx], ranks[level + 1][down.out_idx]
         tables, order = sum_tables(parents, down.n_out, DOWN_WIDTHS)
         arrays.update({f"down{level}_sum{w}": t for w, t in tables.items()})
         arrays[f"down{level}_in"], arrays[f"down{level}_out"] = children, parents
         arrays[f"down{level}_bounds"] = np.asarray(down.bounds, dtype=np.int64)
         arrays[f"down{level}_parents"] = inverse_permutation(order)
         arrays[f"down{level}_slot"] = inverse_permutation(children)  # every fine row has exactly one parent
-    return arrays, ranks
+    return arrays, ranks, level_coordinates(coords, NUM_LEVELS)
 
 
-def graph_inputs(feats: torch.Tensor, coords: torch.Tensor) -> dict[str, np.ndarray]:
+def graph_inputs(feats: np.ndarray, coords: np.ndarray) -> dict[str, np.ndarray]:
     """The graph's inputs for one voxel batch.  feats (M, C_in) float32; coords (M, 4) int32
     [batch, i, j, k] (as voxelization emits them) -> {input name: numpy array}."""
-    arrays, _ = map_inputs(SparseTensor(feats.cpu(), coords.cpu()).cache)
-    arrays.update(feats=feats.detach().cpu().float().numpy(), teacher_space=np.array(False))
+    arrays, _, _ = map_inputs(np.asarray(coords))
+    arrays.update(feats=np.ascontiguousarray(feats, dtype=np.float32), teacher_space=np.array(False))
     return {name: arrays[name] for name in input_names()}

@@ -11,7 +11,9 @@ tensors are an error that lists them.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -25,10 +27,13 @@ from .models import DistillationHead, build_backbone
 from .range_view import range_project
 from .runtime.cells import count_voxels
 from .sparse import SparseTensor, set_backend
+from .sparse.backends import auto_backend, gpu_candidates
 from .voxelize import Voxels, voxelize
 from .weights import load_safetensors, load_state_strict
 
 __all__ = ["LiMAEncoder"]
+
+log = logging.getLogger(__name__)
 
 
 class LiMAEncoder(nn.Module, FeatureExtractor):
@@ -44,10 +49,14 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         self.point_output = bool(self.backbone.point_output)
         self.head = DistillationHead(c.out_dim, c.head_dim)
         self.backend = "torch"
+        self.backend_reason = "asked for"
+        self._time_backends = False  # "auto" on a GPU: time the candidates on the first batch
 
     def backbone_rows(self, batch: Voxels) -> torch.Tensor:
         """Backbone features of ``batch`` in the current train/eval mode, with autograd:
         (M voxels, D) for a voxel backbone, (N points, D) where ``point_output`` (rows_to_points maps either)."""
+        if self._time_backends and batch.feats.is_cuda:
+            self._choose_backend(batch)
         if self.point_output:
             return self.backbone.point_features(batch)
         return self.backbone(SparseTensor(batch.feats, batch.coords)).feats
@@ -127,10 +136,48 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         return out
 
     def set_backend(self, name: str) -> "LiMAEncoder":
-        """Run the sparse convolutions with ``name`` ("torch", "spconv", "torchsparse")."""
+        """Run the sparse convolutions with ``name``: "torch", "spconv", "spconv-triton",
+        "torchsparse", or "auto" (the torch engine on a CPU; on a GPU the fastest installed backend,
+        timed on the first batch). ``backend`` / ``backend_reason`` say what runs and why."""
+        self._time_backends = False
+        if name == "auto":
+            chosen, why = auto_backend(self.device)
+            if chosen is None:  # a GPU: decided on the first batch
+                self._time_backends, chosen = True, "torch"
+            set_backend(self.backbone, chosen)
+            self.backend, self.backend_reason = ("auto" if self._time_backends else chosen), f"auto: {why}"
+            return self
         set_backend(self.backbone, name)
-        self.backend = name
+        self.backend, self.backend_reason = name, "asked for"
         return self
+
+    def _choose_backend(self, batch: Voxels) -> None:
+        """Time one eval-mode forward of ``batch`` with every installed GPU backend (after a warm-up
+        each) and keep the fastest; logged, and recorded in ``backend_reason``."""
+        self._time_backends = False
+        was_training, seconds = self.training, {}
+        self.eval()
+        try:
+            for name in gpu_candidates():
+                try:
+                    set_backend(self.backbone, name)
+                    with torch.inference_mode():
+                        for attempt in range(2):
+                            torch.cuda.synchronize(batch.feats.device)
+                            start = time.perf_counter()
+                            self.backbone_rows(batch)
+                            torch.cuda.synchronize(batch.feats.device)
+                            if attempt:
+                                seconds[name] = time.perf_counter() - start
+                except Exception as exc:  # noqa: BLE001 - a backend that fails here is not chosen
+                    log.warning("sparse backend %s failed its timing run (%s): not chosen", name, exc)
+        finally:
+            self.train(was_training)
+        chosen = min(seconds, key=seconds.get) if seconds else "torch"
+        set_backend(self.backbone, chosen)
+        timings = ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in sorted(seconds.items(), key=lambda kv: kv[1]))
+        self.backend, self.backend_reason = chosen, f"auto: fastest forward on the first batch ({timings})"
+        log.info("sparse backend: %s (%s)", chosen, self.backend_reason)
 
     @property
     def device(self) -> torch.device:

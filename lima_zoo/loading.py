@@ -35,7 +35,7 @@ def load_encoder(
     source: str | os.PathLike,
     runtime: str = "torch",
     device: Any = None,
-    backend: str = "torch",
+    backend: str = "auto",
     *,
     revision: str | None = None,
     cache_dir: str | None = None,
@@ -52,13 +52,14 @@ def load_encoder(
             ``random:<backbone>`` (torch only; ``seed`` seeds the initialisation).
         runtime: "torch" or "onnx" (the folder's model.onnx under onnxruntime).
         device: "auto", "cpu", "cuda[:N]" or a torch.device; None keeps the CPU.
-        backend: the sparse-convolution library of the torch runtime ("torch", "spconv", ...).
+        backend: the sparse-convolution library of the torch runtime ("auto": the torch engine on a
+            CPU, the fastest installed one on a GPU; "torch", "spconv", "spconv-triton", ...).
         revision, cache_dir, local_files_only, token, force_download: as in huggingface_hub.
         seed: the initialisation seed of a ``random:`` source.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}")
-    if runtime == "onnx" and backend != "torch":
+    if runtime == "onnx" and backend not in ("torch", "auto"):
         raise ValueError("backend applies to the torch runtime only (onnxruntime runs the whole graph)")
     text = str(source)
     hub = {

@@ -400,3 +400,65 @@ def test_sparse_backend_is_one_run_field(tiny_world, tiny_teacher, tmp_path):
     assert not (tmp_path / "two").exists()
     with pytest.raises(ValueError, match="unknown sparse backend 'spconvv'"):
         _cfg(tiny_world, tiny_teacher, "run.sparse_backend=spconvv")
+
+
+@pytest.mark.parametrize("align", ["reproject", "cell"])
+def test_a_training_step_makes_its_tensors_where_its_inputs_are(tiny_world, tiny_teacher, tmp_path, align):
+    """On a GPU a tensor made without a device inside a step is a CPU tensor in a CUDA step. Watched
+    at the Python API: every tensor factory a training step calls from lima-zoo's compute code names
+    its device; left alone are random draws from the step's CPU generator (the same on every device,
+    by design), the fused kernel (CPU only) and the data side."""
+    import sys
+    from collections import Counter
+
+    from torch.overrides import TorchFunctionMode
+
+    from lima_zoo.training.distributed import placement
+    from lima_zoo.training.trainer import _resolve_inputs, _Run
+
+    factories = {
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.arange,
+        torch.tensor,
+        torch.randperm,
+        torch.randint,
+        torch.rand,
+        torch.randn,
+        torch.linspace,
+        torch.eye,
+        torch.as_tensor,
+    }
+    data_side = ("/datasets/", "/synth/", "/io/", "/training/loading.py", "/training/streams.py", "/sparse/fused.py")
+
+    class Watch(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = Counter()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            implicit = func in factories and kwargs.get("device") is None and "generator" not in kwargs
+            if implicit and not (func is torch.as_tensor and isinstance(args[0], torch.Tensor)):
+                frame = sys._getframe(1)
+                while frame and "lima_zoo" not in frame.f_code.co_filename:
+                    frame = frame.f_back
+                if (
+                    frame
+                    and not any(d in frame.f_code.co_filename for d in data_side)
+                    and frame.f_code.co_name != "view_entry"
+                ):
+                    self.seen[
+                        f"{frame.f_code.co_filename.rsplit('lima_zoo/', 1)[1]}:{frame.f_lineno} {func.__name__}"
+                    ] += 1
+            return func(*args, **kwargs)
+
+    cfg = _resolve_inputs(_cfg(tiny_world, tiny_teacher, f"lima.align={align}"), tmp_path, 0, 1)
+    run = _Run(cfg, tmp_path, placement("cpu"))
+    watch = Watch()
+    with watch:
+        run.step()
+        run.step()
+    assert not watch.seen, dict(watch.seen)

@@ -11,7 +11,7 @@ import torch
 from lima_zoo.config import EncoderConfig, PreprocessConfig, RangeImageConfig
 from lima_zoo.range_view import range_project as torch_range_project
 from lima_zoo.runtime import cells as np_cells
-from lima_zoo.runtime.kernel_maps import KEY_MARGIN, Keys, level_coordinates, unet_maps
+from lima_zoo.runtime.kernel_maps import KEY_MARGIN, Keys, unet_maps
 from lima_zoo.runtime.point_voxel_inputs import corner_rows as np_corner_rows
 from lima_zoo.runtime.point_voxel_inputs import voxel_rows as np_voxel_rows
 from lima_zoo.sparse import SparseTensor
@@ -49,8 +49,8 @@ def test_voxels_and_every_level_map_equal_the_engines(scans, voxel, case):
     assert np_cells.count_voxels(pts, cfg, chunk=5000) == len(ref.coords)
     cache = SparseTensor(ref.feats, ref.coords).cache
     engine = cache.build_unet_maps(5)
-    levels = level_coordinates(got.coords, 5)
-    for level, ((subm, down), (s_ref, d_ref)) in enumerate(zip(unet_maps(got.coords, 5), engine)):
+    maps, levels = unet_maps(got.coords, 5)
+    for level, ((subm, down), (s_ref, d_ref)) in enumerate(zip(maps, engine)):
         where = f"{case} {voxel} level {level}"
         _same(subm.in_idx, s_ref.in_idx.numpy(), f"{where} subm in")
         _same(subm.out_idx, s_ref.out_idx.numpy(), f"{where} subm out")
@@ -70,7 +70,7 @@ def test_point_voxel_lookups_equal_the_engines(scans, case):
     got = np_cells.voxelize(pts, cfg, keep_points=True)
     base = SparseTensor(ref.feats, ref.coords)
     base.cache.build_unet_maps(5)
-    levels = level_coordinates(got.coords, 5)
+    _, levels = unet_maps(got.coords, 5)
     points = PointFeatures(ref.point_feats, ref.grid)
     for level in (0, 2, 4):
         at = SparseTensor.derived(torch.empty(len(base.cache.coords[2**level]), 0), base, stride=2**level)

@@ -74,11 +74,14 @@ class Keys:
 
 def unique_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group equal keys: (N,) int64 -> inverse (N,) group of each row, first (G,) lowest row of
-    each group; groups in ascending key order."""
-    unique_keys, inverse = np.unique(keys, return_inverse=True)
-    first = np.full(len(unique_keys), len(keys), dtype=np.int64)
-    np.minimum.at(first, inverse, np.arange(len(keys), dtype=np.int64))
-    return inverse.astype(np.int64).reshape(-1), first
+    each group; groups in ascending key order. One stable sort: within a group rows stay ascending."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    new = np.ones(len(keys), dtype=bool)
+    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return inverse, order[new].astype(np.int64)
 
 
 def submanifold_map(keys: Keys) -> LevelMap:
@@ -128,23 +131,17 @@ def downsample_map(level_coords: np.ndarray) -> tuple[LevelMap, np.ndarray]:
     return LevelMap(order.astype(np.int64), inverse[order], bounds, len(c), len(first)), parent[first]
 
 
-def unet_maps(coords: np.ndarray, levels: int) -> list[tuple[LevelMap, LevelMap | None]]:
+def unet_maps(coords: np.ndarray, levels: int) -> tuple[list[tuple[LevelMap, LevelMap | None]], list[np.ndarray]]:
     """Every map a U-Net of ``levels`` levels uses on voxels ``coords`` (N, 4) [b, x, y, z]: per level
-    (finest first) its submanifold map and the stride-2 map to the next (None for the coarsest)."""
+    (finest first) its submanifold map and the stride-2 map to the next (None for the coarsest);
+    and every level's coordinates in level units."""
     level = np.asarray(coords, dtype=np.int64)
-    maps = []
+    maps, coordinates = [], [level]
     for depth in range(levels):
         subm = submanifold_map(Keys(level, margin=KEY_MARGIN))
         down = None
         if depth < levels - 1:
             down, level = downsample_map(level)
+            coordinates.append(level)
         maps.append((subm, down))
-    return maps
-
-
-def level_coordinates(coords: np.ndarray, levels: int) -> list[np.ndarray]:
-    """The level coordinates (in level units) of every level of ``coords``, finest first."""
-    out = [np.asarray(coords, dtype=np.int64)]
-    for _ in range(levels - 1):
-        out.append(downsample_map(out[-1])[1])
-    return out
+    return maps, coordinates

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernel_maps import level_coordinates, unet_maps
+from .kernel_maps import unet_maps
 
 __all__ = [
     "graph_inputs",
@@ -125,7 +125,7 @@ def map_inputs(coords: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarr
     teacher_space) for voxels ``coords`` (M, 4) [batch, i, j, k]; per level the rank of every original
     row in the graph's row order ((N_l,) int64: original row r is graph row ranks[l][r]); and each
     level's coordinates in level units."""
-    maps = unet_maps(coords, NUM_LEVELS)
+    maps, levels = unet_maps(coords, NUM_LEVELS)
     arrays: dict[str, np.ndarray] = {}
     ranks = []
     for level, (subm, _) in enumerate(maps):
@@ -144,7 +144,7 @@ def map_inputs(coords: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarr
         arrays[f"down{level}_bounds"] = np.asarray(down.bounds, dtype=np.int64)
         arrays[f"down{level}_parents"] = inverse_permutation(order)
         arrays[f"down{level}_slot"] = inverse_permutation(children)  # every fine row has exactly one parent
-    return arrays, ranks, level_coordinates(coords, NUM_LEVELS)
+    return arrays, ranks, levels
 
 
 def graph_inputs(feats: np.ndarray, coords: np.ndarray) -> dict[str, np.ndarray]:

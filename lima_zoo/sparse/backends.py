@@ -1,10 +1,14 @@
-"""Which library executes a sparse convolution: our pure-PyTorch engine, spconv or torchsparse.
+"""Which library executes a sparse convolution: our engine, spconv, spconv-triton or torchsparse.
 
 "torch" (default, CPU and CUDA) uses ``kmap.py`` + ``functional.py``. "spconv" runs the same
-kernels through spconv 2.x, "torchsparse" through torchsparse 2.1 (GPU builds; it is not on PyPI
-and was not available to test here). A foreign library is imported only when its backend is first
-used, never by ``import lima_zoo``. Whatever order a foreign library gives downsampled voxels, rows
-are mapped back to ours, so backends can be switched per layer and compared row by row.
+kernels through spconv 2.x, "spconv-triton" through its Triton reimplementation (the same API,
+GPUs only: NVIDIA and AMD), "torchsparse" through torchsparse 2.1 (GPU builds; it is not on PyPI
+and was not available to test here). "auto" is resolved per process by :func:`auto_backend`: the
+torch engine on a CPU (its fused kernel is the fastest there, measured by bench_sparse.py), and on
+a GPU the fastest installed library, timed on the first batch by ``LiMAEncoder``. A foreign
+library is imported only when its backend is first used, never by ``import lima_zoo``. Whatever
+order a foreign library gives downsampled voxels, rows are mapped back to ours, so backends can be
+switched per layer and compared row by row.
 
 spconv adapter facts (checked by tests against the torch backend and dense conv3d):
 * indices are passed as ``[b, z, y, x]`` in level units, so spconv's row-major kernel index equals
@@ -38,12 +42,17 @@ __all__ = [
     "spconv_cpu_unguarded",
     "conv3d",
     "kernel_map",
+    "auto_backend",
+    "gpu_candidates",
     "BACKENDS",
 ]
 
-BACKENDS = ("torch", "spconv", "torchsparse")
+BACKENDS = ("torch", "spconv", "spconv-triton", "torchsparse")
+MODULES = {"spconv": "spconv", "spconv-triton": "spconv_triton", "torchsparse": "torchsparse"}
+GPU_ONLY = ("spconv-triton", "torchsparse")
 INSTALL_HINTS = {
     "spconv": "pip install spconv (CPU); on a GPU the wheel of your CUDA, e.g. pip install spconv-cu120",
+    "spconv-triton": "pip install spconv-triton (GPUs only; Triton comes with your CUDA or ROCm torch)",
     "torchsparse": (
         "it is not on PyPI: build it from source, github.com/mit-han-lab/torchsparse, for your torch and CUDA"
     ),
@@ -52,16 +61,34 @@ INSTALL_HINTS = {
 
 def available_backends() -> list[str]:
     """Backends whose library is importable here (probed without importing it)."""
-    return ["torch"] + [b for b in BACKENDS[1:] if importlib.util.find_spec(b) is not None]
+    return ["torch"] + [b for b in BACKENDS[1:] if importlib.util.find_spec(MODULES[b]) is not None]
 
 
 def check_backend(name: str) -> None:
+    if name == "auto":
+        return
     if name not in BACKENDS:
-        raise ValueError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name != "torch" and importlib.util.find_spec(name) is None:
+        raise ValueError(f"unknown sparse backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if name != "torch" and importlib.util.find_spec(MODULES[name]) is None:
         raise ValueError(
             f"sparse backend {name!r} is not installed ({INSTALL_HINTS[name]}); available: {available_backends()}"
         )
+
+
+def gpu_candidates() -> list[str]:
+    """The installed backends ``auto`` times on a GPU (the torch engine always among them)."""
+    return available_backends()
+
+
+def auto_backend(device: torch.device | str) -> tuple[str | None, str]:
+    """(backend, why) of ``auto`` on ``device``: the torch engine on a CPU; on a GPU None, meaning
+    "time the installed candidates on the first batch" (``LiMAEncoder`` does)."""
+    if torch.device(device).type != "cuda":
+        return "torch", (
+            "not a GPU: the torch engine's fused CPU kernel is the fastest installed CPU engine "
+            "(benchmarks/bench_sparse.py: 0.68-0.73x spconv's MinkUNet-34 forward time)"
+        )
+    return None, f"a GPU: the fastest of {', '.join(gpu_candidates())}, timed on the first batch"
 
 
 def check_trainable(name: str, device: torch.device) -> None:
@@ -70,6 +97,8 @@ def check_trainable(name: str, device: torch.device) -> None:
     check_backend(name)
     if name == "spconv":
         _refuse_racy_backward(device)
+    if name in GPU_ONLY and torch.device(device).type != "cuda":
+        raise ValueError(f"the {name} backend runs on GPUs only; on {device} use the torch backend (or auto)")
 
 
 def conv3d(
@@ -98,9 +127,13 @@ def conv3d(
     if kernel_size == 1:  # 1x1x1: a plain linear map, any backend
         feats = x.feats @ kernel[0] if bias is None else torch.addmm(bias, x.feats, kernel[0])
         return x.replace_feats(epilogue(feats, _feats(residual), relu))
-    if backend in ("spconv", "torchsparse"):
-        run = _spconv_conv if backend == "spconv" else _torchsparse_conv
-        out = run(x, kernel, kernel_size, stride, dilation, transposed)
+    if backend in ("spconv", "spconv-triton", "torchsparse"):
+        if backend in GPU_ONLY and not x.feats.is_cuda:
+            raise ValueError(f"the {backend} backend runs on GPUs only; these features are on {x.feats.device}")
+        if backend == "torchsparse":
+            out = _torchsparse_conv(x, kernel, kernel_size, stride, dilation, transposed)
+        else:
+            out = _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed, backend)
         feats = out.feats if bias is None else out.feats + bias
         return out.replace_feats(epilogue(feats, _feats(residual), relu))
     check_backend(backend)
@@ -153,8 +186,8 @@ def _even_kernel_perm() -> torch.Tensor:
     return torch.argsort(k_sp)
 
 
-def _spconv_state(x: SparseTensor) -> dict:
-    state = x.cache.backend_state.get("spconv")
+def _spconv_state(x: SparseTensor, library: str) -> dict:
+    state = x.cache.backend_state.get(library)
     if state is None:
         base = min(x.cache.coords)
         c = x.cache.coords[base]
@@ -168,7 +201,7 @@ def _spconv_state(x: SparseTensor) -> dict:
             "sp_indices": {},  # stride -> spconv's own (M, 4) indices of a level it downsampled to
             "ours_row": {},  # stride -> (M,) our row of each spconv row at that level
         }
-        x.cache.backend_state["spconv"] = state
+        x.cache.backend_state[library] = state
     return state
 
 
@@ -181,10 +214,15 @@ def _spconv_indices(x: SparseTensor, stride: int) -> torch.Tensor:
     return _swap_xz(x.cache.level_coords(stride)).to(torch.int32)
 
 
-def _import_spconv():
-    """spconv.pytorch, usable for training on a machine without a CUDA driver: spconv 2.3's CPU
-    backward asks torch for the current CUDA stream before it branches to its CPU code (which never
-    uses it), and that call fails without a driver. There it gets a null stream instead."""
+def _import_spconv(library: str = "spconv"):
+    """spconv.pytorch (or spconv-triton's drop-in of it), the former usable for training on a
+    machine without a CUDA driver: spconv 2.3's CPU backward asks torch for the current CUDA stream
+    before it branches to its CPU code (which never uses it), and that call fails without a driver.
+    There it gets a null stream instead."""
+    if library == "spconv-triton":
+        import spconv_triton.pytorch as spconv_triton
+
+        return spconv_triton
     import spconv.pytorch as spconv
     from spconv.pytorch import ops
 
@@ -236,10 +274,10 @@ def _one_thread_on_cpu(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str):
-    spconv = _import_spconv()
+def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation: int, key: str, library: str):
+    spconv = _import_spconv(library)
 
-    tkey = (kind, c_in, c_out, kernel_size, dilation, key)
+    tkey = (library, kind, c_in, c_out, kernel_size, dilation, key)
     mod = _SPCONV_TEMPLATES.get(tkey)
     if mod is None:
         if kind == "subm":
@@ -252,11 +290,11 @@ def _spconv_module(kind: str, c_in: int, c_out: int, kernel_size: int, dilation:
     return mod
 
 
-def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> SparseTensor:
-    spconv = _import_spconv()
+def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed, library: str = "spconv") -> SparseTensor:
+    spconv = _import_spconv(library)
     from torch.func import functional_call
 
-    state = _spconv_state(x)
+    state = _spconv_state(x, library)
     c_in, c_out = kernel.shape[1], kernel.shape[2]
     if kernel_size == 2:
         kernel = kernel[_even_kernel_perm().to(kernel.device)]
@@ -267,7 +305,7 @@ def _spconv_conv(x, kernel, kernel_size, stride, dilation, transposed) -> Sparse
     shape = [s // scale for s in state["shape"]]
 
     def run(kind, key, feats, indices):
-        mod = _spconv_module(kind, c_in, c_out, k, dilation, key)
+        mod = _spconv_module(kind, c_in, c_out, k, dilation, key, library)
         inp = spconv.SparseConvTensor(feats, indices, shape, state["batch_size"], indice_dict=state["indice_dict"])
         if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad):
             _refuse_racy_backward(feats.device)  # its backward runs later, outside any thread guard

@@ -83,14 +83,14 @@ class KernelMap:
         return counts
 
 
-def kernel_offsets(kernel_size: int, dilation: int = 1) -> torch.Tensor:
+def kernel_offsets(kernel_size: int, dilation: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
     """Offsets in level units, (K, 3) int64 [dx, dy, dz], in the documented torchsparse order."""
     if kernel_size % 2 == 1:
         r = kernel_size // 2
-        rng = torch.arange(-r, r + 1) * dilation
+        rng = torch.arange(-r, r + 1, device=device) * dilation
         dz, dy, dx = torch.meshgrid(rng, rng, rng, indexing="ij")  # x fastest
     elif kernel_size == 2:
-        rng = torch.arange(2) * dilation
+        rng = torch.arange(2, device=device) * dilation
         dx, dy, dz = torch.meshgrid(rng, rng, rng, indexing="ij")  # z fastest
     else:
         raise ValueError(f"kernel_size must be odd or 2, got {kernel_size}")
@@ -158,7 +158,7 @@ def build_submanifold_map(keys: CoordinateKeys, kernel_size: int, dilation: int)
     z is the last packed axis, so the neighbour at dz = +-1 is the next / previous key, and one
     search per (dx, dy) column finds all three dz (4 searches instead of 13).
     """
-    offsets = kernel_offsets(kernel_size, dilation).to(keys.keys.device)
+    offsets = kernel_offsets(kernel_size, dilation, keys.keys.device)
     volume = len(offsets)
     side = kernel_size
     r = kernel_size // 2

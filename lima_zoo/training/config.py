@@ -167,7 +167,7 @@ class RunConfig(Checked):
     threads: Annotated[int, Range(0, 1024)] = 0  # torch threads per process; 0 = leave torch's default
     # which library runs the sparse convs: torch (our engine: the fused kernel on CPU, gather-mm-scatter
     # on CUDA; deterministic) | spconv (its CUDA wheels' implicit GEMM on GPU; one thread on CPU) | torchsparse
-    sparse_backend: str = "torch"
+    sparse_backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_backend(self.sparse_backend)
@@ -215,7 +215,7 @@ class DownstreamConfig(Checked):
     cache_mb: Annotated[int, Range(0, 10**7)] = 2048  # largest feature cache a linear probe may keep in memory
     camera_split: bool = False  # also report mIoU on points inside / outside the current cameras
     cameras: tuple[str, ...] = ()  # the cameras of that split (empty = every camera)
-    sparse_backend: str = "torch"  # as RunConfig.sparse_backend
+    sparse_backend: str = "auto"  # as RunConfig.sparse_backend
 
     def __post_init__(self) -> None:
         check_backend(self.sparse_backend)

@@ -46,6 +46,7 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.description = description
+        self.amp = True  # bf16 autocast on CUDA (the trainer sets it from run.amp)
         for p in self.vit.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -65,7 +66,9 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         x = self.preprocess(images)
-        return self.vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)[0].float()
+        # bf16 on CUDA, as the student's forward (run.amp); the features come back float32
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda and self.amp):
+            return self.vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)[0].float()
 
 
 def images_to_input(

@@ -138,6 +138,7 @@ class _Run:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.split!r} holds no sequences")
         select_cameras(self.dataset.frame(0, 0), cfg.data.cameras)  # an unknown camera name fails before any work
         self.teacher = build_teacher(cfg.teacher, self.device)
+        self.teacher.amp = cfg.run.amp
         if cfg.encoder.head_dim != self.teacher.dim:
             raise ValueError(
                 f"encoder.head_dim={cfg.encoder.head_dim} but the teacher outputs {self.teacher.dim}-d features; set "
@@ -287,7 +288,7 @@ class _Run:
         mixed = second is not plain
         weights = [1.0, lima.mix_weight if mixed else 1.0] if len(groups) == 2 else [1.0]
         loss = sum(w * term for w, term in zip(weights, losses))
-        loss_cons = torch.zeros(())
+        loss_cons = torch.zeros((), device=self.device)
         if lima.consistency_weight > 0:
             n_plain = offsets[-1]
             rows = torch.cat([r for _, _, r in second]).to(self.device)
@@ -395,6 +396,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, on_step, place: Placement,
         run.load_checkpoint(ckpt)
     if rank == 0:
         write_config(out, cfg.to_dict())
+        log.info("sparse backend: %s (%s)", run.encoder.backend, run.encoder.backend_reason)
         log.info(
             "pretraining %s from %s on %s (%d frames, %d sequences); %d steps of %d streams x %d process(es)",
             cfg.encoder.backbone,

@@ -34,7 +34,12 @@ FORMATS = ["npy", "safetensors", "parquet", "ply", "parquet-dataset"]
     "a rerun resumes).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
-@click.option("--backend", default="torch", show_default=True, help="Sparse backend: torch | spconv | torchsparse")
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="Sparse backend: auto | torch | spconv | spconv-triton | torchsparse",
+)
 @click.option(
     "--runtime",
     type=click.Choice(["torch", "onnx"]),
@@ -144,7 +149,7 @@ def embed_cmd(
         raise click.UsageError("--float16 applies to --format parquet-dataset only")
     if engine != "ray" and (workers is not None or ray_address is not None):
         raise click.UsageError("--workers and --ray-address apply to --engine ray only")
-    if runtime == "onnx" and backend != "torch":
+    if runtime == "onnx" and backend not in ("torch", "auto"):
         raise click.UsageError("--backend applies to the torch runtime only")
     ignored: list[Path] = []
     try:

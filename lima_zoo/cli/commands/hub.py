@@ -32,13 +32,21 @@ def info_cmd(model: str) -> None:
 
 
 @click.command("backends")
-def backends_cmd() -> None:
-    """List the sparse-convolution backends importable here."""
-    from ...sparse.backends import BACKENDS, available_backends
+@click.option("--device", default="auto", show_default=True, help="The device auto decides for: auto | cpu | cuda[:N].")
+@library_errors
+def backends_cmd(device: str) -> None:
+    """List the sparse-convolution backends (installed or not) and what ``auto`` picks here, and why."""
+    from ...device import resolve_device
+    from ...sparse.backends import BACKENDS, GPU_ONLY, INSTALL_HINTS, auto_backend, available_backends
 
     have = set(available_backends())
     for name in BACKENDS:
-        click.echo(f"{name:<12} {'available' if name in have else 'not installed'}")
+        where = " (GPUs only)" if name in GPU_ONLY else ""
+        state = "available" if name in have else f"not installed: {INSTALL_HINTS[name]}"
+        click.echo(f"{name:<14} {state}{where if name in have else ''}")
+    dev = resolve_device(device)
+    chosen, why = auto_backend(dev)
+    click.echo(f"auto on {dev}: {chosen or 'measured'} - {why}")
 
 
 @click.command("push")

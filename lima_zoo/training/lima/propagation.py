@@ -52,7 +52,7 @@ def propagate(
     n = len(xyz)
     has = torch.zeros(n, dtype=torch.bool, device=xyz.device)
     if not memory:
-        return None, has, torch.zeros(n, dtype=torch.int64)
+        return None, has, torch.zeros(n, dtype=torch.int64, device=xyz.device)
     keys = cell_keys(xyz, cell)
     acc, hits = None, torch.zeros(n, device=xyz.device)
     for entry in memory:

@@ -62,7 +62,7 @@ def zbuffer(pairs: PixelPairs, sizes: list[tuple[int, int]], cells: int) -> tupl
     with ``cells`` square cells across each image's width; and each camera's cell side in pixels."""
     cell_px = [w / cells for w, _ in sizes]
     gh = max(int(np.ceil(h / c)) for (_, h), c in zip(sizes, cell_px))
-    depth = torch.full((len(sizes), gh, cells), torch.inf)
+    depth = torch.full((len(sizes), gh, cells), torch.inf, device=pairs.depth.device)
     if len(pairs.point):
         row, col = _cell_of(pairs, cell_px, gh, cells)
         flat = (pairs.camera * gh + row) * cells + col
@@ -72,7 +72,7 @@ def zbuffer(pairs: PixelPairs, sizes: list[tuple[int, int]], cells: int) -> tupl
 
 def _cell_of(pairs: PixelPairs, cell_px: list[float], gh: int, gw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(P,) row and column of the z-buffer cell each pair's pixel falls in."""
-    side = torch.tensor(cell_px, dtype=torch.float32)[pairs.camera]
+    side = torch.tensor(cell_px, dtype=torch.float32, device=pairs.uv.device)[pairs.camera]
     return (pairs.uv[:, 1] / side).long().clamp(0, gh - 1), (pairs.uv[:, 0] / side).long().clamp(0, gw - 1)
 
 
@@ -90,7 +90,8 @@ def view_entry(
     w2c = torch.stack(
         [torch.from_numpy(np.linalg.inv(c.ego_to_global @ c.camera_to_ego)) for c in frame.cameras]
     ).double()
-    intr = torch.stack([torch.as_tensor(c.intrinsic, dtype=torch.float64) for c in frame.cameras])
+    # the bank keeps its entries on the CPU (its memory is the host's); reproject moves what it reads
+    intr = torch.stack([torch.as_tensor(c.intrinsic, dtype=torch.float64, device="cpu") for c in frame.cameras])
     depth, cell_px = zbuffer(pairs, sizes, cells)
     return ViewEntry(maps.detach().to("cpu", dtype).contiguous(), w2c, intr, sizes, depth, cell_px, key)
 
@@ -131,7 +132,7 @@ def reproject(
     if check not in CHECKS:
         raise ValueError(f"unknown re-projection check {check!r}; choose from {', '.join(CHECKS)}")
     n = len(xyz)
-    frames = torch.zeros(n, dtype=torch.int64)
+    frames = torch.zeros(n, dtype=torch.int64, device=xyz.device)
     acc = None
     for age, entry in enumerate(reversed(memory), start=1):
         views = [

@@ -394,7 +394,7 @@ def main() -> None:
         help="pretraining / probe seeds, paired across rows and runs (a count n means 0..n-1)",
     )
     # 180, not 60: at 60 steps the paired differences swing +-5-6 points from seed to seed (even with
-    # twice the validation scenes), at 180 by +-3 (README, "Representation quality").
+    # twice the validation scenes), at 180 by +-3 (docs/method.md).
     ap.add_argument("--pretrain-steps", type=int, default=180)
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument(

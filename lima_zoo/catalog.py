@@ -53,7 +53,7 @@ def describe(model: str) -> str:
             f"  licence:   {info.license}",
             f"  paper:     {info.paper}",
             f"  params:    {_param_count(info.config) / 1e6:.2f}M (backbone)",
-            f"  cached:    {cached or 'no (not downloaded; see README for making weights locally)'}",
+            f"  cached:    {cached or 'no (not downloaded; see docs/training.md for making weights locally)'}",
             "  config:    " + json.dumps(info.config.to_dict(), indent=2).replace("\n", "\n  "),
         ]
         return "\n".join(lines)

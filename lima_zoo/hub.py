@@ -95,7 +95,7 @@ def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> st
     return (
         f"cannot load {source.repo_id!r} (revision {source.revision or 'main'}): {why}.\n"
         f"  Looked in the Hugging Face cache at {cache} (set HF_HOME or cache_dir= to use another).\n"
-        "  To make weights locally: pretrain an encoder (`lima-zoo train ... --out DIR`, see the README) or "
+        "  To make weights locally: pretrain an encoder (`lima-zoo train ... --out DIR`, see docs/training.md) or "
         "save one with `encoder.save_pretrained(DIR)`, then load it with LiMAEncoder.from_pretrained(DIR); "
         "or copy a downloaded model folder here and pass its path."
     )

@@ -54,7 +54,11 @@ def load_encoder(
         device: "auto", "cpu", "cuda[:N]" or a torch.device; None keeps the CPU.
         backend: the sparse-convolution library of the torch runtime ("auto": the torch engine on a
             CPU, the fastest installed one on a GPU; "torch", "spconv", "spconv-triton", ...).
-        revision, cache_dir, local_files_only, token, force_download: as in huggingface_hub.
+        revision: the Hub revision (overrides ``@rev``).
+        cache_dir: the Hugging Face cache to use.
+        local_files_only: never touch the network.
+        token: a Hub token for private repos.
+        force_download: fetch again even when cached.
         seed: the initialisation seed of a ``random:`` source.
     """
     if runtime not in RUNTIMES:

@@ -53,7 +53,7 @@ def _lima(teacher_size: str, backbone: str) -> ModelInfo:
         config=EncoderConfig(backbone=arch, head_dim=head_dim, teacher=teacher, preprocess=PreprocessConfig()),
         hub_repo=f"lima-zoo/{name}",
         revision="main",
-        license="apache-2.0",
+        license="cc-by-nc-sa-4.0",  # trained on nuScenes: the weights inherit its licence
         description=f"{title} distilled from DINOv2 ViT-{teacher_size.upper()}/14 with LiMA on nuScenes",
     )
 

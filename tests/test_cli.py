@@ -156,7 +156,7 @@ def test_models_and_info():
     res = CliRunner().invoke(main, ["models"])
     assert res.exit_code == 0 and "vit-l-minkunet34" in res.output and "37.9M" in res.output
     res = CliRunner().invoke(main, ["info", "vit-b-minkunet34"])
-    assert res.exit_code == 0 and "lima-zoo/vit-b-minkunet34" in res.output and "apache-2.0" in res.output
+    assert res.exit_code == 0 and "lima-zoo/vit-b-minkunet34" in res.output and "cc-by-nc-sa-4.0" in res.output
 
 
 def test_real_subprocess_offline_hub_cache(scans, model_dir, tmp_path):

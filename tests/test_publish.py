@@ -46,7 +46,8 @@ def test_every_card_parses_with_the_required_metadata(model_dir, data):
         render_card(model_dir, "lima-zoo/test-model", data, [model_dir / "linear.json", model_dir / "ft1.json"])
     )
     meta = card.data.to_dict()
-    assert meta["library_name"] == "lima-zoo" and meta["license"] == "apache-2.0"
+    expected = {"synthetic-tiny": "apache-2.0", "custom": "other"}.get(data, "cc-by-nc-sa-4.0")  # nuScenes-trained
+    assert meta["library_name"] == "lima-zoo" and meta["license"] == expected
     assert meta["pipeline_tag"] == "feature-extraction"
     assert {"lidar", "point-cloud", "feature-extraction", "self-supervised"} <= set(meta["tags"])
     if data.startswith("vit-"):

@@ -117,7 +117,7 @@ def render_card(
     results = evaluation_results(list(evals))
     meta = ModelCardData(
         library_name="lima-zoo",
-        license="apache-2.0",
+        license=data.get("license", "other"),
         pipeline_tag="feature-extraction",
         tags=TAGS,
         datasets=list(data["datasets"]) or None,

@@ -3,7 +3,7 @@
 What goes up: config.json, model.safetensors, model.onnx (when the folder has one) and a README.md
 rendered from the model-card template. The folder is loaded strictly before anything is sent, so a
 broken export never reaches the Hub. Everything is one ``create_commit``, so the repo never holds a
-partial upload. The token comes from HF_TOKEN or ``huggingface-cli login`` and is never printed.
+partial upload. The token comes from HF_TOKEN or ``hf auth login`` and is never printed.
 Offline (HF_HUB_OFFLINE=1, or the endpoint unreachable) -> :class:`~lima_zoo.hub.OfflineError`
 within seconds, before any repo is created.
 """
@@ -82,9 +82,7 @@ def _token() -> str:
 
     token = get_token()  # HF_TOKEN, else the stored login
     if not token:
-        raise PermissionError(
-            "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login` (the token is never printed)"
-        )
+        raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (the token is never printed)")
     return token
 
 

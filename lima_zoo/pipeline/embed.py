@@ -17,6 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -83,7 +84,11 @@ class EmbedReport:
 
 
 def run_embed(
-    inputs: list[tuple[Path, Path]], encoder, out_dir: Path, options: EmbedOptions | None = None, engine=None
+    inputs: list[tuple[Path, Path]],
+    encoder: Any,
+    out_dir: Path,
+    options: EmbedOptions | None = None,
+    engine: Callable | None = None,
 ) -> EmbedReport:
     """Embed every input into ``out_dir``; per-file errors are collected, never raised.
 

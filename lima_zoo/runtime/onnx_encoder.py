@@ -93,8 +93,12 @@ class OnnxEncoder(FeatureExtractor):
         with the folder's (or repo's) model.onnx instead of its safetensors weights.
 
         Args:
-            name_or_path, revision, cache_dir, local_files_only, token, force_download: as in
-                :meth:`LiMAEncoder.from_pretrained`.
+            name_or_path: the folder, ``org/repo[@revision]`` or a registered name.
+            revision: the Hub revision.
+            cache_dir: the Hugging Face cache to use.
+            local_files_only: never touch the network.
+            token: a Hub token for private repos.
+            force_download: fetch again even when cached.
             device: "cuda[:N]" runs on onnxruntime's CUDA provider (onnxruntime-gpu), "auto" uses
                 it when installed; anything else the CPU.
         """

@@ -35,7 +35,8 @@ def serve(
         runtime: "torch" or "onnx" (an exported folder, no torch needed).
         device: "auto", "cpu" or "cuda[:N]".
         backend: the torch runtime's sparse-convolution library.
-        host, port: where to listen (127.0.0.1 unless told otherwise).
+        host: the interface to listen on (127.0.0.1 unless told otherwise).
+        port: the port (0..65535).
         options: limits and batching (:class:`ServeOptions`).
         local_files_only: never touch the network when resolving ``model``.
     """

@@ -1,6 +1,6 @@
 """Training configuration: nested frozen dataclasses, read from a YAML recipe plus ``--set a.b=c``.
 
-Every LiMA choice the paper leaves open is a field here (the README's method section). Unknown
+Every LiMA choice the paper leaves open is a field here (docs/method.md). Unknown
 keys are refused with the valid ones listed; overrides are type-checked; the whole config is saved in
 every checkpoint. Recipes live in ``lima_zoo/training/recipes/*.yaml``.
 """
@@ -71,7 +71,7 @@ class TeacherConfig(Checked):
 
 @dataclass(frozen=True)
 class LimaConfig(Checked):
-    """LiMA's choices (the README's method section); the benchmark rows are settings of these."""
+    """LiMA's choices (docs/method.md); the benchmark rows are settings of these."""
 
     frames: Annotated[int, Range(1, 100)] = 6  # 1 = single-frame distillation
     memory_bank: bool = True  # False: re-run the teacher on every past frame (what the bank saves)

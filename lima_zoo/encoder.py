@@ -22,7 +22,7 @@ from torch import nn
 from .atomic import atomic_path
 from .config import EncoderConfig, read_config
 from .device import resolve_device
-from .features import FeatureExtractor, check_points
+from .features import FeatureExtractor, model_columns
 from .models import DistillationHead, build_backbone
 from .range_view import range_project
 from .runtime.cells import count_voxels
@@ -188,18 +188,9 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
     def prepare(self, points, intensity_range: float | None = None) -> torch.Tensor:
         """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
         reads, checked, intensity rescaled from ``intensity_range`` (e.g. 1.0 for KITTI) to the model's."""
-        pts = torch.as_tensor(points).to(self.device, torch.float32)
-        if pts.dim() == 2 and pts.shape[1] >= 3:
-            pts = pts[:, : min(self.config.in_channels, pts.shape[1])]
-        check_points(pts, torch)
-        if (
-            pts.shape[1] >= 4
-            and intensity_range is not None
-            and intensity_range != self.config.preprocess.intensity_scale
-        ):
-            pts = pts.clone()
-            pts[:, 3] *= self.config.preprocess.intensity_scale / intensity_range
-        return pts
+        return model_columns(
+            torch.as_tensor(points).to(self.device, torch.float32), self.config, intensity_range, torch
+        )
 
     def voxelize(self, scans) -> Voxels:
         """Prepared scans -> one batch of the backbone's cells: range-image pixels where the config

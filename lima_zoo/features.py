@@ -20,6 +20,7 @@ from .config import EncoderConfig
 __all__ = [
     "FeatureExtractor",
     "check_points",
+    "model_columns",
     "ensure_fits",
     "ensure_points_fit",
     "available_memory",
@@ -134,6 +135,19 @@ class FeatureExtractor:
         if return_voxels:
             return result, self.output(batch.coords, as_numpy), self.output(self.split(rows, [len(rows)])[0], as_numpy)
         return result
+
+
+def model_columns(pts: Any, config: EncoderConfig, intensity_range: float | None, xp: types.ModuleType) -> Any:
+    """(N, >=3) float32 points (numpy or torch, ``xp`` their namespace) -> the columns the model
+    reads, checked (:func:`check_points`), intensity rescaled from ``intensity_range`` (e.g. 1.0
+    for KITTI) to the model's ``intensity_scale``: the one ``prepare`` both runtimes run."""
+    if pts.ndim == 2 and pts.shape[1] >= 3:
+        pts = pts[:, : min(config.in_channels, pts.shape[1])]
+    check_points(pts, xp)
+    scale = config.preprocess.intensity_scale
+    if pts.shape[1] >= 4 and intensity_range is not None and intensity_range != scale:
+        pts = xp.concatenate([pts[:, :3], pts[:, 3:4] * (scale / intensity_range), pts[:, 4:]], 1)
+    return pts
 
 
 def check_points(pts: Any, xp: types.ModuleType) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import POINT_VOXEL_BACKBONES, read_config
 from ..cpu import usable_cpus
-from ..features import FeatureExtractor, check_points
+from ..features import FeatureExtractor, model_columns
 from .cells import Cells, count_voxels, range_project, voxelize
 from .point_voxel_inputs import POINT_VOXEL_INPUT_NAMES, point_voxel_inputs
 from .range_inputs import RANGE_INPUT_NAMES, range_feeds
@@ -125,17 +125,7 @@ class OnnxEncoder(FeatureExtractor):
         """(N, >=3) points -> float32 numpy with the columns the model reads, checked, intensity
         rescaled from ``intensity_range`` to the model's."""
         pts = np.asarray(points.numpy() if hasattr(points, "numpy") else points, dtype=np.float32)
-        if pts.ndim == 2 and pts.shape[1] >= 3:
-            pts = pts[:, : min(self.config.in_channels, pts.shape[1])]
-        check_points(pts, np)
-        if (
-            pts.shape[1] >= 4
-            and intensity_range is not None
-            and intensity_range != self.config.preprocess.intensity_scale
-        ):
-            pts = pts.copy()
-            pts[:, 3] *= np.float32(self.config.preprocess.intensity_scale / intensity_range)
-        return pts
+        return model_columns(pts, self.config, intensity_range, np)
 
     def voxelize(self, scans) -> Cells:
         if self.config.preprocess.range_image is not None:

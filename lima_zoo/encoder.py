@@ -188,9 +188,10 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
     def prepare(self, points, intensity_range: float | None = None) -> torch.Tensor:
         """(N, >=3) points -> float32 tensor on the encoder's device with the columns the model
         reads, checked, intensity rescaled from ``intensity_range`` (e.g. 1.0 for KITTI) to the model's."""
-        return model_columns(
-            torch.as_tensor(points).to(self.device, torch.float32), self.config, intensity_range, torch
-        )
+        pts = torch.as_tensor(points)
+        if self.device.type == "cuda" and pts.device.type == "cpu":  # pinned: the copy to the GPU runs async
+            pts = pts.to(torch.float32).pin_memory()
+        return model_columns(pts.to(self.device, torch.float32, non_blocking=True), self.config, intensity_range, torch)
 
     def voxelize(self, scans) -> Voxels:
         """Prepared scans -> one batch of the backbone's cells: range-image pixels where the config

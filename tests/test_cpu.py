@@ -68,7 +68,7 @@ def test_the_cli_decides_before_torch_starts():
             "import os, sys\n"
             "from lima_zoo.cli import main\n"
             "from lima_zoo.cli.commands import hub\n"
-            "def report():\n"
+            "def report(**options):\n"
             "    print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
             "hub.backends_cmd.callback = report\n"
             "main(['backends'])\n"

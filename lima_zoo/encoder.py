@@ -205,8 +205,8 @@ class LiMAEncoder(nn.Module, FeatureExtractor):
         each, then voxelize)."""
         return self.voxelize([self.prepare(s, intensity_range) for s in scans])
 
-    def count_voxels(self, scans) -> int:
-        return count_voxels([s.detach().cpu().numpy() for s in scans], self.config.preprocess)
+    def count_voxels(self, scans, limit: int | None = None) -> int:
+        return count_voxels([s.detach().cpu().numpy() for s in scans], self.config.preprocess, limit=limit)
 
     def feature_rows(self, batch: Voxels, space: str) -> torch.Tensor:
         was_training = self.training

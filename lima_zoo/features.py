@@ -62,8 +62,9 @@ class FeatureExtractor:
         """Prepared scans -> one batch of the backbone's cells (voxels, or range-image pixels)."""
         raise NotImplementedError
 
-    def count_voxels(self, scans: Sequence[Any]) -> int:
-        """The voxels ``voxelize`` would make of ``scans``, counted in memory bounded by a chunk."""
+    def count_voxels(self, scans: Sequence[Any], limit: int | None = None) -> int:
+        """The voxels ``voxelize`` would make of ``scans``, counted in memory bounded by a chunk
+        (stopping once past ``limit``)."""
         raise NotImplementedError
 
     def feature_rows(self, batch: Any, space: str) -> Any:
@@ -125,7 +126,7 @@ class FeatureExtractor:
         prepared = [self.prepare(s, intensity_range) for s in scans]
         sizes = [len(s) for s in prepared]
         if check_memory and self.config.preprocess.range_image is None:  # a range image's pixels are bounded
-            ensure_points_fit(sum(sizes), self.device, lambda: self.count_voxels(prepared))
+            ensure_points_fit(sum(sizes), self.device, lambda limit: self.count_voxels(prepared, limit))
         batch = self.voxelize(prepared)
         if check_memory:
             ensure_fits(len(batch.feats), self.device, sum(sizes))
@@ -160,7 +161,7 @@ def check_points(pts: Any, xp: types.ModuleType) -> None:
         raise ValueError(f"{bad_xyz:,} of {len(pts):,} points have NaN or Inf coordinates")
     if pts.shape[1] >= 4 and not bool(xp.isfinite(pts[:, 3]).all()):
         raise ValueError(f"{int((~xp.isfinite(pts[:, 3])).sum()):,} points have a NaN or Inf intensity")
-    far = int((abs(pts[:, :3]) > MAX_COORDINATE_M).any(1).sum())
+    far = int(sum(((pts[:, k] > MAX_COORDINATE_M) | (pts[:, k] < -MAX_COORDINATE_M)).sum() for k in range(3)))
     if far:
         raise ValueError(
             f"{far:,} of {len(pts):,} points lie beyond {MAX_COORDINATE_M:g} m of the origin: give points in "
@@ -183,11 +184,11 @@ def available_memory(device: Any) -> int | None:
     return None
 
 
-def ensure_points_fit(points: int, device: Any, count_voxels: Callable[[], int], free: int | None = None) -> None:
+def ensure_points_fit(points: int, device: Any, count_voxels: Callable[[int], int], free: int | None = None) -> None:
     """Raise ValueError, before anything of the size of the scans is allocated, when voxelizing
     ``points`` points or the forward over their voxels would not fit in 90% of the free memory.
     Small batches pass at once (even one voxel per point would fit); for a large one the voxels
-    are counted (``count_voxels``, in bounded memory) first."""
+    are counted (``count_voxels(limit)``, in bounded memory, stopping past what would fit) first."""
     free = available_memory(device) if free is None else free
     if free is None:
         return
@@ -200,16 +201,19 @@ def ensure_points_fit(points: int, device: Any, count_voxels: Callable[[], int],
         )
     if points * INFERENCE_BYTES_PER_VOXEL <= 0.9 * free:
         return
-    ensure_fits(count_voxels(), device, points, free)
+    limit = int(0.9 * free / INFERENCE_BYTES_PER_VOXEL)
+    ensure_fits(count_voxels(limit), device, points, free, at_least=True)
 
 
-def ensure_fits(voxels: int, device: Any, points: int = 0, free: int | None = None) -> None:
-    """Raise ValueError when a forward over ``voxels`` voxels would need more than 90% of the free memory."""
+def ensure_fits(voxels: int, device: Any, points: int = 0, free: int | None = None, at_least: bool = False) -> None:
+    """Raise ValueError when a forward over ``voxels`` voxels would need more than 90% of the free
+    memory (``at_least``: the count stopped early, the scan has at least that many)."""
     free = available_memory(device) if free is None else free
     need = voxels * INFERENCE_BYTES_PER_VOXEL
     if free is not None and need > 0.9 * free:
         raise ValueError(
-            f"{points:,} points -> {voxels:,} voxels would need ~{need / 2**30:.1f} GiB on {device}, but only "
+            f"{points:,} points -> {'at least ' if at_least else ''}{voxels:,} voxels would need "
+            f"{'more than ' if at_least else '~'}{need / 2**30:.1f} GiB on {device}, but only "
             f"{free / 2**30:.1f} GiB is free: crop the map into tiles (or embed fewer scans per batch), or pass "
             "check_memory=False to try anyway"
         )

@@ -114,7 +114,9 @@ def _select_and_check(cloud: PointCloud, use_dim, path: Path) -> PointCloud:
         use = list(use_dim)
     if max(use) >= pts.shape[1] or len(use) < 3:
         raise PointCloudError(f"{path}: use_dim {use_dim} does not fit {pts.shape[1]} columns (need x, y, z)")
-    pts = np.ascontiguousarray(pts[:, use], dtype=np.float32)
+    # a leading run of columns is a view (no copy of a large scan), any other selection a copy
+    pts = pts[:, : len(use)] if use == list(range(len(use))) else pts[:, use]
+    pts = np.ascontiguousarray(pts, dtype=np.float32)
     if len(pts) == 0:
         raise PointCloudError(f"{path}: empty point cloud")
     finite = np.isfinite(pts[:, :3]).all(axis=1)

@@ -65,28 +65,35 @@ def _grid_positions(xyz: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray,
     return pos, cells
 
 
-def count_voxels(scans: list[np.ndarray], cfg: PreprocessConfig, chunk: int = 1 << 20) -> int:
+def count_voxels(scans: list[np.ndarray], cfg: PreprocessConfig, chunk: int = 1 << 20, limit: int | None = None) -> int:
     """The number of voxels :func:`voxelize` would make of ``scans``, counted ``chunk`` points at a
     time in two passes (the scan's lowest cell, then the keys), recomputing the cells so that only
     one chunk's live at a time: memory grows with the voxels, not the points (the check before
-    voxelizing a huge map)."""
+    voxelizing a huge map). With ``limit``, counting stops once the count passes it (the answer is
+    then some number above ``limit``)."""
 
     def cells_of(pts: np.ndarray, start: int) -> np.ndarray:
         return np.floor(_positions(pts[start : start + chunk, :3], cfg)).astype(np.int64)
 
     total = 0
     for pts in scans:
-        starts = range(0, len(pts), chunk)
         if not len(pts):
             continue
-        low = np.min([cells_of(pts, s).min(axis=0) for s in starts], axis=0)
-        extent = np.max([cells_of(pts, s).max(axis=0) for s in starts], axis=0) - low + 1
+        starts = range(0, len(pts), chunk)
+        low, high = None, None
+        for start in starts:
+            c = cells_of(pts, start)
+            low = c.min(axis=0) if low is None else np.minimum(low, c.min(axis=0))
+            high = c.max(axis=0) if high is None else np.maximum(high, c.max(axis=0))
+        extent = high - low + 1
         if float(np.prod(extent.astype(np.float64))) >= 2**62:
             raise ValueError(f"coordinate range too large to pack into int64 keys (extent {extent.tolist()} voxels)")
         seen = np.empty(0, dtype=np.int64)
         for start in starts:
             c = cells_of(pts, start) - low
             seen = np.union1d(seen, (c[:, 0] * extent[1] + c[:, 1]) * extent[2] + c[:, 2])
+            if limit is not None and total + len(seen) > limit:
+                return total + len(seen)
         total += len(seen)
     return total
 

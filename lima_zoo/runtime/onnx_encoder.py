@@ -132,8 +132,8 @@ class OnnxEncoder(FeatureExtractor):
             return range_project(list(scans), self.config.preprocess)
         return voxelize(list(scans), self.config.preprocess, keep_points=self.point_output)
 
-    def count_voxels(self, scans) -> int:
-        return count_voxels(list(scans), self.config.preprocess)
+    def count_voxels(self, scans, limit: int | None = None) -> int:
+        return count_voxels(list(scans), self.config.preprocess, limit=limit)
 
     def feature_rows(self, cells: Cells, space: str) -> np.ndarray:
         rows = [self.run(feeds, space) for feeds in self._feeds(cells)]

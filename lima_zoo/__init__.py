@@ -3,7 +3,7 @@
 Public API (loaded on first use, so ``import lima_zoo`` stays cheap and never imports torch,
 timm, onnx or the training package):
 
-    LiMAEncoder, load_encoder, create_encoder, list_models, get_model_info, load_points
+    LiMAEncoder, LiMASegmenter, load_encoder, create_encoder, list_models, get_model_info, load_points
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "list_models": "lima_zoo.registry",
     "get_model_info": "lima_zoo.registry",
     "load_points": "lima_zoo.io",
+    "LiMASegmenter": "lima_zoo.segmenter",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -169,3 +169,39 @@ def test_point_output_probe_and_finetune_steps(backbone, labelled_world, tmp_pat
         cfg = DownstreamConfig(protocol=protocol, augment=protocol == "finetune", max_steps=3, lr=0.01, batch=1)
         report = run_downstream(cfg, str(enc), labelled_world, tmp_path / protocol)
         assert 0 <= report["miou"] <= 1 and report["val_frames"] == 2
+
+
+def test_eval_leaves_a_segmentation_model_that_reproduces_its_miou(labelled_world, tmp_path):
+    """RUN/model loads strictly as a LiMASegmenter whose predictions score the mIoU the run printed."""
+    from lima_zoo.segmenter import LiMASegmenter
+    from lima_zoo.training.config import DownstreamConfig
+    from lima_zoo.training.datasets import open_dataset
+    from lima_zoo.training.downstream import run_downstream
+    from lima_zoo.training.metrics import ConfusionMatrix
+
+    enc = _tiny_encoder(tmp_path)
+    report = run_downstream(
+        DownstreamConfig(protocol="linear", augment=False, max_steps=6, lr=0.01),
+        str(enc),
+        labelled_world,
+        tmp_path / "lp",
+    )
+    seg = LiMASegmenter.from_pretrained(tmp_path / "lp" / "model")
+    val = open_dataset(labelled_world, "val", labels=True)
+    assert seg.class_names == val.class_names and seg.info["miou"] == pytest.approx(report["miou"])
+    cm = ConfusionMatrix(val.class_names)
+    for s, k in val.index():
+        frame = val.frame(s, k)
+        pred = seg.predict(frame.points, intensity_range=val.intensity_scale)
+        probs = seg.predict_proba(frame.points, intensity_range=val.intensity_scale)
+        assert pred.shape == (len(frame.points),) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        cm.update(torch.from_numpy(pred + 1), torch.from_numpy(frame.labels))
+    assert cm.miou() == pytest.approx(report["miou"], abs=1e-6)
+    head = tmp_path / "lp" / "model" / "head.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(head))
+    state.pop("classifier.bias")
+    save_file(state, str(head))
+    with pytest.raises(ValueError, match="classifier.bias"):
+        LiMASegmenter.from_pretrained(tmp_path / "lp" / "model")

@@ -272,4 +272,26 @@ def run_downstream(
         },
     )
     write_config(out, config)
+    _save_segmenter(model, train_ds.class_names, report, out / "model")
     return {**report, "table": cm.table()}  # the table for the command line; metrics.json has the numbers
+
+
+def _save_segmenter(model: Segmenter, class_names: tuple[str, ...], report: dict, folder: Path) -> None:
+    """``folder``: the segmentation model the run scored (encoder, head, classes and its scores)."""
+    from ..segmenter import LiMASegmenter
+
+    seg = LiMASegmenter(
+        model.encoder,
+        class_names,
+        {
+            "protocol": report["protocol"],
+            "percent": report["percent"],
+            "dataset": report["dataset"],
+            "split": report["split"],
+            "miou": report["miou"],
+            "per_class_iou": report["per_class_iou"],
+        },
+    )
+    seg.norm.load_state_dict(model.norm.state_dict())
+    seg.classifier.load_state_dict(model.classifier.state_dict())
+    seg.eval().save_pretrained(folder)

@@ -197,6 +197,26 @@ def test_eval_leaves_a_segmentation_model_that_reproduces_its_miou(labelled_worl
         assert pred.shape == (len(frame.points),) and np.allclose(probs.sum(1), 1, atol=1e-5)
         cm.update(torch.from_numpy(pred + 1), torch.from_numpy(frame.labels))
     assert cm.miou() == pytest.approx(report["miou"], abs=1e-6)
+    from click.testing import CliRunner
+
+    from lima_zoo.cli import main
+
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--protocol",
+            "none",
+            "-m",
+            str(tmp_path / "lp" / "model"),
+            "--data",
+            str(labelled_world),
+            "-o",
+            str(tmp_path / "scored"),
+        ],
+    )
+    scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert res.exit_code == 0 and scored["miou"] == pytest.approx(report["miou"], abs=1e-6), res.output
     head = tmp_path / "lp" / "model" / "head.safetensors"
     from safetensors.torch import load_file, save_file
 

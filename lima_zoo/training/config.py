@@ -193,7 +193,7 @@ class DownstreamConfig(Checked):
     """Linear probing (frozen backbone in eval mode, BatchNorm + zero-initialised Linear(96 -> C)) or
     fine-tuning (whole network, head lr x ``head_lr_mult``) with CE + ``lovasz_weight`` x Lovasz-softmax."""
 
-    protocol: str = "linear"  # linear | finetune
+    protocol: str = "linear"  # linear | finetune | none (score a segmentation model as it is)
     percent: Annotated[float, Range(0, 100, low_open=True)] = (
         100.0  # of the training split, by the dataset's subset rule
     )
@@ -219,8 +219,8 @@ class DownstreamConfig(Checked):
 
     def __post_init__(self) -> None:
         check_backend(self.sparse_backend)
-        if self.protocol not in ("linear", "finetune"):
-            raise ValueError(f"protocol must be 'linear' or 'finetune', got {self.protocol!r}")
+        if self.protocol not in ("linear", "finetune", "none"):
+            raise ValueError(f"protocol must be 'linear', 'finetune' or 'none', got {self.protocol!r}")
         super().__post_init__()
 
 

@@ -45,7 +45,7 @@ from .run import (
 )
 from .schedule import one_cycle
 
-__all__ = ["Segmenter", "run_downstream", "evaluate", "in_cameras", "backbone_source"]
+__all__ = ["Segmenter", "run_downstream", "score_segmenter", "evaluate", "in_cameras", "backbone_source"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ def run_downstream(
         resume: continue from ``out/checkpoints/last.pt``.
         on_step: called with each step's log record.
     """
+    if cfg.protocol == "none":
+        raise ValueError("protocol 'none' trains nothing: score a segmentation model with score_segmenter")
     out = Path(out)
     ckpt = start_run(out, resume)
     device = resolve_device(cfg.device)
@@ -295,3 +297,34 @@ def _save_segmenter(model: Segmenter, class_names: tuple[str, ...], report: dict
     seg.norm.load_state_dict(model.norm.state_dict())
     seg.classifier.load_state_dict(model.classifier.state_dict())
     seg.eval().save_pretrained(folder)
+
+
+def score_segmenter(cfg: DownstreamConfig, model: str | Path, data: str | Path, out: str | Path) -> dict:
+    """``eval --protocol none``: score a segmentation folder (``RUN/model``) on ``data``'s
+    ``cfg.eval_split`` without training; returns (and writes to ``out/metrics.json``) the report."""
+    from ..segmenter import LiMASegmenter
+
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    seg = LiMASegmenter.from_pretrained(model, device=device)
+    val_ds = open_dataset(data, cfg.eval_split, labels=True)
+    if tuple(seg.class_names) != tuple(val_ds.class_names):
+        raise ValueError(
+            f"{model}: its classes {list(seg.class_names)[:4]}... are not {data}'s {list(val_ds.class_names)[:4]}..."
+        )
+    seg.encoder.set_backend(cfg.sparse_backend)
+    model_ = Segmenter(seg.encoder, len(seg.class_names), frozen=True, bn_momentum=cfg.bn_momentum).to(device)
+    model_.norm.load_state_dict(seg.norm.state_dict())
+    model_.classifier.load_state_dict(seg.classifier.state_dict())
+    cms = evaluate(model_, val_ds, cfg.batch, tuple(cfg.cameras) if cfg.camera_split else None)
+    split = {f"miou_{k}": c.miou() for k, c in cms.items() if k != "all"}
+    extra = {
+        "protocol": "none",
+        "model": str(model),
+        "dataset": detect_format(data),
+        "split": cfg.eval_split,
+        "val_frames": len(val_ds),
+        **split,
+    }
+    report = save_report(cms["all"], out, f"{model} scored on {cfg.eval_split}", extra)
+    return {**report, "table": cms["all"].table()}

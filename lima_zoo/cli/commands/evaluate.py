@@ -10,7 +10,12 @@ from ..common import library_errors
 
 
 @click.command("eval", context_settings={"show_default": True})
-@click.option("--protocol", type=click.Choice(["linear", "finetune"]), default="linear")
+@click.option(
+    "--protocol",
+    type=click.Choice(["linear", "finetune", "none"]),
+    default="linear",
+    help="none: score a segmentation model folder (RUN/model) as it is, no training.",
+)
 @click.option(
     "--percent",
     default=100.0,
@@ -38,15 +43,21 @@ from ..common import library_errors
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
 @library_errors
 def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resume):
-    """Linear probing or fine-tuning for semantic segmentation; prints per-class IoU and mIoU."""
+    """Linear probing or fine-tuning for semantic segmentation, or (--protocol none) scoring a
+    segmentation model; prints per-class IoU and mIoU."""
     from ...config import config_from_dict
     from ...training.config import DownstreamConfig, apply_overrides
 
     values = apply_overrides({"protocol": protocol, "percent": percent}, list(overrides))
     cfg = config_from_dict(DownstreamConfig, values, where="eval --set")
-    from ...training.downstream import run_downstream
+    from ...training.downstream import run_downstream, score_segmenter
 
-    report = run_downstream(cfg, model_name, data_path, out_dir, resume=resume)
+    if protocol == "none":
+        if resume:
+            raise click.UsageError("--resume applies to a training protocol, not --protocol none")
+        report = score_segmenter(cfg, model_name, data_path, out_dir)
+    else:
+        report = run_downstream(cfg, model_name, data_path, out_dir, resume=resume)
     click.echo(report["table"])
     click.echo(f"mIoU {100 * report['miou']:.2f} -> {out_dir}/metrics.json, {out_dir}/iou.png")
 

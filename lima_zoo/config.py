@@ -76,11 +76,20 @@ class Range:
 SEED = Range(0, 2**31 - 1)  # seeds are mixed with step numbers into 64-bit generator seeds
 
 
+def _integer(hint: Any) -> bool:
+    """Whether an (unwrapped) field type holds ints: int, int | None, tuple[int, ...]."""
+    return hint is int or any(_integer(a) for a in typing.get_args(hint) if a is not Ellipsis)
+
+
 @functools.cache
-def _field_ranges(cls: type) -> dict[str, Range]:
+def _field_ranges(cls: type) -> dict[str, tuple[Range, bool]]:
+    """{field: (its Range, whether it holds ints)} for every ranged field of ``cls``."""
     hints = typing.get_type_hints(cls, include_extras=True)
     return {
-        f.name: next(m for m in hints[f.name].__metadata__ if isinstance(m, Range))
+        f.name: (
+            next(m for m in hints[f.name].__metadata__ if isinstance(m, Range)),
+            _integer(hints[f.name].__origin__),
+        )
         for f in dataclasses.fields(cls)
         if typing.get_origin(hints[f.name]) is Annotated
         and any(isinstance(m, Range) for m in hints[f.name].__metadata__)
@@ -88,11 +97,16 @@ def _field_ranges(cls: type) -> dict[str, Range]:
 
 
 def check_ranges(config: Any) -> None:
-    """Raise ValueError naming the first field of ``config`` (a dataclass) outside its Range."""
-    for name, allowed in _field_ranges(type(config)).items():
+    """Raise ValueError naming the first field of ``config`` (a dataclass) outside its Range (or,
+    for an int field, not an int)."""
+    for name, (allowed, integer) in _field_ranges(type(config)).items():
         value = getattr(config, name)
         for v in value if isinstance(value, tuple) else (value,):
-            if v is not None and not allowed.allows(v):
+            if v is None:
+                continue
+            if integer and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"{name} must be an integer in {allowed}, got {value!r}")
+            if not allowed.allows(v):
                 raise ValueError(f"{name} must be in {allowed}, got {value!r}")
 
 

@@ -54,12 +54,17 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
+def _affinity_cpus() -> int:
+    """The CPUs in this process's affinity mask (os.cpu_count off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
     """The CPUs this process may run on (affinity), capped by a cgroup quota; at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = _affinity_cpus()
     limit = cgroup_cpu_limit(root)
     if limit is not None:
         cpus = min(cpus, max(1, math.floor(limit)))
@@ -84,10 +89,7 @@ def other_runnable(samples: int = 5, interval: float = 0.01, stat: Path = Path("
 def plan_threads(others: int | None = None, root: Path = Path("/sys/fs/cgroup")) -> ThreadPlan:
     """The plan for this process: a cgroup quota below the affinity mask caps the threads; ``others``
     (default :func:`other_runnable`) competing tasks make them wait passively."""
-    try:
-        mask = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        mask = os.cpu_count() or 1
+    mask = _affinity_cpus()
     cpus = usable_cpus(root)
     threads = cpus if cpus < mask else None
     others = other_runnable() if others is None else others

@@ -107,14 +107,13 @@ def _random_encoder(backbone: str, seed: int) -> "LiMAEncoder":
 
     from .config import EncoderConfig
     from .encoder import LiMAEncoder
-    from .models import BACKBONE_LAYERS
 
-    if backbone not in BACKBONE_LAYERS:
-        raise ValueError(
-            f"{RANDOM_PREFIX}{backbone}: unknown backbone; choose from {', '.join(sorted(BACKBONE_LAYERS))}"
-        )
+    try:
+        config = EncoderConfig(backbone=backbone)  # the config's own check names the backbones
+    except ValueError as exc:
+        raise ValueError(f"{RANDOM_PREFIX}{backbone}: {exc}") from None
     torch.manual_seed(seed)
-    return LiMAEncoder(EncoderConfig(backbone=backbone))
+    return LiMAEncoder(config)
 
 
 def load_checkpoint_encoder(path: str | os.PathLike) -> "LiMAEncoder":

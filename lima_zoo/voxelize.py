@@ -49,24 +49,19 @@ def grid_indices(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
 def grid_positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3) float xyz -> (positions (N, 3) float64 in voxel units, cells (N, 3) int64), both
     shifted by the scan's lowest cell, so ``floor(positions) == cells`` and the minimum cell is 0."""
-    pos = _positions(xyz, cfg)
-    cells = torch.floor(pos).to(torch.int64)
-    if len(cells):
-        low = cells.min(dim=0).values
-        cells -= low
-        pos = pos - low.to(torch.float64)
-    return pos, cells
-
-
-def _positions(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    """(N, 3) float xyz -> (N, 3) float64 positions in voxel units, unshifted."""
     p = xyz.to(torch.float64)
     size = torch.tensor(cfg.voxel_size, dtype=torch.float64, device=xyz.device)
     if cfg.voxel_type == "cylindrical":
         rho = torch.hypot(p[:, 0], p[:, 1])
         phi = torch.atan2(p[:, 1], p[:, 0]) * (180.0 / math.pi)  # degrees in [-180, 180]
         p = torch.stack([rho, phi, p[:, 2]], dim=1)
-    return p / size
+    pos = p / size
+    cells = torch.floor(pos).to(torch.int64)
+    if len(cells):
+        low = cells.min(dim=0).values
+        cells -= low
+        pos = pos - low.to(torch.float64)
+    return pos, cells
 
 
 def input_columns(pts: torch.Tensor, cfg: PreprocessConfig, b: int) -> torch.Tensor:

@@ -17,10 +17,11 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 
+from ..config import Checked, Range
 from ..io import PointCloudError, load_points, save_features
 
 __all__ = ["EmbedOptions", "EmbedReport", "run_embed", "plan_outputs", "read_batch", "embed_loaded", "OUTPUT_FORMATS"]
@@ -29,7 +30,7 @@ OUTPUT_FORMATS = ("npy", "safetensors", "parquet", "ply", "parquet-dataset")
 
 
 @dataclass(frozen=True)
-class EmbedOptions:
+class EmbedOptions(Checked):
     """How a run embeds and writes (``lima-zoo embed``'s options).
 
     fmt: one file per scan (npy, safetensors, parquet, ply) or "parquet-dataset": one Parquet
@@ -44,26 +45,24 @@ class EmbedOptions:
     """
 
     fmt: str = "npy"
-    batch_size: int = 1
-    load_dim: int | None = None
-    use_dim: int | None = None
+    batch_size: Annotated[int, Range(1, 100_000)] = 1
+    load_dim: Annotated[int | None, Range(3, 64)] = None
+    use_dim: Annotated[int | None, Range(3, 64)] = None
     skip_existing: bool = False
     ply_features: bool = False
     keep_rows: bool = False
-    prefetch: int = 2
-    shard: tuple[int, int] = (0, 1)
+    prefetch: Annotated[int, Range(0, 1024)] = 2
+    shard: Annotated[tuple[int, int], Range(0, 10**9)] = (0, 1)
     float16: bool = False
-    scans_per_part: int = 64
+    scans_per_part: Annotated[int, Range(1, 10**7)] = 64
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.fmt not in OUTPUT_FORMATS:
             raise ValueError(f"format {self.fmt!r}: choose from {', '.join(OUTPUT_FORMATS)}")
-        for name, low in (("batch_size", 1), ("prefetch", 0), ("scans_per_part", 1)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ValueError(f"{name}={getattr(self, name)!r}: give an integer >= {low}")
         if self.float16 and self.fmt != "parquet-dataset":
             raise ValueError("float16 applies to the parquet-dataset format only")
+        super().__post_init__()
 
     def replace(self, **changes) -> "EmbedOptions":
         return dataclasses.replace(self, **changes)

@@ -19,9 +19,11 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from ..config import Checked, Range
 from .batcher import Batcher, Job, QueueFull
 from .codec import BadRequest, encode_features, format_of, read_points
 from .metrics import Metrics
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServeOptions:
+class ServeOptions(Checked):
     """Limits and batching of the service (``lima-zoo serve``'s options).
 
     max_body_mb / max_points: larger requests get 413. max_batch_points / max_wait_ms: a batch is
@@ -42,28 +44,14 @@ class ServeOptions:
     (None: no authentication).
     """
 
-    max_body_mb: float = 256.0
-    max_points: int = 2_000_000
-    max_batch_points: int = 400_000
-    max_wait_ms: float = 5.0
-    max_queue: int = 64
-    timeout_s: float = 120.0
-    read_timeout_s: float = 30.0
+    max_body_mb: Annotated[float, Range(0, 16_384, low_open=True)] = 256.0
+    max_points: Annotated[int, Range(1, 10**9)] = 2_000_000
+    max_batch_points: Annotated[int, Range(1, 10**9)] = 400_000
+    max_wait_ms: Annotated[float, Range(0, 10_000)] = 5.0
+    max_queue: Annotated[int, Range(1, 100_000)] = 64
+    timeout_s: Annotated[float, Range(0, 86_400, low_open=True)] = 120.0
+    read_timeout_s: Annotated[float, Range(0, 3_600, low_open=True)] = 30.0
     token: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "max_body_mb": 0 < self.max_body_mb <= 16_384,
-            "max_points": 1 <= self.max_points <= 10**9,
-            "max_batch_points": 1 <= self.max_batch_points <= 10**9,
-            "max_wait_ms": 0 <= self.max_wait_ms <= 10_000,
-            "max_queue": 1 <= self.max_queue <= 100_000,
-            "timeout_s": 0 < self.timeout_s <= 86_400,
-            "read_timeout_s": 0 < self.read_timeout_s <= 3_600,
-        }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"serve: out of range: {', '.join(bad)}")
 
 
 def _error(status: int, message: str, headers: dict | None = None):

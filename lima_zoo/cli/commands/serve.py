@@ -74,8 +74,6 @@ def serve_cmd(
         token = os.environ.get(token_env, "")
         if not token:
             raise click.UsageError(f"--token-env {token_env}: the variable is unset or empty")
-    if runtime == "onnx" and backend not in ("torch", "auto"):
-        raise click.UsageError("--backend applies to the torch runtime only")
     options = ServeOptions(
         max_body_mb=max_body_mb,
         max_points=max_points,

@@ -2,12 +2,12 @@
 
     python benchmarks/bench_quality.py                       # tables a) and b), 3 seeds, 180 steps (~40 min on 2 cores)
     python benchmarks/bench_quality.py --tables c            # the frames sweep (1, 2, 4, 6, 8)
-    python benchmarks/bench_quality.py --world-seed 5 --seeds 4 --teacher DIR
+    python benchmarks/bench_quality.py --world-seeds 3,4 --seeds 6 --work DIR --json q.json   # resumable
     python benchmarks/bench_quality.py --quick               # the CI-size pipeline check (numbers meaningless)
     python benchmarks/bench_quality.py --tables a --rows "random,LiMA (reproject)" --backbone frnet18 --json fr.json
     python benchmarks/bench_quality.py --render mink.json spv.json fr.json --baseline random   # a table per student
 
-Worlds (nuScenes format, generated from ``--world-seed``; every fourth scene is validation):
+Worlds (nuScenes format, generated from each of ``--world-seeds``; every fourth scene is validation):
   a) six cameras, 8 scenes x 10 keyframes;
   b) long horizon, 12 scenes x 16 keyframes, the front camera only: a SemanticKITTI-like rig, where the
      camera sees the least of each scan (~11% of its points), so what was seen before has the most
@@ -22,10 +22,14 @@ no mixing):
   1 frame           1 frame, every camera of the world, fused (cross-view aggregation)
   LiMA (cell)       6 frames; past per-point features matched in 0.3 m cells
   LiMA (reproject)  6 frames; current points re-projected into past frames' 2-D token maps
+  LiMA (fill)       re-projection, a = 1: memory only where no current camera sees the point
+  LiMA (confidence) re-projection, memory's share scaled by its agreement with the current target
+  LiMA (cell, fill) cells, a = 1
+(the LiMA rows fuse with a = 0.5 unless named otherwise; the last three run when --rows names them)
 
-Columns: linear-probe mIoU on every validation point and on the points inside / outside the current
-cameras; the paired per-seed difference to ScaLR-literal (mean +- std over seeds, and its standard
-error); 1% fine-tune mIoU for random, ScaLR-literal and LiMA (reproject); targets during pretraining
+Columns: linear-probe mIoU (per world seed, and pooled over every world seed and seed) on every validation point and on the points inside / outside the current
+cameras; the paired difference to ScaLR-literal and to "1 frame" (pairs: same world seed and seed;
+mean +- std over the pairs, its standard error, and each world's mean); 1% fine-tune mIoU for random, ScaLR-literal and LiMA (reproject); targets during pretraining
 (share of points with a target, share only from memory, mean bank depth) and target accuracy (each
 target classified by the nearest class prototype of current-camera targets; current-camera and
 memory-only points). ``--lima-set`` adds overrides to the LiMA rows (ablations).
@@ -49,14 +53,20 @@ WORLDS = {
     "b": {"title": "b) long-horizon world, front camera only", "scenes": 12, "frames": 16, "cameras": ("CAM_FRONT",)},
 }
 # The LiMA rows name every method setting, so the tables do not move when a recipe default does.
-LIMA = ["lima.frames=6", "lima.alpha=0.5", "lima.loss_average=joint", "lima.mixing=none"]
+LIMA = ["lima.frames=6", "lima.alpha=0.5", "lima.fusion=blend", "lima.loss_average=joint", "lima.mixing=none"]
 ROWS = {
     "random": None,
     "ScaLR-literal": ["lima.frames=1", "lima.cameras_per_frame=1", "lima.mixing=none"],
     "1 frame": ["lima.frames=1", "lima.mixing=none"],
     "LiMA (cell)": [*LIMA, "lima.align=cell"],
     "LiMA (reproject)": [*LIMA, "lima.align=reproject"],
+    # the fusion rules (lima.fusion, lima.alpha): memory only where no current camera sees the point
+    # (a = 1), and memory weighed by its agreement with the current target
+    "LiMA (fill)": [*LIMA, "lima.align=reproject", "lima.alpha=1.0"],
+    "LiMA (confidence)": [*LIMA, "lima.align=reproject", "lima.fusion=confidence"],
+    "LiMA (cell, fill)": [*LIMA, "lima.align=cell", "lima.alpha=1.0"],
 }
+DEFAULT_ROWS = ("random", "ScaLR-literal", "1 frame", "LiMA (cell)", "LiMA (reproject)")
 # Every pretrained row: one student scan per stream and no mixing, so no method's student sees more
 # (or other) scans than another's; cross-sequence mixing is an ablation (--lima-set lima.mixing=lasermix).
 BASE = ["lima.scans_per_stream=1"]
@@ -229,85 +239,148 @@ def accuracy_task(task: dict) -> dict:
     return target_accuracy(Path(task["data"]), Path(task["teacher"]), tuple(task["cameras"]), task["overrides"])
 
 
-def run_world(
-    key: str,
-    args,
-    tmp: Path,
-    teacher: Path,
-    rows: dict[str, list[str] | None],
-    finetune_rows: tuple[str, ...],
-    tag: str = "",
-) -> dict:
-    """Every (row, seed) of one world, ``args.jobs`` at a time (each with 2 / jobs threads); results in
-    row order, printed as they finish."""
-    from concurrent.futures import ProcessPoolExecutor
-
+def world_data(key: str, world_seed: int, args, work: Path) -> Path:
+    """World ``key`` generated from ``world_seed`` in ``work`` (reused when already there)."""
     from lima_zoo.synth import generate
 
     w = WORLDS[key]
     scenes, frames = (4, 4) if args.quick else (w["scenes"], w["frames"])
-    t0 = time.perf_counter()
-    data = tmp / f"world-{key}"
+    data = work / f"world-{world_seed}-{key}"
     if not (data / "lima_splits.json").exists():
-        data = generate(data, "nuscenes", scenes, frames, seed=args.world_seed, image_scale=0.15)
-    print(
-        f"{w['title']}: {scenes} scenes x {frames} keyframes, world seed {args.world_seed} "
-        f"[{time.perf_counter() - t0:.0f} s]",
-        flush=True,
-    )
-    if len(w["cameras"]) == 1 and "ScaLR-literal" in rows:  # one camera: "1 frame" is ScaLR-literal
-        rows = {k: v for k, v in rows.items() if k != "1 frame"}
+        t0 = time.perf_counter()
+        data = generate(data, "nuscenes", scenes, frames, seed=world_seed, image_scale=0.15)
+        print(
+            f"{w['title']}: {scenes} scenes x {frames} keyframes, world seed {world_seed} "
+            f"[{time.perf_counter() - t0:.0f} s]",
+            flush=True,
+        )
+    return data
+
+
+def table_rows(key: str, rows: dict[str, list[str] | None]) -> dict[str, list[str] | None]:
+    """The rows that run on world ``key``: with one camera, "1 frame" is ScaLR-literal (run once)."""
+    if len(WORLDS[key]["cameras"]) == 1 and "ScaLR-literal" in rows:
+        return {k: v for k, v in rows.items() if k != "1 frame"}
+    return rows
+
+
+def run_tables(
+    tables: dict[str, tuple[str, dict[str, list[str] | None], tuple[str, ...]]],
+    args,
+    work: Path,
+    teacher: Path,
+    state: dict,
+    save,
+) -> None:
+    """Every (world seed, table, row, seed) run not already in ``state["runs"]``, ``args.jobs`` at a
+    time (each with 2 / jobs threads), seed-major so that every paired set completes early; each
+    result is saved as it finishes (``save``), so an interrupted benchmark resumes where it stopped.
+
+    ``tables``: table name -> (world key, rows, fine-tuned rows)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     threads = max(1, THREADS // args.jobs)
-    common = {
-        "data": str(data),
-        "teacher": str(teacher),
-        "cameras": list(w["cameras"]),
-        "threads": threads,
-        "width": args.width,
-        "backbone": args.backbone,
-    }
-    res: dict = {name: {"lp": [], "ft": [], "diag": [], "acc": None} for name in rows}
-    runs = [(name, seed) for seed in args.seeds_list for name in rows]
+    runs, accs = state["runs"], state["acc"]
+    todo: list[tuple[str, dict]] = []
+    for seed in args.seeds_list:
+        for ws in args.world_seeds:
+            for table, (key, rows, finetune_rows) in tables.items():
+                data = world_data(key, ws, args, work)
+                common = {
+                    "data": str(data),
+                    "teacher": str(teacher),
+                    "cameras": list(WORLDS[key]["cameras"]),
+                    "threads": threads,
+                    "width": args.width,
+                    "backbone": args.backbone,
+                }
+                for name, ov in table_rows(key, rows).items():
+                    acc_id = f"{ws}/{table}/{name}"
+                    if ov is not None and seed == args.seeds_list[0] and accs.get(acc_id, {}).get("overrides") != ov:
+                        todo.append((acc_id, {**common, "kind": "acc", "overrides": ov}))
+                    run_id = f"{ws}/{table}/{name}/{seed}"
+                    if runs.get(run_id, {}).get("overrides", "-") == ov:
+                        continue  # done with the same settings (resumed)
+                    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+                    todo.append(
+                        (
+                            run_id,
+                            {
+                                **common,
+                                "kind": "run",
+                                "overrides": ov,
+                                "seed": seed,
+                                "out": str(work / "runs" / f"{ws}-{table}-{slug}-{seed}"),
+                                "steps": args.pretrain_steps,
+                                "probe_steps": args.probe_steps,
+                                "finetune_steps": args.finetune_steps if name in finetune_rows else 0,
+                            },
+                        )
+                    )
+    done = sum(1 for _ in runs)
+    print(f"{len(todo)} runs to go ({done} done before)", flush=True)
     # spawn, not fork: the parent already ran OpenMP threads, and a forked OpenMP runtime can hang
     with (
         ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
         if args.jobs > 1
         else _InProcess() as pool
     ):
-        acc = {
-            name: pool.submit(accuracy_task, {**common, "overrides": ov}) for name, ov in rows.items() if ov is not None
-        }
-        futures = {}
-        for name, seed in runs:
-            out = tmp / f"{tag or key}-{name.replace(' ', '_').replace('(', '').replace(')', '')}-{seed}"
-            task = {
-                **common,
-                "overrides": rows[name],
-                "seed": seed,
-                "out": str(out),
-                "steps": args.pretrain_steps,
-                "probe_steps": args.probe_steps,
-                "finetune_steps": args.finetune_steps if name in finetune_rows else 0,
-            }
-            futures[name, seed] = pool.submit(run_task, task)
-        for name, seed in runs:  # in submission order: the log reads the same for any --jobs
-            r = futures[name, seed].result()
-            res[name]["lp"].append(r["lp"])
-            if r["diag"] is not None:
-                res[name]["diag"].append(r["diag"])
-            if r["ft"] is not None:
-                res[name]["ft"].append(r["ft"])
+        futures = {pool.submit(do_task, task): (tid, task) for tid, task in todo}
+        for f in as_completed(futures) if args.jobs > 1 else futures:
+            tid, task = futures[f]
+            r = f.result()
+            if task["kind"] == "acc":
+                accs[tid] = {"overrides": task["overrides"], **r}
+                save()
+                continue
+            runs[tid] = {"overrides": task["overrides"], **r}
+            save()
             lp = r["lp"]
             print(
-                f"[{key}] seed {seed} {name:<17} LP mIoU {100 * lp['all']:.2f} (inside {100 * lp['inside']:.2f}, "
+                f"[{tid}] LP mIoU {100 * lp['all']:.2f} (inside {100 * lp['inside']:.2f}, "
                 f"outside {100 * lp['outside']:.2f})"
                 + (f", 1% FT {100 * r['ft']:.2f}" if r["ft"] is not None else "")
                 + f" [{time.perf_counter() - START:.0f} s]",
                 flush=True,
             )
-        for name, f in acc.items():
-            res[name]["acc"] = f.result()
-    return res
+
+
+def do_task(task: dict) -> dict:
+    return accuracy_task(task) if task["kind"] == "acc" else run_task(task)
+
+
+def collect(state: dict, world_seeds: list[int] | None = None) -> dict:
+    """Saved runs -> table -> row -> {"lp": [...], "ft": [...], "diag": [...], "worlds": [...],
+    "seeds": [...], "acc": {world seed: ...}}, the lists over (world seed, seed) pairs in one order,
+    so any two rows of a table pair up entry by entry."""
+    out: dict = {}
+    for rid, r in sorted(state["runs"].items(), key=lambda kv: _run_order(kv[0])):
+        ws, table, name, seed = rid.split("/")
+        if world_seeds is not None and int(ws) not in world_seeds:
+            continue
+        row = out.setdefault(table, {}).setdefault(
+            name, {"lp": [], "ft": [], "diag": [], "worlds": [], "seeds": [], "acc": {}}
+        )
+        row["lp"].append(r["lp"])
+        row["worlds"].append(int(ws))
+        row["seeds"].append(int(seed))
+        if r.get("ft") is not None:
+            row["ft"].append(r["ft"])
+        if r.get("diag") is not None:
+            row["diag"].append(r["diag"])
+    for aid, a in state["acc"].items():
+        ws, table, name = aid.split("/", 2)
+        if name in out.get(table, {}) and (world_seeds is None or int(ws) in world_seeds):
+            out[table][name]["acc"][int(ws)] = {k: a[k] for k in ("current", "memory_only")}
+    return out
+
+
+def _run_order(rid: str) -> tuple:
+    """Tables in name order; rows as ``ROWS`` lists them (then by frames, then by name)."""
+    ws, table, name, seed = rid.split("/")
+    known = [i for i, r in enumerate(ROWS) if name == r or name.startswith(r + " ")]
+    frames = int(name.split()[0]) if name.split()[0].isdigit() else 0
+    return (table, known[0] if known else len(ROWS), frames, name, int(ws), int(seed))
 
 
 class _InProcess:
@@ -334,29 +407,60 @@ class _Deferred:
         return self.value
 
 
-def paired(rows: list[dict], base: list[dict], key: str) -> str:
-    """Per-seed differences row - base of ``key``: mean +- std (standard error)."""
-    d = [a[key] - b[key] for a, b in zip(rows, base)]
-    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-    return f"{pm(d)} ({100 * se:.2f})"
+def differences(row: dict, base: dict, key: str) -> dict[int, list[float]]:
+    """Paired differences row - base of ``key`` per world seed (pairs: same world seed and seed)."""
+    at = {(w, sd): x[key] for w, sd, x in zip(base["worlds"], base["seeds"], base["lp"])}
+    out: dict[int, list[float]] = {}
+    for w, sd, x in zip(row["worlds"], row["seeds"], row["lp"]):
+        if (w, sd) in at:
+            out.setdefault(w, []).append(x[key] - at[w, sd])
+    return out
+
+
+def paired(row: dict, base: dict, key: str, per_world: bool = False) -> str:
+    """The pooled paired difference: mean +- std over every (world seed, seed) pair (its standard
+    error); with ``per_world``, each world's mean after it."""
+    d = differences(row, base, key)
+    pooled = [x for v in d.values() for x in v]
+    if not pooled:
+        return "-"
+    se = statistics.stdev(pooled) / len(pooled) ** 0.5 if len(pooled) > 1 else float("nan")
+    worlds = (
+        f" [{', '.join(f'{100 * statistics.mean(v):+.2f}' for v in d.values())}]" if per_world and len(d) > 1 else ""
+    )
+    return f"{pm(pooled)} ({100 * se:.2f}){worlds}"
+
+
+def world_means(row: dict, key: str = "all") -> str:
+    """Mean LP mIoU of each world seed, in world-seed order."""
+    by: dict[int, list[float]] = {}
+    for w, x in zip(row["worlds"], row["lp"]):
+        by.setdefault(w, []).append(x[key])
+    return " / ".join(f"{100 * statistics.mean(by[w]):.2f}" for w in sorted(by))
 
 
 def print_table(title: str, res: dict, baseline: str = "ScaLR-literal") -> None:
-    print(f"\n{title}")
-    print(
-        f"| method | LP mIoU | inside cameras | outside cameras | paired diff vs {baseline} (SE) | ... outside "
-        "cameras | 1% FT mIoU "
-        "| targets | only from memory | bank depth | target acc. current / memory-only |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    base = res.get(baseline)
+    """One table: per-world and pooled means, pooled paired differences (with each world's mean)
+    against ``baseline`` and, where the table has it, against "1 frame"."""
+    worlds = sorted({w for r in res.values() for w in r["worlds"]})
+    bases = [b for b in (baseline, "1 frame") if b in res]
+    print(f"\n{title}; world seeds {', '.join(map(str, worlds))}; {len(next(iter(res.values()))['lp'])} runs per row")
+    head = ["method", "LP mIoU per world", "LP mIoU", "inside cameras", "outside cameras"]
+    for b in bases:
+        head += [f"paired diff vs {b} (SE) [per world]", "... inside cameras", "... outside cameras"]
+    head += ["1% FT mIoU", "targets", "only from memory", "bank depth", "target acc. current / memory-only"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for name, r in res.items():
         lp = {k: [x[k] for x in r["lp"]] for k in ("all", "inside", "outside")}
-        diff = ["-", "-"]
-        if base is not None and name != baseline and len(r["lp"]) == len(base["lp"]):
-            diff = [paired(r["lp"], base["lp"], "all"), paired(r["lp"], base["lp"], "outside")]
+        cells = [name, world_means(r) if len(worlds) > 1 else "-", pm(lp["all"]), pm(lp["inside"]), pm(lp["outside"])]
+        for b in bases:
+            if name == b:
+                cells += ["-", "-", "-"]
+            else:
+                cells += [paired(r, res[b], "all", True), paired(r, res[b], "inside"), paired(r, res[b], "outside")]
         dg = r["diag"]
-        diag = (
+        cells += [pm(r["ft"])] + (
             ["-", "-", "-"]
             if not dg
             else [
@@ -365,17 +469,16 @@ def print_table(title: str, res: dict, baseline: str = "ScaLR-literal") -> None:
                 f"{statistics.mean(x['bank_depth'] for x in dg):.2f}",
             ]
         )
-        acc = (
+        acc = list(r["acc"].values())
+        cells.append(
             "-"
-            if r["acc"] is None
+            if not acc
             else " / ".join(
-                "-" if v != v else f"{100 * v:.1f}%" for v in (r["acc"]["current"], r["acc"]["memory_only"])
+                "-" if any(a[k] != a[k] for a in acc) else f"{100 * statistics.mean(a[k] for a in acc):.1f}%"
+                for k in ("current", "memory_only")
             )
         )
-        print(
-            f"| {name} | {pm(lp['all'])} | {pm(lp['inside'])} | {pm(lp['outside'])} | {' | '.join(diff)} | "
-            f"{pm(r['ft'])} | {' | '.join(diag)} | {acc} |"
-        )
+        print("| " + " | ".join(cells) + " |")
 
 
 START = time.perf_counter()
@@ -383,11 +486,31 @@ THREADS = 2  # every table is made with 2 threads in all (2 cores), split over -
 SWEEP_BASE = "1 frame (ScaLR-literal)"
 
 
+def teacher_digest(folder: Path) -> str:
+    """sha256 over the teacher folder's files: a resumed benchmark must distil the same teacher."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="a,b", help="a, b (method rows per world) and/or c (frames sweep on world b)")
-    ap.add_argument("--rows", default=",".join(ROWS), help="subset of the method rows")
-    ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"method rows, of: {', '.join(ROWS)}")
+    ap.add_argument(
+        "--world-seeds",
+        default="0",
+        help="worlds to measure on, e.g. 3,4: every row runs on each; tables pool the pairs (world seed, seed)",
+    )
     ap.add_argument(
         "--seeds",
         default="0,1,2",
@@ -410,6 +533,7 @@ def main() -> None:
     )
     ap.add_argument("--finetune-steps", type=int, default=40, help="0 skips fine-tuning")
     ap.add_argument("--sweep", default="1,2,4,6,8", help="frames of table c)")
+    ap.add_argument("--sweep-row", default="LiMA (reproject)", help="the LiMA row whose frames table c) sweeps")
     ap.add_argument("--common", nargs="*", default=[], help="overrides for every pretrained row (after BASE)")
     ap.add_argument(
         "--lima-set",
@@ -418,6 +542,12 @@ def main() -> None:
         help="overrides for the LiMA rows only (ablations, e.g. lima.mixing=lasermix)",
     )
     ap.add_argument("--teacher", type=Path, help="a synthetic teacher folder to reuse (default: make one, ~4 min)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="keep worlds, teacher and runs here (default: a temporary folder); with --json, a killed benchmark "
+        "rerun with the same command resumes where it stopped",
+    )
     ap.add_argument(
         "--quick", action="store_true", help="tiny worlds and budgets: checks the pipeline, not the ranking"
     )
@@ -428,13 +558,12 @@ def main() -> None:
         default=2,
         help="runs at a time, each with 2 / jobs threads (2 jobs of 1 thread: ~1.15x the throughput of 1 job of 2)",
     )
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--json", type=Path, help="write the results here, after every run (and resume from it)")
     ap.add_argument(
         "--render",
         type=Path,
         nargs="+",
-        help="print the tables of earlier --json files (rows merged, same seeds; one set of tables per student "
-        "backbone) and exit",
+        help="print the tables of earlier --json files (runs merged; one set of tables per student backbone) and exit",
     )
     ap.add_argument(
         "--baseline",
@@ -443,34 +572,22 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.render:
-        students: dict[str, dict] = {}  # the files' student backbone -> its tables, rows merged
-        for f in args.render:
-            saved = json.loads(f.read_text())
-            merged = students.setdefault(saved["args"].get("backbone", "minkunet14"), {})
-            for key, res in saved["results"].items():
-                merged.setdefault(key, {}).update(res)
-        for backbone, merged in students.items():
-            if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points are table b's runs (same seeds)
-                b = {SWEEP_BASE: merged["b"].get("ScaLR-literal"), "6 frames": merged["b"].get("LiMA (reproject)")}
-                rows = {**{k: v for k, v in b.items() if v is not None}, **merged["c"]}
-                merged["c"] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split()[0])))
-            student_note = f", student {backbone}" if len(students) > 1 else ""
-            for key, res in merged.items():
-                if key in WORLDS:
-                    print_table(WORLDS[key]["title"] + student_note, res, baseline=args.baseline)
-                else:
-                    print_table("c) frames sweep on world b (LiMA reproject)" + student_note, res, baseline=SWEEP_BASE)
+        render(args.render, args.baseline)
         return
-    args.seeds_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+    parse_list = lambda text: list(range(int(text))) if text.isdigit() else [int(x) for x in text.split(",")]  # noqa: E731
+    args.seeds_list = parse_list(args.seeds)
+    args.world_seeds = [int(x) for x in args.world_seeds.split(",")]
     if args.quick:
         args.seeds_list, args.pretrain_steps, args.probe_steps, args.finetune_steps = [0], 3, 5, 2
+    if "/" in args.label:
+        sys.exit("--label: no '/' (it separates the parts of a run's name)")
     torch.set_num_threads(THREADS)
     from lima_zoo.training.synthetic_teacher import make_synthetic_teacher
 
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in chosen if r not in ROWS]
+    unknown = [r for r in chosen + [args.sweep_row] if r not in ROWS]
     if unknown:
-        sys.exit(f"--rows: unknown {unknown}; rows: {', '.join(ROWS)}")
+        sys.exit(f"--rows / --sweep-row: unknown {unknown}; rows: {', '.join(ROWS)}")
     lima_rows = lambda name: name.startswith("LiMA")  # noqa: E731
     rows = {
         (f"{r} {args.label}" if args.label and lima_rows(r) else r): None
@@ -478,47 +595,85 @@ def main() -> None:
         else [*BASE, *args.common, *ROWS[r], *(args.lima_set if lima_rows(r) else [])]
         for r in chosen
     }
-    results = {}
+    tables = {
+        key: (key, rows, FINETUNE_ROWS if args.finetune_steps > 0 else ())
+        for key in args.tables.split(",")
+        if key in WORLDS
+    }
+    if "c" in args.tables.split(","):  # world b has one camera: its 1-frame point is ScaLR-literal
+        best = [*BASE, *args.common, *ROWS[args.sweep_row], *args.lima_set]
+        counts = [int(n) for n in args.sweep.split(",")]
+        label = f" {args.label}" if args.label else ""
+        sweep = {SWEEP_BASE: [*BASE, *args.common, *ROWS["ScaLR-literal"]]} if 1 in counts else {}
+        sweep.update({f"{n} frames{label}": [*best, f"lima.frames={n}"] for n in counts if n > 1})
+        tables["c"] = ("b", sweep, ())
+    protocol = {k: str(getattr(args, k)) for k in ("pretrain_steps", "probe_steps", "width", "backbone", "quick")}
+    state = {"runs": {}, "acc": {}, "protocol": protocol}
+    if args.json and args.json.exists():
+        saved = json.loads(args.json.read_text())
+        if "runs" in saved:
+            if saved.get("protocol") != protocol:
+                sys.exit(f"{args.json}: made with {saved.get('protocol')}, not {protocol}; use another --json")
+            state = saved
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        teacher = args.teacher
-        if teacher is None:
-            teacher = tmp / "teacher"
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        teacher = args.teacher or work / "teacher"
+        if not (teacher / "config.json").exists():
             meta = make_synthetic_teacher(teacher, steps=20 if args.quick else 300)
             print(
                 f"synthetic teacher: held-out patch accuracy {meta['heldout_patch_accuracy']:.3f} "
                 f"[{time.perf_counter() - START:.0f} s]",
                 flush=True,
             )
-        for key in [t for t in args.tables.split(",") if t in WORLDS]:
-            results[key] = run_world(key, args, tmp, teacher, rows, FINETUNE_ROWS if args.finetune_steps > 0 else ())
-        if "c" in args.tables.split(","):  # world b has one camera: its 1-frame point is ScaLR-literal
-            best = [*BASE, *args.common, *ROWS["LiMA (reproject)"], *args.lima_set]
-            counts = [int(n) for n in args.sweep.split(",")]
-            sweep = {SWEEP_BASE: [*BASE, *args.common, *ROWS["ScaLR-literal"]]} if 1 in counts else {}
-            sweep.update(
-                {
-                    f"{n} frames{' ' + args.label if args.label else ''}": [*best, f"lima.frames={n}"]
-                    for n in counts
-                    if n > 1
-                }
-            )
-            results["c"] = run_world("b", args, tmp, teacher, sweep, (), tag="c")
+        digest = teacher_digest(teacher)
+        if state.get("teacher", digest) != digest:
+            sys.exit(f"{args.json}: made with another teacher than {teacher}; pass that one (--teacher / --work)")
+        state["teacher"] = digest
+        state["args"] = {k: str(v) for k, v in vars(args).items()}
+
+        def save() -> None:
+            if args.json:
+                state["results"] = collect(state)
+                write_atomic(args.json, json.dumps(state, indent=1))
+
+        run_tables(tables, args, work, teacher, state, save)
+        save()
     print(
-        f"\n{len(args.seeds_list)} seeds {args.seeds_list}; student {args.backbone} x {args.width}, {args.jobs} "
-        f"job(s); pretraining {args.pretrain_steps} steps x 2 streams, linear probe {args.probe_steps} steps, "
-        f"1% fine-tune {args.finetune_steps} steps; common {args.common or '-'}; LiMA rows {args.lima_set or '-'}; "
-        f"{time.perf_counter() - START:.0f} s total"
+        f"\n{len(args.seeds_list)} seeds {args.seeds_list} on world seeds {args.world_seeds}; student {args.backbone} "
+        f"x {args.width}, {args.jobs} job(s); pretraining {args.pretrain_steps} steps x 2 streams, linear probe "
+        f"{args.probe_steps} steps, 1% fine-tune {args.finetune_steps} steps; common {args.common or '-'}; LiMA rows "
+        f"{args.lima_set or '-'}; {time.perf_counter() - START:.0f} s total"
     )
+    results = collect(state, args.world_seeds)
+    print_tables({k: {n: results[k][n] for n in t[1] if n in results.get(k, {})} for k, t in tables.items()})
+
+
+def print_tables(results: dict, baseline: str = "ScaLR-literal", note: str = "") -> None:
     for key, res in results.items():
+        if not res:
+            continue
         if key in WORLDS:
-            print_table(WORLDS[key]["title"], res)
+            print_table(WORLDS[key]["title"] + note, res, baseline)
         else:
-            print_table("c) frames sweep on world b (LiMA reproject)", res, baseline=SWEEP_BASE)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"results": results, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1)
-        )
+            print_table("c) frames sweep on world b" + note, res, baseline=SWEEP_BASE)
+
+
+def render(files: list[Path], baseline: str) -> None:
+    """The tables of earlier --json files, runs merged (one set of tables per student backbone)."""
+    students: dict[str, dict] = {}
+    for f in files:
+        saved = json.loads(f.read_text())
+        state = students.setdefault(saved["args"].get("backbone", "minkunet14"), {"runs": {}, "acc": {}})
+        state["runs"].update(saved.get("runs", {}))
+        state["acc"].update(saved.get("acc", {}))
+    for backbone, state in students.items():
+        merged = collect(state)
+        if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points are table b's runs (same seeds)
+            extra = {SWEEP_BASE: merged["b"].get("ScaLR-literal"), "6 frames": merged["b"].get("LiMA (reproject)")}
+            rows = {**{k: v for k, v in extra.items() if v is not None and k not in merged["c"]}, **merged["c"]}
+            merged["c"] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split()[0])))
+        print_tables(merged, baseline, f", student {backbone}" if len(students) > 1 else "")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,27 @@ def test_fusion_weights_current_and_remembered():
     assert mask.all() and not target.requires_grad
 
 
+def test_confidence_fusion_gives_way_to_the_current_target_where_memory_disagrees():
+    u = F.normalize(torch.randn(4, 8), dim=1)
+    p = torch.stack([u[0], -u[1], u[2] + 0.5 * F.normalize(torch.randn(8), dim=0), torch.randn(8)])
+    valid, has = torch.tensor([True, True, True, False]), torch.ones(4, dtype=torch.bool)
+    target, mask = fuse(u, valid, p, has, alpha=0.5, rule="confidence")
+    pn = F.normalize(p, dim=1)
+    torch.testing.assert_close(target[0], u[0])  # agreeing memory: the blend of two equal vectors
+    torch.testing.assert_close(target[1], u[1])  # contradicting memory (cos < 0) is dropped
+    share = 0.5 * float(u[2] @ pn[2])
+    torch.testing.assert_close(target[2], F.normalize((1 - share) * u[2] + share * pn[2], dim=0))
+    torch.testing.assert_close(target[3], pn[3])  # memory only: the memory
+    assert mask.all()
+    # a = 1 keeps every current target, whichever rule; memory fills the rest
+    for rule in ("blend", "confidence"):
+        t1, _ = fuse(u, valid, p, has, alpha=1.0, rule=rule)
+        torch.testing.assert_close(t1[:3], u[:3])
+        torch.testing.assert_close(t1[3], pn[3])
+    with pytest.raises(ValueError, match="fusion rule 'max'"):
+        fuse(u, valid, p, has, alpha=0.5, rule="max")
+
+
 def test_mixing_keeps_each_points_own_target():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(500, 4) * 10, torch.randn(400, 4) * 10

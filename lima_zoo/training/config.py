@@ -98,6 +98,7 @@ class LimaConfig(Checked):
         0.0  # m; align=reproject, > 0: a remembered view seen at depth d weighs exp(-d / view_range)
     )
     alpha: Annotated[float, Range(0, 1)] = 0.5  # temporal fusion weight of the current unified feature
+    fusion: str = "blend"  # blend | confidence (memory's share scaled by its agreement with the current target)
     cva: str = "mean"  # mean | center (weights by closeness to the image centre)
     cameras_per_frame: Annotated[int, Range(0, 64)] = (
         0  # > 0: distil only this many randomly drawn cameras per scan (ScaLR: 1); 0 = all
@@ -121,6 +122,7 @@ class LimaConfig(Checked):
             "align": self.align in ("cell", "reproject"),
             "check": self.check in ("none", "occlusion", "agreement"),
             "pool": self.pool in ("mean", "max"),
+            "fusion": self.fusion in ("blend", "confidence"),
             "cva": self.cva in ("mean", "center"),
             "loss_average": self.loss_average in ("joint", "separate"),
             "mixing": self.mixing in ("lasermix", "polarmix", "none"),

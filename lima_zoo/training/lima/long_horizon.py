@@ -58,6 +58,6 @@ def recall(cur: FrameTargets, memory: list, lima: LimaConfig) -> StreamTargets:
         )
     else:
         pooled, has, frames = propagate(cur.xyz, memory, lima.cell, lima.pool)
-    target, mask = fuse(cur.unified, cur.valid, pooled, has, lima.alpha)
+    target, mask = fuse(cur.unified, cur.valid, pooled, has, lima.alpha, lima.fusion)
     kind = torch.where(cur.valid, CURRENT, torch.where(mask, MEMORY_ONLY, NO_TARGET))
     return StreamTargets(target, kind, frames)

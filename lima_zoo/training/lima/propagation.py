@@ -7,7 +7,13 @@
    on a moving object therefore never pulls a feature from where the object was more than a cell
    away; a static point keeps getting its remembered feature after the ego vehicle moved on.
 3. Pooling over the frames that matched: mean (default) or max.
-4. Temporal fusion: normalize(a * F_u + (1 - a) * F_pool) where both exist, else whichever exists.
+4. Temporal fusion where both exist (``lima.fusion``), else whichever exists:
+   - blend: normalize(a * F_u + (1 - a) * F_pool);
+   - confidence: the remembered share (1 - a) scaled by the memory's agreement with the current
+     target, max(0, cos(F_u, F_pool)): a remembered feature that contradicts what the camera sees
+     now (a moved object, a stale or occluded view) gives way to the current one;
+   - a = 1 (either rule) keeps every current-camera target as it is and uses memory only where no
+     current camera sees the point.
    Points outside every current camera but seen before get F_pool alone: the extra supervision a
    long horizon buys.
 """
@@ -19,7 +25,9 @@ import torch.nn.functional as F
 
 from .memory_bank import MemoryEntry
 
-__all__ = ["cell_keys", "propagate", "fuse"]
+__all__ = ["cell_keys", "propagate", "fuse", "FUSIONS"]
+
+FUSIONS = ("blend", "confidence")
 
 _BITS = 21  # per axis: +-2^20 cells = +-315 km at 0.3 m
 
@@ -80,13 +88,26 @@ def propagate(
 
 
 def fuse(
-    unified: torch.Tensor, valid: torch.Tensor, pooled: torch.Tensor | None, has: torch.Tensor, alpha: float
+    unified: torch.Tensor,
+    valid: torch.Tensor,
+    pooled: torch.Tensor | None,
+    has: torch.Tensor,
+    alpha: float,
+    rule: str = "blend",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Temporal fusion -> detached targets (N, D) L2-normalised and mask (N,) of points with one."""
+    """Temporal fusion of current targets unified (N, D) (rows with valid (N,)) and remembered ones
+    pooled (N, D) (rows with has (N,)) -> detached targets (N, D) L2-normalised and mask (N,) of points
+    with one. ``rule``: blend | confidence (module docstring)."""
+    if rule not in FUSIONS:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(FUSIONS)}")
     if pooled is None:
         return unified.detach(), valid.clone()
     pooled = F.normalize(pooled, dim=1)
     both = valid & has
+    memory_share = torch.full((len(pooled), 1), 1 - alpha, dtype=pooled.dtype, device=pooled.device)
+    if rule == "confidence":
+        agreement = (F.normalize(unified, dim=1) * pooled).sum(1, keepdim=True).clamp_min(0)
+        memory_share = memory_share * agreement
     target = torch.where(valid[:, None], unified, pooled)
-    target = torch.where(both[:, None], alpha * unified + (1 - alpha) * pooled, target)
+    target = torch.where(both[:, None], (1 - memory_share) * unified + memory_share * pooled, target)
     return F.normalize(target, dim=1).detach(), valid | has

@@ -3,7 +3,8 @@
 Public API (loaded on first use, so ``import lima_zoo`` stays cheap and never imports torch,
 timm, onnx or the training package):
 
-    LiMAEncoder, LiMASegmenter, load_encoder, create_encoder, list_models, get_model_info, load_points
+    LiMAEncoder, LiMASegmenter, load_encoder, load_segmenter, create_encoder, list_models, get_model_info,
+    load_points
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LiMAEncoder": "lima_zoo.encoder",
     "load_encoder": "lima_zoo.loading",
+    "load_segmenter": "lima_zoo.loading",
     "create_encoder": "lima_zoo.loading",
     "list_models": "lima_zoo.registry",
     "get_model_info": "lima_zoo.registry",

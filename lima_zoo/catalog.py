@@ -23,16 +23,18 @@ def _cached_path(info) -> str | None:
 
 
 def model_rows(models: dict) -> list[tuple]:
-    rows = [("name", "params", "feature dim", "teacher dim", "hub repo", "cached")]
-    for name, info in sorted(models.items()):
+    rows = [("name", "task", "params", "feature dim", "teacher dim", "hub repo", "published", "cached")]
+    for name, info in sorted(models.items(), key=lambda kv: (kv[1].task != "features", kv[0])):
         c = info.config
         rows.append(
             (
                 name,
+                info.task,
                 f"{_param_count(c) / 1e6:.1f}M",
                 c.out_dim,
                 c.head_dim,
                 info.hub_repo,
+                "yes" if info.published else "not yet",
                 "yes" if _cached_path(info) else "no",
             )
         )
@@ -49,7 +51,9 @@ def describe(model: str) -> str:
         cached = _cached_path(info)
         lines = [
             f"{info.name}: {info.description}",
-            f"  hub repo:  {info.hub_repo} @ {info.revision}",
+            f"  task:      {info.task}",
+            f"  hub repo:  {info.hub_repo} @ {info.revision}"
+            + ("" if info.published else " (no weights published yet)"),
             f"  licence:   {info.license}",
             f"  paper:     {info.paper}",
             f"  params:    {_param_count(info.config) / 1e6:.2f}M (backbone)",

@@ -51,6 +51,7 @@ class FeatureExtractor:
     name_or_path: str = ""  # what it was loaded from (set by from_pretrained and the CLI)
     revision: str = ""  # the Hub commit it was loaded at ("" for a local folder)
     point_output: bool = False  # rows of feature_rows: one per voxel (False) or one per input point (True)
+    spaces: tuple[str, ...] = ("backbone", "teacher")  # what ``embed(space=...)`` can return
 
     # ------------------------------------------------------------------ what a runtime provides
     def prepare(self, points: Any, intensity_range: float | None = None) -> Any:
@@ -112,8 +113,8 @@ class FeatureExtractor:
             ``return_voxels`` also the voxel coords (M, 4) int32 [batch, i, j, k] and voxel
             features (M, D) of the batch.
         """
-        if space not in ("backbone", "teacher"):
-            raise ValueError(f"space must be 'backbone' or 'teacher', got {space!r}")
+        if space not in self.spaces:
+            raise ValueError(f"space must be one of {', '.join(map(repr, self.spaces))}, got {space!r}")
         if space == "teacher" and self.config.head_dim == 0:
             raise ValueError("this encoder has no distillation head (head_dim 0), so it has no teacher-space features")
         many = isinstance(points, (list, tuple))

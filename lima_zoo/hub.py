@@ -91,9 +91,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> str:
     from huggingface_hub import constants
 
+    from .registry import MODELS
+
     cache = cache_dir or constants.HF_HUB_CACHE
+    unpublished = [n for n, info in MODELS.items() if info.hub_repo == source.repo_id and not info.published]
+    note = (
+        f"  {unpublished[0]} is a registered name, but no weights have been published for it yet.\n"
+        if unpublished
+        else ""
+    )
     return (
-        f"cannot load {source.repo_id!r} (revision {source.revision or 'main'}): {why}.\n"
+        f"cannot load {source.repo_id!r} (revision {source.revision or 'main'}): {why}.\n{note}"
         f"  Looked in the Hugging Face cache at {cache} (set HF_HOME or cache_dir= to use another).\n"
         "  To make weights locally: pretrain an encoder (`lima-zoo train ... --out DIR`, see docs/training.md) or "
         "save one with `encoder.save_pretrained(DIR)`, then load it with LiMAEncoder.from_pretrained(DIR); "
@@ -108,16 +116,20 @@ def fetch_model_files(
     onnx: bool = False,
     token: str | bool | None = None,
     force_download: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Path]:
-    """Paths of config.json and model.safetensors (or model.onnx with ``onnx``), downloaded into the
-    cache when needed. token: a Hub token for private repos (None: huggingface_hub's login / HF_TOKEN);
-    force_download: fetch again even when cached (a branch revision that moved)."""
-    names = ONNX_FILES if onnx else MODEL_FILES
+    """Paths of config.json and model.safetensors (or model.onnx with ``onnx``) and the ``extra``
+    files (a segmentation head's), downloaded into the cache when needed. token: a Hub token for
+    private repos (None: huggingface_hub's login / HF_TOKEN); force_download: fetch again even when
+    cached (a branch revision that moved)."""
+    names = (ONNX_FILES if onnx else MODEL_FILES) + tuple(extra)
     if source.local_dir is not None:
         files = {name: source.local_dir / name for name in names}
         missing = [n for n, p in files.items() if not p.is_file()]
         if missing:
-            how = "lima-zoo export DIR --format onnx" if onnx else "save_pretrained"
+            how = "lima-zoo export DIR --format onnx" if onnx and ONNX_NAME in missing else "save_pretrained"
+            if set(missing) <= set(extra) and not onnx:
+                how = "lima-zoo eval ... --out RUN, which writes RUN/model"
             raise FileNotFoundError(f"{source.local_dir}: missing {', '.join(missing)} (write it with {how})")
         return files
     from huggingface_hub import constants, hf_hub_download
@@ -163,10 +175,12 @@ def model_files(
     onnx: bool = False,
     token: str | bool | None = None,
     force_download: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> tuple[dict[str, Path], str]:
-    """Resolve ``name_or_path`` and fetch its files: ({file name: local path}, the revision loaded)."""
+    """Resolve ``name_or_path`` and fetch its files (those of ``fetch_model_files``): ({file name:
+    local path}, the revision loaded)."""
     source = resolve_source(name_or_path, revision)
     files = fetch_model_files(
-        source, cache_dir, local_files_only, onnx=onnx, token=token, force_download=force_download
+        source, cache_dir, local_files_only, onnx=onnx, token=token, force_download=force_download, extra=extra
     )
     return files, loaded_revision(files, source)

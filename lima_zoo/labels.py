@@ -1,5 +1,9 @@
 """Class vocabularies of nuScenes-lidarseg, SemanticKITTI and Waymo Open, and the maps between them.
 
+A segmentation model carries a :class:`Vocabulary`: its class names (head output c is evaluation id
+c + 1) and, for a dataset format, the raw id each evaluation id is written back as (the inverse
+learning map), so predictions can be saved in the dataset's own label files.
+
 Raw ids are what the datasets store on disk; evaluation ids are what mIoU is computed over (0 is
 the ignore label everywhere here). The synthetic world labels every surface with a nuScenes raw
 category and derives the SemanticKITTI and Waymo ids from the same table, so the three formats it
@@ -7,6 +11,8 @@ writes agree point by point.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +24,10 @@ __all__ = [
     "kitti_learning_map",
     "WAYMO_CLASSES",
     "map_labels",
+    "Vocabulary",
+    "vocabulary_for",
+    "LABEL_FORMATS",
+    "read_head_json",
 ]
 
 # nuScenes-lidarseg raw categories; the position is the "index" field of category.json.
@@ -182,3 +192,100 @@ def map_labels(labels: np.ndarray, lut: np.ndarray, name: str) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= len(lut)):
         raise ValueError(f"{name}: label ids must be in 0..{len(lut) - 1}, found {labels.min()}..{labels.max()}")
     return lut[labels]
+
+
+# evaluation id -> the raw id predictions are written as (SemanticKITTI's learning_map_inv; for
+# nuScenes the most common raw category of each class, e.g. pedestrian -> human.pedestrian.adult)
+_KITTI_EVAL_TO_RAW = (0, 10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81)
+_NUSCENES_EVAL_TO_RAW = (0, 9, 14, 16, 17, 18, 21, 2, 12, 22, 23, 24, 25, 26, 27, 28, 30)
+LABEL_FORMATS = {  # dataset format -> (its evaluation classes, raw id per evaluation id 0..C)
+    "nuscenes": (NUSCENES_EVAL_CLASSES, _NUSCENES_EVAL_TO_RAW),
+    "semantickitti": (KITTI_EVAL_CLASSES, _KITTI_EVAL_TO_RAW),
+    "waymo": (WAYMO_CLASSES[1:], tuple(range(len(WAYMO_CLASSES)))),
+}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a segmentation model's outputs mean.
+
+    names: class c (head output c, evaluation id c + 1; 0 is the ignore / unlabelled id).
+    dataset: the label format the classes come from ("nuscenes", "semantickitti", "waymo"), or ""
+        for a custom one (no raw ids: predictions are written as evaluation ids or class indices).
+    raw_ids: the raw id of evaluation ids 0..C (index 0: what a point without a prediction gets).
+    """
+
+    names: tuple[str, ...]
+    dataset: str = ""
+    raw_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.names or not all(isinstance(n, str) and n for n in self.names):
+            raise ValueError("a vocabulary needs one non-empty name per class")
+        if self.raw_ids is not None and (
+            len(self.raw_ids) != len(self.names) + 1 or any(not isinstance(r, int) or r < 0 for r in self.raw_ids)
+        ):
+            raise ValueError(f"raw_ids: {len(self.names) + 1} non-negative ints expected (ids 0..{len(self.names)})")
+
+    @property
+    def eval_ids(self) -> tuple[int, ...]:
+        return tuple(range(1, len(self.names) + 1))
+
+    def ids(self, index: np.ndarray, kind: str) -> np.ndarray:
+        """(N,) class indices (-1: no prediction) -> int64 ids of ``kind``: "index" (as given),
+        "eval" (index + 1, 0 for none) or "raw" (the dataset's raw ids, unlabelled for none)."""
+        index = np.asarray(index, dtype=np.int64)
+        if kind == "index":
+            return index
+        if kind == "eval":
+            return index + 1
+        if kind == "raw":
+            if self.raw_ids is None:
+                raise ValueError(
+                    "this model's classes come from no dataset with raw ids (a custom dataset): write evaluation "
+                    "ids or class indices instead"
+                )
+            return np.asarray(self.raw_ids, dtype=np.int64)[index + 1]
+        raise ValueError(f"id kind {kind!r}: choose from index, eval, raw")
+
+    def to_json(self) -> dict:
+        return {
+            "class_names": list(self.names),
+            "eval_ids": list(self.eval_ids),
+            "label_format": self.dataset,
+            "raw_ids": None if self.raw_ids is None else list(self.raw_ids),
+        }
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "Vocabulary":
+        """The vocabulary of a head.json (its ``class_names``, ``label_format`` and ``raw_ids``)."""
+        names = tuple(meta["class_names"])
+        eval_ids = meta.get("eval_ids", list(range(1, len(names) + 1)))
+        if list(eval_ids) != list(range(1, len(names) + 1)):
+            raise ValueError(f"eval_ids must be 1..{len(names)}, one per class name")
+        raw = meta.get("raw_ids")
+        return cls(names, str(meta.get("label_format", "")), None if raw is None else tuple(raw))
+
+
+def vocabulary_for(dataset: str, class_names: tuple[str, ...]) -> Vocabulary:
+    """The vocabulary of a model trained on a ``dataset``-format dataset with ``class_names``: with
+    the raw-id map where the format has one and the classes are its own, else names only."""
+    known = LABEL_FORMATS.get(dataset)
+    if known is not None and tuple(class_names) == tuple(known[0]):
+        return Vocabulary(tuple(class_names), dataset, tuple(known[1]))
+    return Vocabulary(tuple(class_names), dataset if known is None else "")
+
+
+def read_head_json(path) -> tuple[Vocabulary, dict]:
+    """A segmentation folder's head.json -> (its vocabulary, the rest: protocol, dataset, scores);
+    ValueError naming the file."""
+    import json
+    from pathlib import Path
+
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        vocabulary = Vocabulary.from_json(meta)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable segmentation head description ({exc})") from None
+    info = {k: v for k, v in meta.items() if k not in ("class_names", "eval_ids", "label_format", "raw_ids")}
+    return vocabulary, info

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .encoder import LiMAEncoder
     from .features import FeatureExtractor
+    from .segmentation import SegmentationOutputs
 
-__all__ = ["load_encoder", "load_checkpoint_encoder", "create_encoder", "RUNTIMES", "RANDOM_PREFIX"]
+__all__ = ["load_encoder", "load_segmenter", "load_checkpoint_encoder", "create_encoder", "RUNTIMES", "RANDOM_PREFIX"]
 
 RUNTIMES = ("torch", "onnx")
 RANDOM_PREFIX = "random:"
@@ -100,6 +101,46 @@ def load_encoder(
 
         encoder.to(resolve_device(device))
     return encoder.set_backend(backend)
+
+
+def load_segmenter(
+    source: str | os.PathLike,
+    runtime: str = "torch",
+    device: Any = None,
+    backend: str = "auto",
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> "SegmentationOutputs":
+    """A segmentation model ready to ``predict``: a :class:`~lima_zoo.segmenter.LiMASegmenter`
+    (runtime "torch") or a :class:`~lima_zoo.runtime.OnnxSegmenter` (runtime "onnx", the folder's
+    model.onnx with its head). ``source``: a segmentation folder (``lima-zoo eval`` writes
+    ``RUN/model``; ``lima-zoo export`` copies it), ``org/repo[@rev]`` or a registered name; the
+    other arguments are :func:`load_encoder`'s."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and backend not in ("torch", "auto"):
+        raise ValueError("backend applies to the torch runtime only (onnxruntime runs the whole graph)")
+    hub = {
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "local_files_only": local_files_only,
+        "token": token,
+        "force_download": force_download,
+    }
+    text = str(source)
+    if Path(text).is_file() or text.startswith(RANDOM_PREFIX):
+        raise ValueError(f"{text}: a segmentation model is a folder (lima-zoo eval --out RUN writes RUN/model)")
+    if runtime == "onnx":
+        from .runtime import OnnxSegmenter
+
+        return OnnxSegmenter.from_pretrained(text, device=device, **hub)
+    from .segmenter import LiMASegmenter
+
+    return LiMASegmenter.from_pretrained(text, device=device, backend=backend, **hub)
 
 
 def _random_encoder(backbone: str, seed: int) -> "LiMAEncoder":

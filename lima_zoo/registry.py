@@ -1,4 +1,7 @@
-"""Named encoder variants: "vit-b-minkunet34" -> config, Hub repo, revision, licence, paper.
+"""Named variants: encoders ("vit-b-minkunet34") and segmentation models, an encoder with the head
+``lima-zoo eval`` trains ("vit-b-minkunet34-nuscenes-lp": linear probe, "-ft": fine-tuned) ->
+config, Hub repo, revision, licence, paper. ``published`` says whether weights exist under the
+name; none do yet, and loading one says so.
 
 Plain data plus one decorator-free dict, in the spirit of timm's registry: a variant is looked up by
 name, an unknown name is an error that suggests the closest ones.
@@ -21,7 +24,8 @@ PAPER = (
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A registered variant. ``revision`` pins the Hub commit the loader asks for."""
+    """A registered variant. ``revision`` pins the Hub commit the loader asks for; ``task`` is
+    "features" (an encoder) or "segmentation" (an encoder with a head, for LiMASegmenter)."""
 
     name: str
     config: EncoderConfig
@@ -30,6 +34,8 @@ class ModelInfo:
     license: str
     paper: str = PAPER
     description: str = ""
+    task: str = "features"
+    published: bool = False
 
 
 # registered name's backbone part -> (EncoderConfig.backbone, how the description names it)
@@ -58,14 +64,39 @@ def _lima(teacher_size: str, backbone: str) -> ModelInfo:
     )
 
 
-MODELS: dict[str, ModelInfo] = {
-    info.name: info for info in (_lima(size, bb) for bb in _BACKBONES for size in _TEACHERS)
+_DATASETS = {"nuscenes": "nuScenes-lidarseg (16 classes)", "semantickitti": "SemanticKITTI (19 classes)"}
+_PROTOCOLS = {
+    "lp": "a linear probe (BatchNorm + Linear) on the frozen encoder",
+    "ft": "the fine-tuned encoder and head",
 }
 
 
-def list_models() -> list[str]:
-    """Names of every registered encoder variant, sorted."""
-    return sorted(MODELS)
+def _segmenter(encoder: ModelInfo, dataset: str, protocol: str) -> ModelInfo:
+    name = f"{encoder.name}-{dataset}-{protocol}"
+    return ModelInfo(
+        name=name,
+        config=encoder.config,
+        hub_repo=f"lima-zoo/{name}",
+        revision="main",
+        license=encoder.license,  # both datasets' labels are non-commercial too
+        description=f"{encoder.description}; semantic segmentation on {_DATASETS[dataset]} with {_PROTOCOLS[protocol]}",
+        task="segmentation",
+    )
+
+
+_ENCODERS = [_lima(size, bb) for bb in _BACKBONES for size in _TEACHERS]
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        *_ENCODERS,
+        *(_segmenter(e, dataset, protocol) for e in _ENCODERS for dataset in _DATASETS for protocol in _PROTOCOLS),
+    ]
+}
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names of every registered variant (of ``task``: "features" or "segmentation"), sorted."""
+    return sorted(n for n, info in MODELS.items() if task is None or info.task == task)
 
 
 def get_model_info(name: str) -> ModelInfo:

@@ -91,7 +91,7 @@ def test_voxelize_batches_and_sorted(small_street_points):
     assert len(vox.inverse) == len(a) + len(a[::2])
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("features"))
 def test_create_encoder_embed_in_input_order(name, small_street_points):
     enc = create_encoder(name)
     feats = enc.embed(small_street_points)

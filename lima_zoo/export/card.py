@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..config import POINT_VOXEL_BACKBONES, read_config
+from ..labels import read_head_json
 from ..models import parameter_count
 
 __all__ = ["render_card", "card_data_path", "CARDS_DIR", "evaluation_results"]
@@ -101,7 +102,8 @@ def evaluation_results(paths: list[Path]) -> list:
 def render_card(
     model_dir: str | Path, repo_id: str, card_data: str | Path | None = None, evals: list[Path] = ()
 ) -> str:
-    """README.md text for the encoder folder ``model_dir`` published as ``repo_id``.
+    """README.md text for the encoder (or segmentation) folder ``model_dir`` published as ``repo_id``;
+    a segmentation folder's card adds its classes (with their IoU) and ``predict`` usage.
 
     Args:
         model_dir: the encoder folder; its config.json fills the card's architecture rows.
@@ -115,11 +117,12 @@ def render_card(
     config = read_config(model_dir / "config.json")
     data = _read_card_data(card_data_path(card_data, config))
     results = evaluation_results(list(evals))
+    classes, label_format = _classes(model_dir)
     meta = ModelCardData(
         library_name="lima-zoo",
         license=data.get("license", "other"),
-        pipeline_tag="feature-extraction",
-        tags=TAGS,
+        pipeline_tag=None if classes else "feature-extraction",
+        tags=[*TAGS, "semantic-segmentation"] if classes else TAGS,
         datasets=list(data["datasets"]) or None,
         model_name=repo_id.split("/")[-1],
         eval_results=results or None,
@@ -135,6 +138,8 @@ def render_card(
         recipe=data["recipe"],
         limitations=list(data["limitations"]),
         results=results,
+        classes=classes,
+        label_format=label_format,
         has_onnx=(model_dir / "model.onnx").is_file(),
         out_dim=config.out_dim,
         head_dim=config.head_dim,
@@ -151,6 +156,28 @@ def render_card(
         grid=_grid_text(pre),
     )
     return str(card)
+
+
+def _classes(model_dir: Path) -> tuple[list[dict], str]:
+    """A segmentation folder's classes for the card (name, evaluation id, raw id, IoU) and its label
+    format; ([], "") for an encoder folder."""
+    if not (model_dir / "head.json").is_file():
+        return [], ""
+    vocabulary, info = read_head_json(model_dir / "head.json")
+    ious = info.get("per_class_iou") or {}
+    raw = vocabulary.raw_ids or (None,) * (len(vocabulary.names) + 1)
+    rows = []
+    for i, name in enumerate(vocabulary.names):
+        iou = ious.get(name)
+        rows.append(
+            {
+                "name": name,
+                "eval_id": i + 1,
+                "raw_id": "-" if raw[i + 1] is None else raw[i + 1],
+                "iou": "-" if iou is None else f"{100 * float(iou):.2f}",
+            }
+        )
+    return rows, vocabulary.dataset
 
 
 _ONNX_INPUTS = {  # what each graph layout takes, for the card

@@ -32,9 +32,10 @@ from ..sparse.nn import folded
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["Graph", "add_head", "finish_model", "OPSET"]
+__all__ = ["Graph", "add_head", "finish_model", "OPSET", "BACKBONE_OUT"]
 
 OPSET = 18  # every op used exists since opset 13; 18 is what onnxruntime >= 1.14 fully covers
+BACKBONE_OUT = "backbone_features"  # the (rows, out_dim) backbone features inside every graph
 
 
 class Graph:
@@ -158,8 +159,11 @@ class Graph:
 
 def add_head(g: Graph, encoder, backbone_out: str) -> None:
     """Append the ``features`` output: ``If(teacher_space)`` the distillation head on
-    ``backbone_out`` (Linear + L2 normalisation), else ``backbone_out`` itself."""
+    ``backbone_out`` (Linear + L2 normalisation), else ``backbone_out`` itself. The backbone rows
+    are also named ``BACKBONE_OUT``, where a segmentation head attaches (``onnx_segmenter.py``)."""
     from onnx import TensorProto, helper
+
+    backbone_out = g.op("Identity", [backbone_out], output=BACKBONE_OUT)
 
     # The head runs only when asked for: onnxruntime executes every node of a graph whatever outputs
     # are requested, so a second output would cost ~5% of every backbone-only run.

@@ -20,7 +20,7 @@ from .onnx_spvcnn import build_spvcnn_onnx
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["build_onnx_model", "export_onnx"]
+__all__ = ["build_onnx_model", "export_onnx", "export_segmenter_onnx"]
 
 
 def build_onnx_model(encoder) -> "onnx.ModelProto":
@@ -55,4 +55,40 @@ def export_onnx(encoder, out_dir: str | Path, tolerance: float = 1e-4) -> Path:
                 raise RuntimeError(
                     f"{out}: onnxruntime differs from PyTorch by {diff:.3g} ({space} features; tolerance {tolerance:g})"
                 )
+    return out
+
+
+def export_segmenter_onnx(segmenter, out_dir: str | Path, head_output: str = "logits", tolerance: float = 1e-4) -> Path:
+    """Write ``out_dir``/model.onnx with the segmentation head in the graph (``head_output``:
+    "logits" or "ids", :mod:`lima_zoo.export.onnx_segmenter`) and ``head.json``, atomically, and
+    check onnxruntime reproduces PyTorch on a reference scan: the features and logits to
+    ``tolerance``, and every class id whose top two logits are further apart than that."""
+    import onnx
+
+    from ..atomic import atomic_path
+    from ..runtime.onnx_segmenter import OnnxSegmenter
+    from ..synth.scan import street_scan
+    from .onnx_segmenter import add_segmentation_head
+
+    out = Path(out_dir) / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    segmenter.eval()
+    model = build_onnx_model(segmenter.encoder)
+    add_segmentation_head(model, *segmenter.folded_head(), output=head_output)
+    onnx.checker.check_model(model)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+        runner = OnnxSegmenter(tmp, segmenter.config, segmenter.vocabulary)
+        scan = street_scan(seed=0)[:, :4]
+        features = float(np.abs(segmenter.embed(scan) - runner.embed(scan)).max())
+        (logits,) = segmenter.scan_outputs([scan], None)
+        top2 = np.sort(logits, axis=1)[:, -2:] if logits.shape[1] > 1 else np.zeros((len(logits), 2))
+        clear = top2[:, 1] - top2[:, 0] > tolerance
+        same = runner.predict(scan)[clear] == logits.argmax(1)[clear]
+        diff = 0.0 if head_output == "ids" else float(np.abs(runner.scan_outputs([scan], None)[0] - logits).max())
+        if not (features <= tolerance and diff <= tolerance and same.all()):
+            raise RuntimeError(
+                f"{out}: onnxruntime differs from PyTorch (features by {features:.3g}, logits by {diff:.3g}, "
+                f"{int((~same).sum())} class ids; tolerance {tolerance:g})"
+            )
     return out

@@ -74,6 +74,8 @@ class OnnxEncoder(FeatureExtractor):
                 f"({expected[:4]}...); re-export it with `lima-zoo export`"
             )
 
+    extra_files: tuple[str, ...] = ()  # what from_pretrained fetches beside config.json and model.onnx
+
     @classmethod
     def from_files(cls, files: dict[str, Path], device: str | None = None) -> "OnnxEncoder":
         return cls(files["model.onnx"], read_config(files["config.json"]), device=device)
@@ -105,7 +107,14 @@ class OnnxEncoder(FeatureExtractor):
         from ..hub import model_files
 
         files, revision = model_files(
-            name_or_path, revision, cache_dir, local_files_only, onnx=True, token=token, force_download=force_download
+            name_or_path,
+            revision,
+            cache_dir,
+            local_files_only,
+            onnx=True,
+            token=token,
+            force_download=force_download,
+            extra=cls.extra_files,
         )
         runner = cls.from_files(files, device=device)
         runner.name_or_path, runner.revision = str(name_or_path), revision
@@ -116,8 +125,10 @@ class OnnxEncoder(FeatureExtractor):
         return "cpu"  # pre-processing runs on the CPU; onnxruntime moves data itself
 
     def run(self, feeds: dict[str, np.ndarray], space: str = "backbone") -> np.ndarray:
-        """One session run: graph inputs -> (M, D) features of ``space``."""
-        return self.session.run(["features"], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
+        """One session run: graph inputs -> (M, D) features of ``space`` (or, in a segmentation
+        graph, "logits" (M, C) / "labels" (M,), the outputs of the same name)."""
+        output = "features" if space in ("backbone", "teacher") else space
+        return self.session.run([output], {**feeds, "teacher_space": np.array(space == "teacher")})[0]
 
     # ----------------------------------------------------------- FeatureExtractor's hooks (numpy)
 
@@ -140,7 +151,8 @@ class OnnxEncoder(FeatureExtractor):
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def split(self, rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-        return [a.astype(np.float32, copy=False) for a in np.split(rows, np.cumsum(sizes)[:-1])]
+        dtype = rows.dtype if np.issubdtype(rows.dtype, np.integer) else np.float32  # labels stay ints
+        return [a.astype(dtype, copy=False) for a in np.split(rows, np.cumsum(sizes)[:-1])]
 
     def __repr__(self) -> str:
         return (

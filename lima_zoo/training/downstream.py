@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_dir, atomic_path
 from ..device import resolve_device
 from ..encoder import LiMAEncoder
 from ..loading import RANDOM_PREFIX, load_encoder
@@ -279,24 +280,26 @@ def run_downstream(
 
 
 def _save_segmenter(model: Segmenter, class_names: tuple[str, ...], report: dict, folder: Path) -> None:
-    """``folder``: the segmentation model the run scored (encoder, head, classes and its scores)."""
+    """``folder``: the segmentation model the run scored (encoder, head, class vocabulary, its scores
+    and a model card whose model-index carries them), written whole or not at all."""
+    from ..export.card import render_card
+    from ..export.folder import EXPORT_FILES
+    from ..labels import vocabulary_for
     from ..segmenter import LiMASegmenter
 
+    scores = {k: v for k, v in report.items() if k.startswith("miou") or k == "per_class_iou"}
     seg = LiMASegmenter(
         model.encoder,
-        class_names,
-        {
-            "protocol": report["protocol"],
-            "percent": report["percent"],
-            "dataset": report["dataset"],
-            "split": report["split"],
-            "miou": report["miou"],
-            "per_class_iou": report["per_class_iou"],
-        },
+        vocabulary_for(report["dataset"], class_names),
+        {k: report[k] for k in ("protocol", "percent", "dataset", "split")} | scores,
     )
     seg.norm.load_state_dict(model.norm.state_dict())
     seg.classifier.load_state_dict(model.classifier.state_dict())
-    seg.eval().save_pretrained(folder)
+    with atomic_dir(folder, EXPORT_FILES) as stage:
+        seg.eval().save_pretrained(stage)
+        card = render_card(stage, str(folder), evals=[folder.parent / "metrics.json"])
+        with atomic_path(stage / "README.md") as tmp:
+            tmp.write_text(card, encoding="utf-8")
 
 
 def score_segmenter(cfg: DownstreamConfig, model: str | Path, data: str | Path, out: str | Path) -> dict:

@@ -96,12 +96,13 @@ class LiMASegmenter(SegmentationOutputs, nn.Module):
             seg.to(resolve_device(device))
         return seg
 
+    @torch.no_grad()
     def folded_head(self) -> tuple[np.ndarray, np.ndarray]:
         """The eval-mode head as one affine map: (out_dim, C) weight and (C,) bias, logits = x @ W + b."""
         n, lin = self.norm, self.classifier
-        scale = (n.weight / torch.sqrt(n.running_var + n.eps)).detach().double()
-        shift = (n.bias - n.running_mean * scale).detach().double()
-        w = lin.weight.detach().double()
+        scale = n.weight.double() / torch.sqrt(n.running_var.double() + n.eps)
+        shift = n.bias.double() - n.running_mean.double() * scale
+        w = lin.weight.double()
         return (scale[:, None] * w.t()).float().cpu().numpy(), (w @ shift + lin.bias.double()).float().cpu().numpy()
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:

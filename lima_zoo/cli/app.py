@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..cpu import configure_threads
-from .commands import data, embed, evaluate, export, hub, serve, train, viz
+from .commands import data, embed, evaluate, export, hub, predict, serve, train, viz
 from .common import setup_logging
 
 
@@ -23,6 +23,6 @@ def main() -> None:
     logging.getLogger("lima_zoo.cli").debug("threads: %s", configure_threads().why)
 
 
-for _module in (embed, serve, viz, hub, data, train, evaluate, export):
+for _module in (embed, predict, serve, viz, hub, data, train, evaluate, export):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -24,7 +24,17 @@ import numpy as np
 from ..config import Checked, Range
 from ..io import PointCloudError, load_points, save_features
 
-__all__ = ["EmbedOptions", "EmbedReport", "run_embed", "plan_outputs", "read_batch", "embed_loaded", "OUTPUT_FORMATS"]
+__all__ = [
+    "EmbedOptions",
+    "EmbedReport",
+    "FeatureFiles",
+    "run_embed",
+    "plan_outputs",
+    "read_batch",
+    "embed_loaded",
+    "model_identity",
+    "OUTPUT_FORMATS",
+]
 
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet", "ply", "parquet-dataset")
 
@@ -82,12 +92,29 @@ class EmbedReport:
     wall: float = 0.0  # seconds from the first read to the last write
 
 
+class FeatureFiles:
+    """Where a scan's output goes and how it is written: one feature file per scan (``fmt``, the
+    per-file formats of ``OUTPUT_FORMATS``), keeping the input's path below ``out_dir``. ``predict``
+    brings its own writer (label files) with the same two methods."""
+
+    def __init__(self, fmt: str, ply_features: bool = False):
+        self.fmt, self.ply_features = fmt, ply_features
+
+    def output(self, out_dir: Path, rel: Path, src: Path) -> Path:
+        return out_dir / rel.parent / f"{rel.name}.{self.fmt}"
+
+    def write(self, dst: Path, values: np.ndarray, xyz: np.ndarray, meta: dict[str, str]) -> None:
+        save_features(dst, values, xyz, meta, ply_features=self.ply_features)
+
+
 def run_embed(
     inputs: list[tuple[Path, Path]],
     encoder: Any,
     out_dir: Path,
     options: EmbedOptions | None = None,
     engine: Callable | None = None,
+    writer: Any = None,
+    open_dataset: Callable | None = None,
 ) -> EmbedReport:
     """Embed every input into ``out_dir``; per-file errors are collected, never raised.
 
@@ -98,16 +125,26 @@ def run_embed(
         options: how to embed and write (:class:`EmbedOptions`; default: its defaults).
         engine: where batches are read and embedded, a callable ``engine(batches, report)`` yielding
             ``(loaded, failed, features)`` per batch, in order (``RayEngine``); None: here.
+        writer: names and writes each scan's output file (:class:`FeatureFiles` by default; the
+            per-file formats only).
+        open_dataset: for "parquet-dataset", makes the dataset writer to fill (default: a
+            :class:`~lima_zoo.pipeline.parquet_dataset.FeatureDatasetWriter`), after the outputs
+            are planned; the writer is closed here.
     """
     o = options or EmbedOptions()
+    writer = writer or FeatureFiles(o.fmt, o.ply_features)
 
     report = EmbedReport()
-    planned = plan_outputs(inputs, out_dir, o)  # a clash of output names is refused before any work
+    planned = plan_outputs(inputs, out_dir, o, writer)  # a clash of output names is refused before any work
     dataset = None
     if o.fmt == "parquet-dataset":
         from .parquet_dataset import FeatureDatasetWriter
 
-        dataset = FeatureDatasetWriter(out_dir, _identity(encoder), o.shard, o.scans_per_part, o.float16)
+        dataset = (
+            open_dataset()
+            if open_dataset is not None
+            else FeatureDatasetWriter(out_dir, model_identity(encoder), o.shard, o.scans_per_part, o.float16)
+        )
     try:
         todo = []
         for src, dst in planned:
@@ -116,7 +153,7 @@ def run_embed(
             else:
                 todo.append((src, dst))
         start = time.perf_counter()
-        _run_batches(todo, encoder, o, engine, dataset, report)
+        _run_batches(todo, encoder, o, engine, dataset, report, writer)
         if dataset is not None:
             dataset.flush()
     finally:
@@ -126,10 +163,14 @@ def run_embed(
     return report
 
 
-def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, options: EmbedOptions) -> list[tuple[Path, object]]:
-    """(input, output) per distinct input: the output file (a Path), or for a dataset the scan's name
-    (a str). The same input given twice is embedded once; two inputs with one output (``a/x.bin`` and
-    ``b/x.bin`` given as files) are refused, naming both, since one would overwrite the other."""
+def plan_outputs(
+    inputs: list[tuple[Path, Path]], out_dir: Path, options: EmbedOptions, writer: Any = None
+) -> list[tuple[Path, object]]:
+    """(input, output) per distinct input: the output file (a Path, named by ``writer``, default
+    :class:`FeatureFiles`), or for a dataset the scan's name (a str). The same input given twice is
+    embedded once; two inputs with one output (``a/x.bin`` and ``b/x.bin`` given as files) are
+    refused, naming both, since one would overwrite the other."""
+    writer = writer or FeatureFiles(options.fmt, options.ply_features)
     planned: list[tuple[Path, object]] = []
     seen_src: set[str] = set()
     owner: dict[str, Path] = {}
@@ -142,7 +183,7 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, options: EmbedO
         if options.fmt == "parquet-dataset":
             dst: object = (rel.parent / src.name).as_posix()
         else:
-            dst = out_dir / rel.parent / f"{rel.name}.{options.fmt}"
+            dst = writer.output(out_dir, rel, src)
         if str(dst) in owner:
             raise ValueError(
                 f"{owner[str(dst)]} and {src} would both be written as {dst}: give their common folder "
@@ -153,7 +194,7 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, options: EmbedO
     return planned
 
 
-def _run_batches(todo, encoder, o: EmbedOptions, engine, dataset, report: EmbedReport) -> None:
+def _run_batches(todo, encoder, o: EmbedOptions, engine, dataset, report: EmbedReport, writer) -> None:
     """Read, embed and write ``todo`` batch by batch, the write of one overlapping the next forward."""
     from tqdm import tqdm
 
@@ -168,7 +209,7 @@ def _run_batches(todo, encoder, o: EmbedOptions, engine, dataset, report: EmbedR
         bar.set_postfix(points_per_s=f"{report.points / max(time.perf_counter() - start, 1e-9):,.0f}")
 
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+        with ThreadPoolExecutor(1, thread_name_prefix="embed-write") as pool:
             pending = None  # the previous batch's write (one in flight bounds memory)
             for loaded, failed, feats in produced:
                 _record_failures(report, dataset, failed)
@@ -177,7 +218,7 @@ def _run_batches(todo, encoder, o: EmbedOptions, engine, dataset, report: EmbedR
                     continue
                 if pending is not None:
                     advance(pending.result())
-                pending = writer.submit(_write_batch, loaded, feats, report, model, o, dataset)
+                pending = pool.submit(_write_batch, loaded, feats, report, model, o, dataset, writer)
                 if o.prefetch == 0:  # strictly one stage at a time
                     advance(pending.result())
                     pending = None
@@ -219,7 +260,7 @@ def embed_loaded(encoder, loaded: list) -> tuple[list, list, list, float]:
     return loaded, [], feats, time.perf_counter() - t
 
 
-def _identity(encoder) -> dict[str, str]:
+def model_identity(encoder) -> dict[str, str]:
     """What a feature dataset records about the model that made it."""
     config = json.dumps(encoder.config.to_dict(), sort_keys=True).encode()
     model = str(getattr(encoder, "name_or_path", ""))
@@ -253,7 +294,7 @@ def _record_failures(report: EmbedReport, dataset, failed) -> None:
             dataset.fail(dst, why)
 
 
-def _write_batch(loaded, feats, report: EmbedReport, model: str, o: EmbedOptions, dataset) -> int:
+def _write_batch(loaded, feats, report: EmbedReport, model: str, o: EmbedOptions, dataset, writer) -> int:
     """Write one embedded batch (per-file outputs, or into the dataset); returns scans handled. On
     the writer thread; the report's counters are only touched here and after the pool is joined."""
     t = time.perf_counter()
@@ -274,7 +315,7 @@ def _write_batch(loaded, feats, report: EmbedReport, model: str, o: EmbedOptions
                     meta["origin"] = ",".join(f"{v:.3f}" for v in cloud.origin)
                 if cloud.kept is not None:
                     meta["non_finite_rows"] = "kept as NaN" if o.keep_rows else "dropped"
-                save_features(dst, f, xyz, meta, ply_features=o.ply_features)
+                writer.write(dst, f, xyz, meta)
             report.done += 1
             report.points += len(f)
         except (OSError, ValueError) as exc:

@@ -228,20 +228,15 @@ class FeatureDatasetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        scans, feats, xyz, point = zip(*self._buffer)
-        counts = [len(f) for f in feats]
-        f = np.concatenate(feats).astype(self.dtype)
-        xyz = np.concatenate(xyz).astype(np.float32)
+        scans, values, xyz, point = zip(*self._buffer)
+        counts = [len(f) for f in values]
         table = pa.table(
             {
                 "scan": pa.DictionaryArray.from_arrays(
                     np.repeat(np.arange(len(scans), dtype=np.int32), counts), pa.array(scans)
                 ),
                 "point": np.concatenate(point).astype(np.int64),
-                "x": xyz[:, 0],
-                "y": xyz[:, 1],
-                "z": xyz[:, 2],
-                "features": pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1]),
+                **self.value_columns(np.concatenate(values), np.concatenate(xyz)),
             }
         ).replace_schema_metadata({f"lima_zoo.{k}": str(v) for k, v in self.identity.items()})
         name = f"part-{self.layout}-{len(self.manifest['parts']):05d}.parquet"
@@ -249,6 +244,15 @@ class FeatureDatasetWriter:
             pq.write_table(table, tmp)
         self.manifest["parts"].append({"file": name, "scans": list(scans), "points": int(sum(counts))})
         self._buffer = []
+
+    def value_columns(self, values: np.ndarray, xyz: np.ndarray) -> dict:
+        """The columns after ``scan`` and ``point`` of (R, D) values and (R, 3) xyz rows: x, y, z and
+        ``features`` (a subclass stores other values, e.g. predict's labels)."""
+        import pyarrow as pa
+
+        f, xyz = values.astype(self.dtype), xyz.astype(np.float32)
+        features = pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1])
+        return {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "features": features}
 
     def _write_manifest(self) -> None:
         parts = self.manifest["parts"]

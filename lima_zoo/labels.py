@@ -28,6 +28,7 @@ __all__ = [
     "vocabulary_for",
     "LABEL_FORMATS",
     "read_head_json",
+    "class_palette",
 ]
 
 # nuScenes-lidarseg raw categories; the position is the "index" field of category.json.
@@ -289,3 +290,21 @@ def read_head_json(path) -> tuple[Vocabulary, dict]:
         raise ValueError(f"{path}: not a readable segmentation head description ({exc})") from None
     info = {k: v for k, v in meta.items() if k not in ("class_names", "eval_ids", "label_format", "raw_ids")}
     return vocabulary, info
+
+
+# 24 colours far apart to the eye (after Glasbey et al.'s maximally distinct palettes), in order
+_DISTINCT = (
+    "e6194b 3cb44b ffe119 4363d8 f58231 911eb4 46f0f0 f032e6 bcf60c fabebe 008080 e6beff "
+    "9a6324 fffac8 800000 aaffc3 808000 ffd8b1 000075 6b8e23 ff6f61 2f4f4f 7fffd4 c71585"
+).split()
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours for ids 0..num_classes-1: id 0 (ignore / no prediction) is
+    grey, the others distinct colours (repeating after 24)."""
+    table = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _DISTINCT], dtype=np.uint8)
+    out = np.empty((num_classes, 3), dtype=np.uint8)
+    out[0] = (128, 128, 128)
+    if num_classes > 1:
+        out[1:] = table[np.arange(num_classes - 1) % len(table)]
+    return out

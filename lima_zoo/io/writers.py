@@ -102,19 +102,25 @@ def write_ply(
     with_features: bool,
     rgb: np.ndarray | None = None,
     comment: str = "RGB = PCA of features",
+    scalars: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Binary PLY of xyz + RGB (uint8, default the features' PCA colours) (+ the features)."""
+    """Binary PLY of xyz + RGB (uint8, default the features' PCA colours) (+ the features) (+ int32
+    ``scalars`` per point, e.g. a class id)."""
     rgb = pca_colors(features) if rgb is None else rgb
+    scalars = scalars or {}
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    fields += [(name, "<i4") for name in scalars]
     if with_features:
         fields += [(f"f{i}", "<f4") for i in range(features.shape[1])]
     rec = np.empty(len(features), dtype=np.dtype(fields))
     rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    for name, values in scalars.items():
+        rec[name] = values
     if with_features:
         for i in range(features.shape[1]):
             rec[f"f{i}"] = features[:, i]
-    ply_type = {"<f4": "float", "u1": "uchar"}
+    ply_type = {"<f4": "float", "u1": "uchar", "<i4": "int"}
     header = (
         [
             "ply",

@@ -319,7 +319,10 @@ def score_segmenter(cfg: DownstreamConfig, model: str | Path, data: str | Path, 
     model_ = Segmenter(seg.encoder, len(seg.class_names), frozen=True, bn_momentum=cfg.bn_momentum).to(device)
     model_.norm.load_state_dict(seg.norm.state_dict())
     model_.classifier.load_state_dict(seg.classifier.state_dict())
-    cms = evaluate(model_, val_ds, cfg.batch, tuple(cfg.cameras) if cfg.camera_split else None)
+    # inside / outside the cameras wherever the data has cameras (or camera_split asks)
+    first = next(iter(val_ds.index()), None)
+    has_cameras = first is not None and bool(select_cameras(val_ds.frame(*first), tuple(cfg.cameras)).cameras)
+    cms = evaluate(model_, val_ds, cfg.batch, tuple(cfg.cameras) if cfg.camera_split or has_cameras else None)
     split = {f"miou_{k}": c.miou() for k, c in cms.items() if k != "all"}
     extra = {
         "protocol": "none",

@@ -20,9 +20,15 @@ FORMATS_3D = ("ply", "rrd")
 
 
 def write_points(
-    path: str | os.PathLike, xyz: np.ndarray, colours: np.ndarray, features: np.ndarray, what: str
+    path: str | os.PathLike,
+    xyz: np.ndarray,
+    colours: np.ndarray,
+    features: np.ndarray,
+    what: str,
+    scalars: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """xyz (N, 3), colours (N, 3) float in [0, 1] -> ``path`` (.ply or .rrd by its suffix)."""
+    """xyz (N, 3), colours (N, 3) float in [0, 1] -> ``path`` (.ply or .rrd by its suffix); PLY
+    also stores ``scalars`` (int per point, e.g. the predicted class) as vertex properties."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS_3D:
@@ -31,7 +37,7 @@ def write_points(
     xyz = np.ascontiguousarray(xyz[:, :3], dtype=np.float32)
     if fmt == "ply":
         with atomic_path(path) as tmp:
-            write_ply(tmp, features, xyz, with_features=False, rgb=rgb, comment=f"RGB = {what}")
+            write_ply(tmp, features, xyz, with_features=False, rgb=rgb, comment=f"RGB = {what}", scalars=scalars)
         return path
     try:
         import rerun as rr

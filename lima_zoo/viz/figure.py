@@ -77,9 +77,14 @@ def render(
     title: str = "",
     bev_half_extent: float | None = None,
     dpi: int = 110,
+    colours: np.ndarray | None = None,
+    legend: list[tuple[str, np.ndarray]] | None = None,
+    what: str = "",
 ) -> dict:
     """Write a PNG: bird's-eye view (axes in metres, scale bar) above a range view, coloured by
-    PCA of the features or by cosine similarity to point ``query`` (marked, with a colour bar).
+    PCA of the features or by cosine similarity to point ``query`` (marked, with a colour bar), or
+    by given ``colours`` (N, 3) in [0, 1] (e.g. predicted classes) with a ``legend`` of (name,
+    colour) and ``what`` for the subtitle.
 
     xyz: (N, >=3) points; features: (N, D) rows aligned with xyz (NaN rows are drawn black).
     Returns {"path", "bev": View, "range": View, "colours": (N, 3), "similarity": (N,) or None}.
@@ -93,7 +98,7 @@ def render(
         raise ValueError("no points to draw")
     if query is not None and not 0 <= query < len(xyz):
         raise ValueError(f"query index {query} is outside the scan's {len(xyz)} points")
-    colours, sim = colours_for(features, mode, query)
+    colours, sim = colours_for(features, mode, query) if colours is None else (colours, None)
     bev, rng = bev_view(xyz, bev_half_extent), range_view(xyz)
     fig = plt.figure(figsize=(9.5, 12.0), constrained_layout=True)
     grid = fig.add_gridspec(2, 1, height_ratios=[4.2, 1.0])
@@ -127,7 +132,12 @@ def render(
         sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(lo, 1.0), cmap=HEAT)
         fig.colorbar(sm, ax=[ax_bev, ax_rng], shrink=0.6, label="cosine similarity to the query")
         ax_bev.legend(loc="upper right")
-    what = (
+    if legend:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor=tuple(c), label=name) for name, c in legend]
+        ax_bev.legend(handles=handles, loc="upper left", fontsize=7, ncol=2 if len(handles) > 10 else 1)
+    what = what or (
         "PCA of the features (RGB = components 1-3)"
         if sim is None
         else f"similarity to point {query} at ({', '.join(f'{v:.2f}' for v in xyz[query])}) m"

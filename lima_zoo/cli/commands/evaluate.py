@@ -59,7 +59,12 @@ def eval_cmd(protocol, percent, model_name, data_path, out_dir, overrides, resum
     else:
         report = run_downstream(cfg, model_name, data_path, out_dir, resume=resume)
     click.echo(report["table"])
-    click.echo(f"mIoU {100 * report['miou']:.2f} -> {out_dir}/metrics.json, {out_dir}/iou.png")
+    split = [f"{k[5:]} the cameras {100 * report[k]:.2f}" for k in ("miou_inside", "miou_outside") if k in report]
+    click.echo(
+        f"mIoU {100 * report['miou']:.2f}"
+        + (f" ({', '.join(split)})" if split else "")
+        + f" -> {out_dir}/metrics.json, {out_dir}/iou.png"
+    )
 
 
 COMMANDS = [eval_cmd]

@@ -63,6 +63,12 @@ from ..common import check_writable, library_errors
     metavar="DIR|NAME|none",
     help="With --data: the image teacher (a teacher folder, a timm name, or none); default: the encoder's.",
 )
+@click.option(
+    "--labels",
+    is_flag=True,
+    help="Colour SCAN by the class a segmentation model (--model RUN/model) predicts: a PNG with a legend, or a PLY "
+    "with a label property.",
+)
 @click.option("--format", "fmt", type=click.Choice(["png", "ply", "rrd"]), help="Default: from --out's suffix.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option(
@@ -85,6 +91,7 @@ def viz_cmd(
     sample,
     split,
     teacher_spec,
+    labels,
     fmt,
     device,
     load_dim,
@@ -92,8 +99,9 @@ def viz_cmd(
 ):
     """Draw an encoder's features for SCAN: bird's-eye and range views coloured by PCA or by
     similarity to a query point (PNG), or write them as coloured points (PLY, rerun .rrd).
-    With --data instead of SCAN: the paper's query figure on a dataset frame's camera images."""
-    from ...loading import load_encoder
+    With --labels: a segmentation model's predicted classes. With --data instead of SCAN: the
+    paper's query figure on a dataset frame's camera images."""
+    from ...loading import load_encoder, load_segmenter
 
     suffix = out.suffix.lower().lstrip(".")
     fmt = fmt or suffix
@@ -121,12 +129,17 @@ def viz_cmd(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     query_list = None if queries is None else [q.strip() for q in queries.split(",") if q.strip()]
+    if labels and (data_path is not None or mode is not None or query_text is not None or query_index is not None):
+        raise click.UsageError(
+            "--labels colours a SCAN by predicted class: no --data, --mode, --query or --query-index"
+        )
     if fmt == "png":
         from ...viz.figure import require_matplotlib
 
         require_matplotlib()  # before the model loads
     check_writable(out.parent if str(out.parent) else Path("."), "--out")
-    encoder = load_encoder(model, device=device, local_files_only=local_files_only)
+    load = load_segmenter if labels else load_encoder
+    encoder = load(model, device=device, local_files_only=local_files_only)
     if data_path is not None:
         from ...training.query_figure import draw_query_figure
 
@@ -141,13 +154,17 @@ def viz_cmd(
         return
     from ...viz.scan_figure import draw_scan
 
-    result = draw_scan(scan, encoder, out, fmt, mode, query_xyz, query_index, load_dim=load_dim)
+    result = draw_scan(scan, encoder, out, fmt, mode, query_xyz, query_index, load_dim=load_dim, labels=labels)
     query = (
         ""
         if result["query"] is None
         else f", query point {result['query']} at {tuple(round(v, 2) for v in result['query_xyz'])}"
     )
     dropped = f" ({result['dropped']:,} NaN/Inf points left out)" if result["dropped"] else ""
+    if labels:
+        top = ", ".join(f"{n} {c:,}" for n, c in list(result["classes"].items())[:5])
+        click.echo(f"wrote {out}: predicted classes of {result['points']:,} points ({top}){dropped}")
+        return
     click.echo(f"wrote {out}: {result['mode']} of {result['points']:,} points{query}{dropped}")
 
 

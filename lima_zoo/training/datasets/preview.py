@@ -10,26 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import atomic_path
+from ...labels import class_palette
 from .frame import Frame
 from .pairing import project_points
 
-__all__ = ["class_palette", "save_preview", "preview_world"]
-
-
-def class_palette(num_classes: int) -> np.ndarray:
-    """(C, 3) uint8 distinct colours; id 0 (ignore) is grey."""
-    hues = (np.arange(num_classes) * 0.61803398875) % 1.0
-    h6 = hues * 6
-    i = np.floor(h6).astype(int) % 6
-    f = h6 - np.floor(h6)
-    v, s = 0.95, 0.75
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack(
-        [np.choose(i, [v, q, p, p, t, v]), np.choose(i, [t, v, v, q, p, p]), np.choose(i, [p, p, t, v, v, q])], 1
-    )
-    out = (table * 255).astype(np.uint8)
-    out[0] = (128, 128, 128)
-    return out
+__all__ = ["save_preview", "preview_world"]
 
 
 def _legend(draw, names: tuple[str, ...], palette: np.ndarray, x: int, y: int) -> None:

@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -328,7 +329,14 @@ def run_tables(
         futures = {pool.submit(do_task, task): (tid, task) for tid, task in todo}
         for f in as_completed(futures) if args.jobs > 1 else futures:
             tid, task = futures[f]
-            r = f.result()
+            try:
+                r = f.result()
+            except Exception:  # noqa: BLE001 - one failed run is reported and the others go on
+                state.setdefault("failed", {})[tid] = traceback.format_exc()
+                save()
+                print(f"[{tid}] FAILED:\n{state['failed'][tid]}", flush=True)
+                continue
+            state.get("failed", {}).pop(tid, None)
             if task["kind"] == "acc":
                 accs[tid] = {"overrides": task["overrides"], **r}
                 save()

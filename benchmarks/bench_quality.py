@@ -27,12 +27,13 @@ no mixing):
   LiMA (cell, fill) cells, a = 1
 (the LiMA rows fuse with a = 0.5 unless named otherwise; the last three run when --rows names them)
 
-Columns: linear-probe mIoU (per world seed, and pooled over every world seed and seed) on every validation point and on the points inside / outside the current
-cameras; the paired difference to ScaLR-literal and to "1 frame" (pairs: same world seed and seed;
-mean +- std over the pairs, its standard error, and each world's mean); 1% fine-tune mIoU for random, ScaLR-literal and LiMA (reproject); targets during pretraining
-(share of points with a target, share only from memory, mean bank depth) and target accuracy (each
-target classified by the nearest class prototype of current-camera targets; current-camera and
-memory-only points). ``--lima-set`` adds overrides to the LiMA rows (ablations).
+Columns: linear-probe mIoU (per world seed, and pooled over every world seed and seed) on every
+validation point and on the points inside / outside the current cameras; the paired difference to
+ScaLR-literal and to "1 frame" (pairs: same world seed and seed; mean +- std over the pairs, its
+standard error, and each world's mean); 1% fine-tune mIoU for random, ScaLR-literal and LiMA
+(reproject); targets during pretraining (share of points with a target, share only from memory,
+mean bank depth) and target accuracy (each target classified by the nearest class prototype of
+current-camera targets; current-camera and memory-only points). ``--lima-set`` adds overrides to the LiMA rows (ablations).
 """
 
 from __future__ import annotations

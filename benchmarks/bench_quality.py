@@ -33,7 +33,8 @@ ScaLR-literal and to "1 frame" (pairs: same world seed and seed; mean +- std ove
 standard error, and each world's mean); 1% fine-tune mIoU for random, ScaLR-literal and LiMA
 (reproject); targets during pretraining (share of points with a target, share only from memory,
 mean bank depth) and target accuracy (each target classified by the nearest class prototype of
-current-camera targets; current-camera and memory-only points). ``--lima-set`` adds overrides to the LiMA rows (ablations).
+current-camera targets; current-camera and memory-only points). ``--lima-set`` adds overrides to
+the LiMA rows (ablations).
 """
 
 from __future__ import annotations

@@ -629,7 +629,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         teacher = args.teacher or work / "teacher"
-        if not (teacher / "config.json").exists():
+        if not (teacher / "teacher.json").exists():
             meta = make_synthetic_teacher(teacher, steps=20 if args.quick else 300)
             print(
                 f"synthetic teacher: held-out patch accuracy {meta['heldout_patch_accuracy']:.3f} "

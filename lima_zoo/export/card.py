@@ -66,37 +66,40 @@ def _read_card_data(path: Path) -> dict:
 
 def evaluation_results(paths: list[Path]) -> list:
     """huggingface_hub EvalResults (mIoU, in %) from ``lima-zoo eval`` metrics.json files."""
-    from huggingface_hub import EvalResult
-
-    results = []
+    reports = []
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
-            miou = float(report["miou"])
+            float(report["miou"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{path}: not a lima-zoo evaluation JSON with an 'miou' ({type(e).__name__}: {e})"
             ) from None
-        protocol = {"linear": "linear probe", "finetune": "fine-tune"}.get(
-            report.get("protocol"), str(report.get("protocol", "?"))
-        )
-        percent = report.get("percent")
-        if percent is not None and float(percent) != 100:
-            protocol += f", {float(percent):g}% labels"
-        dataset = str(report.get("dataset", "unknown"))
-        results.append(
-            EvalResult(
-                task_type="semantic-segmentation",
-                task_name="LiDAR semantic segmentation",
-                dataset_type=dataset,
-                dataset_name=DATASET_NAMES.get(dataset, dataset),
-                dataset_split=str(report.get("split", "val")),
-                metric_type="mIoU",
-                metric_name=f"mIoU ({protocol})",
-                metric_value=round(100 * miou, 2),
-            )
-        )
-    return results
+        reports.append(report)
+    return [_result(r) for r in reports]
+
+
+def _result(report: dict):
+    """One EvalResult from an evaluation report (metrics.json, or a segmentation folder's head.json)."""
+    from huggingface_hub import EvalResult
+
+    protocol = {"linear": "linear probe", "finetune": "fine-tune"}.get(
+        report.get("protocol"), str(report.get("protocol", "?"))
+    )
+    percent = report.get("percent")
+    if percent is not None and float(percent) != 100:
+        protocol += f", {float(percent):g}% labels"
+    dataset = str(report.get("dataset", "unknown"))
+    return EvalResult(
+        task_type="semantic-segmentation",
+        task_name="LiDAR semantic segmentation",
+        dataset_type=dataset,
+        dataset_name=DATASET_NAMES.get(dataset, dataset),
+        dataset_split=str(report.get("split", "val")),
+        metric_type="mIoU",
+        metric_name=f"mIoU ({protocol})",
+        metric_value=round(100 * float(report["miou"]), 2),
+    )
 
 
 def render_card(
@@ -118,6 +121,9 @@ def render_card(
     data = _read_card_data(card_data_path(card_data, config))
     results = evaluation_results(list(evals))
     classes, label_format = _classes(model_dir)
+    if classes and not results:  # a segmentation folder carries the scores its head was evaluated with
+        _, info = read_head_json(model_dir / "head.json")
+        results = [_result(info)] if "miou" in info else []
     meta = ModelCardData(
         library_name="lima-zoo",
         license=data.get("license", "other"),

@@ -54,7 +54,8 @@ def plan_upload(
     """Check the folder (strict load, ONNX inputs) and render the card; no network.
 
     Args:
-        model_dir: an encoder folder (config.json, model.safetensors, model.onnx if exported).
+        model_dir: an encoder folder (config.json, model.safetensors, model.onnx if exported), or a
+            segmentation folder (with head.json and head.safetensors).
         repo_id: the Hub repo, ``org/name``.
         card_data: a card-data name under ``lima_zoo/model_cards/`` or a YAML file (default: by the
             folder's config).
@@ -67,12 +68,20 @@ def plan_upload(
         raise ValueError(f"--repo-id {repo_id!r}: expected 'org/name' (letters, digits, . _ -)")
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such model folder")
-    LiMAEncoder.from_pretrained(model_dir)  # strict: missing/unexpected tensors are an error here
-    files = [(CONFIG_NAME, model_dir / CONFIG_NAME), (WEIGHTS_NAME, model_dir / WEIGHTS_NAME)]
-    if (model_dir / ONNX_NAME).is_file():
-        from ..runtime import OnnxEncoder
+    segmentation = (model_dir / "head.json").is_file()
+    if segmentation:  # a segmentation folder: the encoder and its head, both strictly
+        from ..segmenter import HEAD_FILES, LiMASegmenter
 
-        OnnxEncoder.from_files({CONFIG_NAME: model_dir / CONFIG_NAME, ONNX_NAME: model_dir / ONNX_NAME})  # loads
+        LiMASegmenter.from_pretrained(model_dir)
+    else:
+        LiMAEncoder.from_pretrained(model_dir)  # strict: missing/unexpected tensors are an error here
+    files = [(CONFIG_NAME, model_dir / CONFIG_NAME), (WEIGHTS_NAME, model_dir / WEIGHTS_NAME)]
+    files += [(name, model_dir / name) for name in HEAD_FILES] if segmentation else []
+    if (model_dir / ONNX_NAME).is_file():
+        from ..runtime import OnnxEncoder, OnnxSegmenter
+
+        runner = OnnxSegmenter if segmentation else OnnxEncoder
+        runner.from_files({name: model_dir / name for name in (CONFIG_NAME, ONNX_NAME, "head.json")})  # loads
         files.append((ONNX_NAME, model_dir / ONNX_NAME))
     return UploadPlan(repo_id, files, render_card(model_dir, repo_id, card_data, list(evals)))
 

@@ -16,12 +16,21 @@ EXPORT_FORMATS = ("safetensors", "onnx")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "formats", default="safetensors", show_default=True, help="Comma-separated: safetensors,onnx")
+@click.option(
+    "--head-output",
+    type=click.Choice(["logits", "ids"]),
+    default="logits",
+    show_default=True,
+    help="A segmentation folder's ONNX graph outputs its head's logits, or only the class ids.",
+)
 @library_errors
-def export_cmd(source, out_dir, formats):
-    """Export an encoder folder or a training checkpoint (<run>/checkpoints/last.pt).
+def export_cmd(source, out_dir, formats, head_output):
+    """Export an encoder folder, a segmentation folder (RUN/model) or a training checkpoint
+    (<run>/checkpoints/last.pt).
 
-    safetensors: config.json + model.safetensors, verified by a strict reload that reproduces the
-    features. onnx: config.json + model.onnx, verified against PyTorch with onnxruntime."""
+    safetensors: config.json + model.safetensors (+ the head), verified by a strict reload that
+    reproduces the features (and probabilities). onnx: config.json + model.onnx (with the head in
+    the graph, + head.json), verified against PyTorch with onnxruntime."""
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in wanted if f not in EXPORT_FORMATS]
     if bad or not wanted:
@@ -32,7 +41,7 @@ def export_cmd(source, out_dir, formats):
     from ...export import export_folder
 
     try:
-        written = export_folder(source, out_dir, wanted)
+        written = export_folder(source, out_dir, wanted, head_output=head_output)
     except ImportError as exc:  # onnx or onnxruntime missing; the runner's own message already says how
         hint = "" if "lima-zoo[onnx]" in str(exc) else " (ONNX export needs: pip install 'lima-zoo[onnx]')"
         raise click.ClickException(f"{exc}{hint}") from None

@@ -8,7 +8,9 @@
 32-beam street no test uses) and the PyTorch features of it, through the CLI and through
 ``LiMAEncoder.embed``. ``check`` asserts that torch cannot be imported, then embeds the scan with
 ``lima-zoo embed --runtime onnx`` and with ``OnnxEncoder.from_pretrained(DIR).embed`` and compares
-both with the references (max abs difference <= 1e-4).
+both with the references (max abs difference <= 1e-4). A segmentation folder (MinkUNet-34 with a
+seeded head) goes the same way through ``lima-zoo predict --format nuscenes``: the onnxruntime
+label files must equal PyTorch's label for label.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ def prepare(root: Path) -> None:
         encoder = LiMAEncoder.from_pretrained(root / f"src-{backbone}")
         np.save(root / f"api-{backbone}.npy", encoder.embed(cloud.points, intensity_range=cloud.intensity_range))
         cli("embed", str(scan), "--model", str(root / f"src-{backbone}"), "--out", str(root / f"torch-{backbone}"))
-    print(f"prepared {', '.join(BACKBONES)} in {root}")
+    from lima_zoo import LiMASegmenter
+    from lima_zoo.labels import NUSCENES_EVAL_CLASSES, vocabulary_for
+
+    torch.manual_seed(1)
+    seg = LiMASegmenter(LiMAEncoder(EncoderConfig()), vocabulary_for("nuscenes", NUSCENES_EVAL_CLASSES))
+    seg.eval().save_pretrained(root / "src-seg")
+    cli("export", str(root / "src-seg"), "--out", str(root / "seg"), "--format", "onnx")
+    cli("predict", str(scan), "-m", str(root / "src-seg"), "--format", "nuscenes", "--out", str(root / "torch-seg"))
+    print(f"prepared {', '.join(BACKBONES)} and a segmentation model in {root}")
 
 
 def check(root: Path) -> None:
@@ -81,7 +91,18 @@ def check(root: Path) -> None:
             print(f"{backbone} {what}: {len(got):,} points, max |onnx - torch| {diff:.2e}")
             if got.shape != want.shape or not diff <= TOLERANCE:
                 raise SystemExit(f"{backbone} ({what}): the runtime differs from PyTorch by {diff:.3g} > {TOLERANCE}")
-    print("torch-free runtime: every backbone matches PyTorch")
+    from lima_zoo.runtime import OnnxSegmenter
+
+    cli("predict", str(scan), "-m", str(root / "seg"), "--runtime", "onnx", "--format", "nuscenes", "--out",
+        str(root / "onnx-seg"))  # fmt: skip
+    label = scan.name[: -len(".pcd.bin")] + "_lidarseg.bin"
+    got = np.fromfile(root / "onnx-seg" / "lidarseg" / "val" / label, dtype=np.uint8)
+    want = np.fromfile(root / "torch-seg" / "lidarseg" / "val" / label, dtype=np.uint8)
+    api = OnnxSegmenter.from_pretrained(root / "seg").predict(cloud.points, intensity_range=cloud.intensity_range)
+    print(f"segmentation: {len(got):,} labels, {int((got != want).sum())} differ from PyTorch")
+    if got.shape != want.shape or (got != want).any() or len(api) != len(want):
+        raise SystemExit("segmentation: the runtime's labels differ from PyTorch's")
+    print("torch-free runtime: every backbone and the segmentation head match PyTorch")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -150,3 +151,22 @@ def check_onnx_point_runner(enc, folder, scans: list[np.ndarray]) -> None:
         ValueError, match=f"model.onnx: its inputs .* not this lima-zoo's {enc.config.backbone} graph layout"
     ):
         OnnxEncoder.from_pretrained(folder)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(
+    cache: os.PathLike, repo_id: str, model_dir, names=("config.json", "model.safetensors"), commit: str = HUB_COMMIT
+) -> None:
+    """The real huggingface_hub cache layout: refs/main -> snapshots/<commit>/<files> (``names``
+    copied from ``model_dir``)."""
+    root = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(root, "snapshots", commit)
+    os.makedirs(snap)
+    os.makedirs(os.path.join(root, "refs"))
+    with open(os.path.join(root, "refs", "main"), "w") as f:
+        f.write(commit)
+    for name in names:
+        with open(os.path.join(model_dir, name), "rb") as src, open(os.path.join(snap, name), "wb") as dst:
+            dst.write(src.read())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import free_port
-from test_encoder_loading import TINY, fill_hub_cache
+from conftest import fill_hub_cache, free_port
+from test_encoder_loading import TINY
 
 from lima_zoo import LiMAEncoder
 from lima_zoo.cli import main

@@ -10,13 +10,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import HUB_COMMIT, fill_hub_cache
 
 from lima_zoo import LiMAEncoder, create_encoder, list_models
 from lima_zoo.config import EncoderConfig, PreprocessConfig
 from lima_zoo.hub import OfflineError
 
 TINY = EncoderConfig(backbone="minkunet14", head_dim=32, preprocess=PreprocessConfig())
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT = HUB_COMMIT
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,6 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     enc = LiMAEncoder(TINY).eval()
     return enc, enc.save_pretrained(tmp_path_factory.mktemp("model"))
-
-
-def fill_hub_cache(cache: os.PathLike, repo_id: str, model_dir) -> None:
-    """The real huggingface_hub cache layout: refs/main -> snapshots/<commit>/<files>."""
-    root = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
-    snap = os.path.join(root, "snapshots", COMMIT)
-    os.makedirs(snap)
-    os.makedirs(os.path.join(root, "refs"))
-    with open(os.path.join(root, "refs", "main"), "w") as f:
-        f.write(COMMIT)
-    for name in ("config.json", "model.safetensors"):
-        with open(os.path.join(model_dir, name), "rb") as src, open(os.path.join(snap, name), "wb") as dst:
-            dst.write(src.read())
 
 
 def test_save_and_load_by_directory(saved, small_street_points):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import with_bn_statistics
+from conftest import HUB_COMMIT, fill_hub_cache, with_bn_statistics
 
 from lima_zoo.cli import main
 from lima_zoo.config import EncoderConfig, PreprocessConfig
@@ -275,3 +275,31 @@ def test_registered_segmentation_names_say_they_are_not_published(monkeypatch, t
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(OfflineError, match="no weights have been published"):
         load_segmenter("vit-b-minkunet34-nuscenes-lp", cache_dir=str(tmp_path))
+
+
+def test_segmenters_load_from_a_prefilled_hub_cache_by_repo_and_registered_name(kitti, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from lima_zoo import LiMASegmenter, load_segmenter
+    from lima_zoo.registry import MODELS
+
+    _, model = kitti
+    assert _cli("export", model, "-o", tmp_path / "onnx", "--format", "onnx").exit_code == 0
+    cache = tmp_path / "cache"
+    torch_files = ("config.json", "model.safetensors", "head.json", "head.safetensors")
+    fill_hub_cache(cache, "someorg/seg", model, torch_files)
+    fill_hub_cache(cache, MODELS["vit-s-minkunet34-semantickitti-lp"].hub_repo, model, torch_files)
+    fill_hub_cache(cache, "someorg/seg-onnx", tmp_path / "onnx", ("config.json", "model.onnx", "head.json"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    scan = load_points(sorted((kitti[0] / "sequences" / "00" / "velodyne").glob("*.bin"))[0]).points
+    want = LiMASegmenter.from_pretrained(model).predict(scan)
+    for source, runtime in (
+        ("someorg/seg", "torch"),
+        (f"someorg/seg@{HUB_COMMIT}", "torch"),
+        ("vit-s-minkunet34-semantickitti-lp", "torch"),
+        ("someorg/seg-onnx", "onnx"),
+    ):
+        seg = load_segmenter(source, runtime=runtime, cache_dir=str(cache))
+        assert seg.class_names == KITTI_EVAL_CLASSES and (seg.predict(scan) == want).mean() > 0.999, source
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors, head.safetensors"):
+        load_segmenter(tmp_path / "onnx", runtime="torch")  # an ONNX-only folder has no torch weights

@@ -88,7 +88,7 @@ def test_card_without_evaluations_says_so_and_has_no_model_index(model_dir):
 
 def test_usage_snippet_runs(model_dir, tmp_path):
     """The card's Python snippet, run as written against a pre-filled Hub cache, offline."""
-    from test_encoder_loading import fill_hub_cache
+    from conftest import fill_hub_cache
 
     snippet = re.search(r"```python\n(.*?)```", render_card(model_dir, "me/tiny-encoder"), re.S).group(1)
     cache = tmp_path / "cache"

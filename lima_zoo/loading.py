@@ -62,18 +62,8 @@ def load_encoder(
         force_download: fetch again even when cached.
         seed: the initialisation seed of a ``random:`` source.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}")
-    if runtime == "onnx" and backend not in ("torch", "auto"):
-        raise ValueError("backend applies to the torch runtime only (onnxruntime runs the whole graph)")
+    hub = _hub_options(runtime, backend, revision, cache_dir, local_files_only, token, force_download)
     text = str(source)
-    hub = {
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "local_files_only": local_files_only,
-        "token": token,
-        "force_download": force_download,
-    }
     if runtime == "onnx":
         if text.startswith(RANDOM_PREFIX) or Path(text).is_file():
             raise ValueError(
@@ -120,17 +110,7 @@ def load_segmenter(
     model.onnx with its head). ``source``: a segmentation folder (``lima-zoo eval`` writes
     ``RUN/model``; ``lima-zoo export`` copies it), ``org/repo[@rev]`` or a registered name; the
     other arguments are :func:`load_encoder`'s."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}")
-    if runtime == "onnx" and backend not in ("torch", "auto"):
-        raise ValueError("backend applies to the torch runtime only (onnxruntime runs the whole graph)")
-    hub = {
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "local_files_only": local_files_only,
-        "token": token,
-        "force_download": force_download,
-    }
+    hub = _hub_options(runtime, backend, revision, cache_dir, local_files_only, token, force_download)
     text = str(source)
     if Path(text).is_file() or text.startswith(RANDOM_PREFIX):
         raise ValueError(f"{text}: a segmentation model is a folder (lima-zoo eval --out RUN writes RUN/model)")
@@ -141,6 +121,21 @@ def load_segmenter(
     from .segmenter import LiMASegmenter
 
     return LiMASegmenter.from_pretrained(text, device=device, backend=backend, **hub)
+
+
+def _hub_options(runtime, backend, revision, cache_dir, local_files_only, token, force_download) -> dict:
+    """The loaders' shared checks (runtime, backend) and the Hub keyword arguments they pass on."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and backend not in ("torch", "auto"):
+        raise ValueError("backend applies to the torch runtime only (onnxruntime runs the whole graph)")
+    return {
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "local_files_only": local_files_only,
+        "token": token,
+        "force_download": force_download,
+    }
 
 
 def _random_encoder(backbone: str, seed: int) -> "LiMAEncoder":

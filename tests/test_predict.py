@@ -221,6 +221,10 @@ def test_segmentation_onnx_export_on_point_backbones(backbone, kw, head_output, 
     if head_output == "ids":
         with pytest.raises(ValueError, match="class ids only"):
             runner.predict_proba(small_street_points)
+        from lima_zoo.pipeline import PredictOptions, run_predict
+
+        with pytest.raises(ValueError, match="no probabilities"):
+            run_predict([], runner, tmp_path / "p", PredictOptions(with_probs=True))
     else:
         np.testing.assert_allclose(
             runner.predict_proba(small_street_points), seg.predict_proba(small_street_points), atol=1e-4

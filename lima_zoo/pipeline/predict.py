@@ -216,6 +216,11 @@ def run_predict(
     o = options or PredictOptions()
     vocabulary = model.vocabulary
     vocabulary.ids(np.zeros(1, np.int64), o.id_kind)  # a model without raw ids is refused before any work
+    if o.with_probs and model.outputs_ids:
+        raise ValueError(
+            f"{getattr(model, 'name_or_path', 'the model')}: exported with class ids only (--head-output ids), it has "
+            "no probabilities to write; drop --with-probs or export with --head-output logits"
+        )
     tokens = nuscenes_lidar_tokens(data) if data is not None and o.fmt == "nuscenes" else {}
     runner = _ScanOutputs(model)
     files = _LabelFiles(o, vocabulary, model.outputs_ids, tokens, Path(out_dir))

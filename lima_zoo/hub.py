@@ -94,18 +94,23 @@ def _offline_message(source: ModelSource, cache_dir: str | None, why: str) -> st
     from .registry import MODELS
 
     cache = cache_dir or constants.HF_HUB_CACHE
-    unpublished = [n for n, info in MODELS.items() if info.hub_repo == source.repo_id and not info.published]
+    unpublished = [info for info in MODELS.values() if info.hub_repo == source.repo_id and not info.published]
     note = (
-        f"  {unpublished[0]} is a registered name, but no weights have been published for it yet.\n"
+        f"  {unpublished[0].name} is a registered name, but no weights have been published for it yet.\n"
         if unpublished
         else ""
+    )
+    make = (
+        "train a segmentation head on an encoder (`lima-zoo eval -m ENCODER --data ROOT --out RUN`, see "
+        'docs/evaluation.md), then load RUN/model with LiMASegmenter.from_pretrained("RUN/model")'
+        if unpublished and unpublished[0].task == "segmentation"
+        else "pretrain an encoder (`lima-zoo train ... --out DIR`, see docs/training.md) or save one with "
+        "`encoder.save_pretrained(DIR)`, then load it with LiMAEncoder.from_pretrained(DIR)"
     )
     return (
         f"cannot load {source.repo_id!r} (revision {source.revision or 'main'}): {why}.\n{note}"
         f"  Looked in the Hugging Face cache at {cache} (set HF_HOME or cache_dir= to use another).\n"
-        "  To make weights locally: pretrain an encoder (`lima-zoo train ... --out DIR`, see docs/training.md) or "
-        "save one with `encoder.save_pretrained(DIR)`, then load it with LiMAEncoder.from_pretrained(DIR); "
-        "or copy a downloaded model folder here and pass its path."
+        f"  To make weights locally: {make}; or copy a downloaded model folder here and pass its path."
     )
 
 

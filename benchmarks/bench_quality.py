@@ -284,11 +284,19 @@ def run_tables(
 
     threads = max(1, THREADS // args.jobs)
     runs, accs = state["runs"], state["acc"]
+    worlds: dict[str, str] = {}  # digests of the worlds this run uses
     todo: list[tuple[str, dict]] = []
     for seed in args.seeds_list:
         for ws in args.world_seeds:
             for table, (key, rows, finetune_rows) in tables.items():
                 data = world_data(key, ws, args, work)
+                world_id = f"{ws}/{key}"
+                if world_id not in worlds:
+                    worlds[world_id] = folder_digest(data)
+                    if state.setdefault("worlds", {}).setdefault(world_id, worlds[world_id]) != worlds[world_id]:
+                        raise SystemExit(
+                            f"world {world_id} in {data} differs from the one the saved runs used; use another --json"
+                        )
                 common = {
                     "data": str(data),
                     "teacher": str(teacher),
@@ -496,8 +504,9 @@ THREADS = 2  # every table is made with 2 threads in all (2 cores), split over -
 SWEEP_BASE = "1 frame (ScaLR-literal)"
 
 
-def teacher_digest(folder: Path) -> str:
-    """sha256 over the teacher folder's files: a resumed benchmark must distil the same teacher."""
+def folder_digest(folder: Path) -> str:
+    """sha256 over a folder's files: a resumed benchmark must distil the same teacher on the same
+    worlds (another CPU kind may generate a world with other bits)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -636,7 +645,7 @@ def main() -> None:
                 f"[{time.perf_counter() - START:.0f} s]",
                 flush=True,
             )
-        digest = teacher_digest(teacher)
+        digest = folder_digest(teacher)
         if state.get("teacher", digest) != digest:
             sys.exit(f"{args.json}: made with another teacher than {teacher}; pass that one (--teacher / --work)")
         state["teacher"] = digest

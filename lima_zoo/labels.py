@@ -288,7 +288,7 @@ def read_head_json(path) -> tuple[Vocabulary, dict]:
         vocabulary = Vocabulary.from_json(meta)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: not a readable segmentation head description ({exc})") from None
-    info = {k: v for k, v in meta.items() if k not in ("class_names", "eval_ids", "label_format", "raw_ids")}
+    info = {k: v for k, v in meta.items() if k not in vocabulary.to_json()}
     return vocabulary, info
 
 

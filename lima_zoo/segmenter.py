@@ -107,9 +107,13 @@ class LiMASegmenter(SegmentationOutputs, nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """The encoder's files, ``head.safetensors`` and ``head.json``, each written atomically."""
+        return self.save_head(self.encoder.save_pretrained(folder))
+
+    def save_head(self, folder: str | os.PathLike) -> Path:
+        """``head.safetensors`` and ``head.json`` (each atomically) beside an encoder already in ``folder``."""
         from safetensors.torch import save_file
 
-        out = self.encoder.save_pretrained(folder)
+        out = Path(folder)
         head = {f"norm.{k}": v.detach().cpu().contiguous() for k, v in self.norm.state_dict().items()}
         head.update({f"classifier.{k}": v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()})
         with atomic_path(out / "head.safetensors") as tmp:

@@ -64,7 +64,7 @@ def _export_segmenter(source: Path, out_dir: Path, formats: list[str], head_outp
     with atomic_dir(out_dir, EXPORT_FILES) as stage:
         if "safetensors" in formats:
             export_safetensors(seg.encoder, stage)
-            seg.save_pretrained(stage)  # the head beside the verified encoder
+            seg.save_head(stage)  # beside the verified encoder
             reloaded = LiMASegmenter.from_pretrained(stage)
             scan = street_scan(seed=0)[:, :4]
             if not (reloaded.predict_proba(scan) == seg.predict_proba(scan)).all():

@@ -43,7 +43,8 @@ ID_KINDS = ("index", "eval", "raw")
 # the lidarseg challenge's submission.json: LiDAR in; the encoder was distilled from an image model
 # pretrained on external data
 SUBMISSION_META = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": True}
-_DTYPES = {"semantickitti": np.uint32, "nuscenes": np.uint8}
+# per format: its file's dtype and the largest id it holds (SemanticKITTI's upper 16 bits are the instance)
+_DTYPES = {"semantickitti": (np.uint32, 0xFFFF), "nuscenes": (np.uint8, 0xFF)}
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,9 @@ class _LabelFiles:
                 with open(tmp, "wb") as f:
                     np.save(f, ids.astype(np.int32))
             else:
-                dtype = _DTYPES[self.o.fmt]
-                if ids.size and ids.max() > np.iinfo(dtype).max:
-                    raise ValueError(f"ids up to {ids.max()} do not fit the format's {np.dtype(dtype).name}")
+                dtype, most = _DTYPES[self.o.fmt]
+                if ids.size and ids.max() > most:
+                    raise ValueError(f"ids up to {ids.max()} do not fit the format's ids (at most {most})")
                 ids.astype(dtype).tofile(tmp)
 
 

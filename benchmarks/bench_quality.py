@@ -25,7 +25,9 @@ no mixing):
   LiMA (fill)       re-projection, a = 1: memory only where no current camera sees the point
   LiMA (confidence) re-projection, memory's share scaled by its agreement with the current target
   LiMA (cell, fill) cells, a = 1
-(the LiMA rows fuse with a = 0.5 unless named otherwise; the last three run when --rows names them)
+  LiMA (memory w)   re-projection, memory-only targets weighted w (0, 0.5) in the joint mean
+(the LiMA rows fuse with a = 0.5 and weigh memory-only targets 1 unless named otherwise; the rows
+after LiMA (reproject) run when --rows names them)
 
 Columns: linear-probe mIoU (per world seed, and pooled over every world seed and seed) on every
 validation point and on the points inside / outside the current cameras; the paired difference to
@@ -68,6 +70,10 @@ ROWS = {
     "LiMA (fill)": [*LIMA, "lima.align=reproject", "lima.alpha=1.0"],
     "LiMA (confidence)": [*LIMA, "lima.align=reproject", "lima.fusion=confidence"],
     "LiMA (cell, fill)": [*LIMA, "lima.align=cell", "lima.alpha=1.0"],
+    # the memory-only targets' weight in the joint mean (lima.memory_weight; 0: memory fuses into
+    # current-camera targets only, and the points no current camera sees get no target)
+    "LiMA (memory 0)": [*LIMA, "lima.align=reproject", "lima.memory_weight=0.0"],
+    "LiMA (memory 0.5)": [*LIMA, "lima.align=reproject", "lima.memory_weight=0.5"],
 }
 DEFAULT_ROWS = ("random", "ScaLR-literal", "1 frame", "LiMA (cell)", "LiMA (reproject)")
 # Every pretrained row: one student scan per stream and no mixing, so no method's student sees more

@@ -52,6 +52,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from target_quality import target_accuracy  # the script's folder is on sys.path
 
 WORLDS = {
     "a": {"title": "a) six-camera world", "scenes": 8, "frames": 10, "cameras": ()},
@@ -159,50 +160,6 @@ def evaluate(
     )
     r = run_downstream(cfg, str(model), data, out)
     return {k: r[f"miou{s}"] for k, s in (("all", ""), ("inside", "_inside"), ("outside", "_outside"))}
-
-
-def target_accuracy(
-    data: Path, teacher_dir: Path, cameras: tuple[str, ...], overrides: list[str], sequences: int = 3
-) -> dict:
-    """Walk the first ``sequences`` training sequences from their start as a stream does and classify each target by the
-    nearest class prototype (mean current-camera teacher feature per class): is the teacher
-    informative (current-camera targets), are remembered targets right or stale (memory-only)?"""
-    import torch.nn.functional as F
-
-    from lima_zoo.training.config import TeacherConfig, load_recipe
-    from lima_zoo.training.datasets import open_dataset
-    from lima_zoo.training.lima.long_horizon import CURRENT, MEMORY_ONLY, recall, remember
-    from lima_zoo.training.lima.targets import frame_targets, sample_cameras, select_cameras
-    from lima_zoo.training.teacher import build_teacher
-
-    lima = load_recipe("synthetic-tiny", overrides).lima
-    ds = open_dataset(data, "train", labels=True)
-    teacher = build_teacher(TeacherConfig(name="synthetic", weights=str(teacher_dir), image_size=(112, 224)))
-    rows = []  # (target, label, kind, unified)
-    for s, (_, refs) in enumerate(ds.sequences[:sequences]):
-        bank = []
-        for k in range(len(refs)):
-            frame = sample_cameras(select_cameras(ds.frame(s, k), cameras), lima.cameras_per_frame, s * 10_007 + k)
-            (cur,), _ = frame_targets(teacher, [frame], lima.cva)
-            out = recall(cur, bank[-(lima.frames - 1) :] if lima.frames > 1 else [], lima)
-            bank.append(remember(frame, cur, (s, k), lima))
-            rows.append((out.target, torch.from_numpy(frame.labels), out.kind, cur.unified))
-    kind = torch.cat([r[2] for r in rows])
-    label = torch.cat([r[1] for r in rows])
-    target, unified = torch.cat([r[0] for r in rows]), torch.cat([r[3] for r in rows])
-    cur = (kind == CURRENT) & (label > 0)
-    classes = [c for c in range(1, len(ds.class_names) + 1) if bool((label[cur] == c).any())]
-    protos = F.normalize(torch.stack([unified[cur & (label == c)].mean(0) for c in classes]), dim=1)
-    res = {}
-    for name, k in (("current", CURRENT), ("memory_only", MEMORY_ONLY)):
-        sel = (kind == k) & (label > 0)
-        pred = (
-            torch.tensor(classes)[(target[sel] @ protos.T).argmax(1)]
-            if bool(sel.any())
-            else torch.zeros(0, dtype=torch.long)
-        )
-        res[name] = float((pred == label[sel]).float().mean()) if bool(sel.any()) else float("nan")
-    return res
 
 
 def pm(v: list[float], scale: float = 100) -> str:

@@ -25,7 +25,7 @@ no mixing):
   LiMA (fill)       re-projection, a = 1: memory only where no current camera sees the point
   LiMA (confidence) re-projection, memory's share scaled by its agreement with the current target
   LiMA (cell, fill) cells, a = 1
-  LiMA (memory w)   re-projection, memory-only targets weighted w (0, 0.5) in the joint mean
+  LiMA (memory w)   re-projection, memory-only targets weighted w (0, 0.25, 0.5) in the joint mean
 (the LiMA rows fuse with a = 0.5 and weigh memory-only targets 1 unless named otherwise; the rows
 after LiMA (reproject) run when --rows names them)
 
@@ -74,6 +74,7 @@ ROWS = {
     # the memory-only targets' weight in the joint mean (lima.memory_weight; 0: memory fuses into
     # current-camera targets only, and the points no current camera sees get no target)
     "LiMA (memory 0)": [*LIMA, "lima.align=reproject", "lima.memory_weight=0.0"],
+    "LiMA (memory 0.25)": [*LIMA, "lima.align=reproject", "lima.memory_weight=0.25"],
     "LiMA (memory 0.5)": [*LIMA, "lima.align=reproject", "lima.memory_weight=0.5"],
 }
 DEFAULT_ROWS = ("random", "ScaLR-literal", "1 frame", "LiMA (cell)", "LiMA (reproject)")

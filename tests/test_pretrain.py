@@ -50,6 +50,7 @@ def _cfg(world: Path, teacher: Path, *extra: str):
             "optim.max_steps=4",
             "run.checkpoint_every=2",
             "lima.frames=3",
+            "lima.memory_weight=1.0",  # the six-camera recipes drop memory-only targets; these tests train on them
             *extra,
         ],
     )
@@ -462,3 +463,17 @@ def test_a_training_step_makes_its_tensors_where_its_inputs_are(tiny_world, tiny
         run.step()
         run.step()
     assert not watch.seen, dict(watch.seen)
+
+
+def test_a_one_camera_run_without_memory_targets_is_warned(tiny_world, tiny_teacher, tmp_path, caplog):
+    import logging
+
+    steps = ("optim.max_steps=1", "run.checkpoint_every=1")
+    with caplog.at_level(logging.WARNING, logger="lima_zoo.training.trainer"):
+        train(
+            _cfg(tiny_world, tiny_teacher, *steps, "lima.memory_weight=0", "data.cameras=[CAM_FRONT]"), tmp_path / "a"
+        )
+        assert "set lima.memory_weight=1" in caplog.text
+        caplog.clear()
+        train(_cfg(tiny_world, tiny_teacher, *steps, "lima.memory_weight=0"), tmp_path / "b")  # six cameras: its value
+        assert "memory_weight" not in caplog.text

@@ -105,7 +105,7 @@ class LimaConfig(Checked):
     )
     loss_average: str = "joint"  # joint: one mean over every target | separate: L_cur + memory_weight * L_mem
     memory_weight: Annotated[float, Range(0, 1000)] = (
-        1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem)
+        1.0  # lambda: weight of memory-only points (in the joint mean, or of L_mem); six-camera recipes: 0
     )
     mixing: str = "lasermix"  # lasermix | polarmix | none
     scans_per_stream: Annotated[int, Range(1, 2)] = (

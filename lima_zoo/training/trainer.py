@@ -136,7 +136,14 @@ class _Run:
         )
         if not self.dataset.sequences:
             raise ValueError(f"{cfg.data.path}: split {cfg.data.split!r} holds no sequences")
-        select_cameras(self.dataset.frame(0, 0), cfg.data.cameras)  # an unknown camera name fails before any work
+        first = select_cameras(self.dataset.frame(0, 0), cfg.data.cameras)  # an unknown name fails before any work
+        cameras = min(len(first.cameras), cfg.lima.cameras_per_frame or len(first.cameras))
+        if cfg.lima.frames > 1 and cfg.lima.memory_weight == 0 and cameras == 1 and rank == 0:
+            log.warning(
+                "lima.memory_weight=0 (the six-camera recipes' value) with one camera per frame: the points memory "
+                "alone reaches get no target, and on a one-camera rig they are most of what LiMA adds "
+                "(docs/method.md); set lima.memory_weight=1"
+            )
         self.teacher = build_teacher(cfg.teacher, self.device)
         self.teacher.amp = cfg.run.amp
         if cfg.encoder.head_dim != self.teacher.dim:

@@ -59,7 +59,14 @@ WORLDS = {
     "b": {"title": "b) long-horizon world, front camera only", "scenes": 12, "frames": 16, "cameras": ("CAM_FRONT",)},
 }
 # The LiMA rows name every method setting, so the tables do not move when a recipe default does.
-LIMA = ["lima.frames=6", "lima.alpha=0.5", "lima.fusion=blend", "lima.loss_average=joint", "lima.mixing=none"]
+LIMA = [
+    "lima.frames=6",
+    "lima.alpha=0.5",
+    "lima.fusion=blend",
+    "lima.loss_average=joint",
+    "lima.memory_weight=1.0",
+    "lima.mixing=none",
+]
 ROWS = {
     "random": None,
     "ScaLR-literal": ["lima.frames=1", "lima.cameras_per_frame=1", "lima.mixing=none"],
@@ -426,7 +433,9 @@ def print_table(title: str, res: dict, baseline: str = "ScaLR-literal") -> None:
     against ``baseline`` and, where the table has it, against "1 frame"."""
     worlds = sorted({w for r in res.values() for w in r["worlds"]})
     bases = [b for b in (baseline, "1 frame") if b in res]
-    print(f"\n{title}; world seeds {', '.join(map(str, worlds))}; {len(next(iter(res.values()))['lp'])} runs per row")
+    counts = sorted({len(r["lp"]) for r in res.values()})
+    runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    print(f"\n{title}; world seeds {', '.join(map(str, worlds))}; {runs} runs per row")
     head = ["method", "LP mIoU per world", "LP mIoU", "inside cameras", "outside cameras"]
     for b in bases:
         head += [f"paired diff vs {b} (SE) [per world]", "... inside cameras", "... outside cameras"]
@@ -642,6 +651,13 @@ def print_tables(results: dict, baseline: str = "ScaLR-literal", note: str = "")
             print_table("c) frames sweep on world b" + note, res, baseline=SWEEP_BASE)
 
 
+def _only_pairs(row: dict, pairs: set[tuple[int, int]]) -> dict:
+    """A collected row restricted to the runs of ``pairs`` (world seed, seed)."""
+    keep = [i for i, p in enumerate(zip(row["worlds"], row["seeds"])) if p in pairs]
+    pick = lambda v: [v[i] for i in keep] if len(v) == len(row["lp"]) else v  # noqa: E731
+    return {k: pick(v) if isinstance(v, list) else v for k, v in row.items()}
+
+
 def render(files: list[Path], baseline: str) -> None:
     """The tables of earlier --json files, runs merged (one set of tables per student backbone)."""
     students: dict[str, dict] = {}
@@ -652,8 +668,13 @@ def render(files: list[Path], baseline: str) -> None:
         state["acc"].update(saved.get("acc", {}))
     for backbone, state in students.items():
         merged = collect(state)
-        if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points are table b's runs (same seeds)
-            extra = {SWEEP_BASE: merged["b"].get("ScaLR-literal"), "6 frames": merged["b"].get("LiMA (reproject)")}
+        if "c" in merged and "b" in merged:  # the sweep's 1- and 6-frame points: table b's runs on the sweep's pairs
+            pairs = {p for r in merged["c"].values() for p in zip(r["worlds"], r["seeds"])}
+            extra = {
+                name: _only_pairs(merged["b"][row], pairs)
+                for name, row in ((SWEEP_BASE, "ScaLR-literal"), ("6 frames", "LiMA (reproject)"))
+                if row in merged["b"]
+            }
             rows = {**{k: v for k, v in extra.items() if v is not None and k not in merged["c"]}, **merged["c"]}
             merged["c"] = dict(sorted(rows.items(), key=lambda kv: int(kv[0].split()[0])))
         print_tables(merged, baseline, f", student {backbone}" if len(students) > 1 else "")

@@ -63,7 +63,7 @@ def collect_targets(
     return {**{k: torch.cat(v) for k, v in parts.items()}, "class_names": list(ds.class_names)}
 
 
-def correct(rec: dict) -> dict[str, torch.Tensor]:
+def correct(rec: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per kind, (mask (N,) of the points scored, right (N,) bool): the nearest prototype's class is
     the point's. Prototypes: the mean unfused current-camera feature of each class."""
     import torch.nn.functional as F
@@ -79,11 +79,9 @@ def correct(rec: dict) -> dict[str, torch.Tensor]:
         return classes[(features.float() @ protos.T).argmax(1)] == label
 
     mem = (kind == MEMORY_ONLY) & (label > 0)
-    return {
-        "current, unfused": (cur, right(rec["unified"])),
-        "current, fused": (cur, right(rec["target"])),
-        "memory-only": (mem, right(rec["target"])),
-    }
+    fused = right(rec["target"])  # the fused targets: current-camera points and memory-only ones
+    unfused = right(rec["unified"])
+    return {"current, unfused": (cur, unfused), "current, fused": (cur, fused), "memory-only": (mem, fused)}
 
 
 def target_accuracy(
@@ -144,7 +142,12 @@ def main() -> None:
         raise SystemExit(f"--rows: {bad} are not pretrained rows; rows: {', '.join(r for r in bq.ROWS if bq.ROWS[r])}")
     if not 1 <= args.sequences <= 1000:
         raise SystemExit(f"--sequences: {args.sequences} is outside 1-1000")
-    world_seeds = [int(x) for x in args.world_seeds.split(",")]
+    try:
+        world_seeds = [int(x) for x in args.world_seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--world-seeds: {args.world_seeds!r} is not a comma-separated list of integers") from None
+    if not (args.teacher / "teacher.json").is_file():
+        raise SystemExit(f"--teacher: {args.teacher} holds no teacher.json (a synthetic teacher folder)")
     args.quick = False
     cameras = bq.WORLDS[args.table]["cameras"]
     head = "| {} | share | " + " | ".join(KINDS) + " |\n|---|---|" + "---|" * len(KINDS)
